@@ -1,0 +1,191 @@
+"""Scenarios: flat kebab-case TOML keys, validated in full before any work starts."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ScenarioError(ValueError):
+    """A scenario file or override is invalid; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One scenario key: its type, default, allowed values and help."""
+
+    type: type
+    default: Any
+    help: str
+    check: Callable[[Any], bool] | None = None
+    allowed: str = ""  # human wording of `check`, shown in errors
+    choices: tuple[str, ...] = ()
+
+
+def _range(lo: float | None, hi: float | None, *, lo_open: bool = False, hi_open: bool = False):
+    """A checker for lo <(=) x <(=) hi, and its wording."""
+
+    def check(x: float) -> bool:
+        if lo is not None and (x <= lo if lo_open else x < lo):
+            return False
+        return not (hi is not None and (x >= hi if hi_open else x > hi))
+
+    left = "" if lo is None else f"{lo} {'<' if lo_open else '<='} "
+    right = "" if hi is None else f" {'<' if hi_open else '<='} {hi}"
+    return check, f"a number with {left}x{right}"
+
+
+def _int(lo: int, hi: int | None = None, help: str = "", default: int = 0) -> Key:
+    check, allowed = _range(lo, hi)
+    return Key(int, default, help, check, allowed.replace("a number", "an integer"))
+
+
+def _float(
+    default: float, help: str, lo: float | None = None, hi: float | None = None, **kw: bool
+) -> Key:
+    check, allowed = _range(lo, hi, **kw)
+    return Key(float, default, help, check, allowed)
+
+
+def _choice(default: str, choices: Iterable[str], help: str) -> Key:
+    return Key(str, default, help, choices=tuple(choices))
+
+
+# Names known to the registries are listed here, not imported, so that validating a
+# scenario stays cheap (no torch import) and a registry test keeps the two in step.
+DATASET_NAMES = ("mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifar10", "femnist", "adult")
+MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
+PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
+PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id")
+
+KEYS: dict[str, Key] = {
+    "name": Key(str, "", "A label for the run; defaults to the scenario file's stem."),
+    "seed": _int(0, None, "Seeds initialization, partitions, sampling and batch order.", 0),
+    "torch-threads": _int(0, None, "Intra-op threads for torch; 0 keeps torch's default. Small nets run fastest on 1.", 1),
+    # data
+    "dataset": _choice("mnist1d", DATASET_NAMES, "Dataset by name."),
+    "data-path": Key(str, "", "Folder with local files for datasets that need them (adult)."),
+    "val-fraction": _float(0.2, "Share of each training pool held out for validation.", 0.0, 1.0, lo_open=True, hi_open=True),
+    "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients."),
+    "num-clients": _int(1, None, "Number of clients (1 for a central run).", 1),
+    "alpha": _float(0.5, "Dirichlet concentration (partition = dirichlet).", 0.0, None, lo_open=True),
+    "classes-per-client": _int(1, None, "Labels per client (partition = pathological).", 2),
+    "shards-per-client": _int(1, None, "Shards per client (partition = shard).", 2),
+    # model and training
+    "model": _choice("cnn1d", MODEL_NAMES, "Model by name."),
+    "epochs": _int(1, None, "Training epochs per lottery-ticket level.", 5),
+    "batch-size": _int(1, None, "Mini-batch size.", 32),
+    "optimizer": _choice("sgd", ("sgd", "adam"), "Optimizer."),
+    "lr": _float(0.05, "Learning rate.", 0.0, None, lo_open=True),
+    "lr-schedule": _choice("cosine", ("constant", "cosine"), "Learning-rate schedule over a level's steps."),
+    "momentum": _float(0.9, "SGD momentum.", 0.0, 1.0, hi_open=True),
+    "weight-decay": _float(0.0, "L2 weight decay.", 0.0),
+    # lottery tickets
+    "imp-levels": _int(0, 30, "Iterative magnitude pruning levels after dense training.", 5),
+    "prune-rate": _float(0.2, "Fraction of the remaining weights pruned per level.", 0.0, 1.0, lo_open=True, hi_open=True),
+    "pruner": _choice("magnitude-global", PRUNER_NAMES, "Pruning rule."),
+    "rewind": _choice("iteration", ("init", "iteration", "lr"), "init: weights to θ0; iteration: to step k; lr: keep weights, replay the learning-rate schedule."),
+    "rewind-iteration": _int(0, None, "Step k to rewind to (rewind = iteration).", 100),
+    "one-shot": Key(bool, False, "Prune each level's density in one shot from the dense net instead of iteratively."),
+    "skip-first-layer": Key(bool, False, "Never prune the first conv/linear layer."),
+    "skip-last-layer": Key(bool, False, "Never prune the last conv/linear layer."),
+    "controls": Key(bool, True, "Train the re-init and random-mask controls at every level."),
+    "early-bird-epsilon": _float(0.1, "Early-bird: masks of successive epochs closer than this (Hamming) mark the ticket.", 0.0, 1.0),
+    "early-bird-window": _int(1, None, "Early-bird: how many successive distances must stay under epsilon.", 3),
+}
+
+
+def defaults() -> dict[str, Any]:
+    """Every key at its default value."""
+    return {k: spec.default for k, spec in KEYS.items()}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check one value against its key; return it in the key's type."""
+    if key not in KEYS:
+        raise ScenarioError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(KEYS))}")
+    spec = KEYS[key]
+    ok_type = isinstance(value, spec.type) and not (spec.type is not bool and isinstance(value, bool))
+    if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok_type = float(value), True
+    if not ok_type:
+        raise ScenarioError(
+            f"{source}: key {key!r} must be of type {spec.type.__name__}, got {value!r} ({type(value).__name__})"
+        )
+    if spec.choices and value not in spec.choices:
+        raise ScenarioError(f"{source}: key {key!r} is {value!r}; allowed: {', '.join(spec.choices)}")
+    if spec.check is not None and not spec.check(value):
+        raise ScenarioError(f"{source}: key {key!r} is {value!r}; allowed: {spec.allowed}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one `key=value` override; the value is read by the key's type."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ScenarioError(f"--set {text!r}: expected key=value")
+    if key not in KEYS:
+        raise ScenarioError(f"--set: unknown key {key!r}; known keys: {', '.join(sorted(KEYS))}")
+    kind = KEYS[key].type
+    raw = raw.strip()
+    try:
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            value: Any = raw.lower() in ("true", "1", "yes")
+        elif kind is int:
+            value = int(raw)
+        elif kind is float:
+            value = float(raw)
+        else:
+            value = raw
+    except ValueError:
+        raise ScenarioError(f"--set: key {key!r} needs a {kind.__name__}, got {raw!r}") from None
+    return key, value
+
+
+def resolve(values: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "scenario") -> dict[str, Any]:
+    """Defaults, then `values`, then `--set` overrides; every value validated."""
+    out = defaults()
+    for key, value in values.items():
+        out[key] = _coerce(key, value, source)
+    for text in overrides:
+        key, value = parse_override(text)
+        out[key] = _coerce(key, value, "--set")
+    return out
+
+
+def load_scenario(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Read, merge and validate a scenario file; raises ScenarioError with one clear message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"scenario file {str(path)!r} does not exist")
+    try:
+        values = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    nested = [k for k, v in values.items() if isinstance(v, dict)]
+    if nested:
+        raise ScenarioError(f"{path}: tables are not allowed ({', '.join(nested)}); use flat kebab-case keys")
+    resolved = resolve(values, overrides, source=str(path))
+    if not resolved["name"]:
+        resolved["name"] = path.stem
+    return resolved
+
+
+def to_toml(scenario: Mapping[str, Any]) -> str:
+    """Write a resolved scenario back as flat TOML (strings quoted, bools lower-case)."""
+    lines = []
+    for key, value in scenario.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        else:
+            text = repr(value)
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"

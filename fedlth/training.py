@@ -1,0 +1,135 @@
+"""Masked training and evaluation: pruned weights stay exactly 0 through every step."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from fedlth.masks import Mask, apply_mask_, mask_grads_
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimizer, learning-rate schedule and batch size."""
+
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr_schedule: str = "constant"  # or "cosine" over the schedule's total steps
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training call did: steps taken, mean loss of the last epoch."""
+
+    steps: int
+    loss: float
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """Shuffled mini-batches by index; cheaper than a DataLoader for in-memory tensors."""
+    order = torch.randperm(len(x), generator=generator)
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        yield x[idx], y[idx]
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Learning rate at a step of a schedule `total_steps` long."""
+    if cfg.lr_schedule == "constant" or total_steps <= 0:
+        return cfg.lr
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; valid: constant, cosine")
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """A fresh optimizer for the model's parameters."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adam")
+
+
+def train_(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    mask: Mask,
+    cfg: TrainConfig,
+    *,
+    epochs: int,
+    generator: torch.Generator,
+    start_step: int = 0,
+    total_steps: int | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
+    on_epoch: Callable[[int, nn.Module], None] | None = None,
+) -> TrainResult:
+    """Train in place for `epochs`, keeping masked-out weights at exactly 0.
+
+    The schedule runs from `start_step` of `total_steps` (default: this call's steps), so a
+    rewind to iteration k resumes the schedule where it was. `on_step(step, model)` runs
+    after each step (e.g. to save θ_k), `on_epoch(epoch, model)` after each epoch.
+    """
+    steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
+    total = total_steps if total_steps is not None else start_step + epochs * steps_per_epoch
+    opt = make_optimizer(model, cfg)
+    loss_fn = nn.CrossEntropyLoss()
+    apply_mask_(model, mask)
+    step, last_loss = start_step, float("nan")
+    model.train()
+    for epoch in range(epochs):
+        total_loss, seen = 0.0, 0
+        for xb, yb in batches(x, y, cfg.batch_size, generator):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            mask_grads_(model, mask)
+            opt.step()
+            # Momentum and weight decay move zeros even with masked gradients: re-mask.
+            apply_mask_(model, mask)
+            step += 1
+            total_loss += loss.item() * len(xb)
+            seen += len(xb)
+            if on_step is not None:
+                on_step(step, model)
+        last_loss = total_loss / max(seen, 1)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
+    return TrainResult(steps=step - start_step, loss=last_loss)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy (a fraction) of the model on (x, y)."""
+    if len(x) == 0:
+        return float("nan"), float("nan")
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        out = model(xb)
+        loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
+        correct += int((out.argmax(dim=1) == yb).sum())
+    model.train(was_training)
+    return loss_sum / len(x), correct / len(x)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor, batch_size: int = 2048) -> Tensor:
+    """Predicted labels in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[s : s + batch_size]).argmax(dim=1) for s in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
