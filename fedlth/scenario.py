@@ -60,6 +60,7 @@ DATASET_NAMES = ("mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifa
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id")
+ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid")
 
 KEYS: dict[str, Key] = {
     "name": Key(str, "", "A label for the run; defaults to the scenario file's stem."),
@@ -70,7 +71,7 @@ KEYS: dict[str, Key] = {
     "data-path": Key(str, "", "Folder with local files for datasets that need them (adult)."),
     "val-fraction": _float(0.2, "Share of each training pool held out for validation.", 0.0, 1.0, lo_open=True, hi_open=True),
     "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients."),
-    "num-clients": _int(1, None, "Number of clients (1 for a central run).", 1),
+    "num-clients": _int(1, None, "Number of clients (federated runs).", 10),
     "alpha": _float(0.5, "Dirichlet concentration (partition = dirichlet).", 0.0, None, lo_open=True),
     "classes-per-client": _int(1, None, "Labels per client (partition = pathological).", 2),
     "shards-per-client": _int(1, None, "Shards per client (partition = shard).", 2),
@@ -95,7 +96,27 @@ KEYS: dict[str, Key] = {
     "controls": Key(bool, True, "Train the re-init and random-mask controls at every level."),
     "early-bird-epsilon": _float(0.1, "Early-bird: masks of successive epochs closer than this (Hamming) mark the ticket.", 0.0, 1.0),
     "early-bird-window": _int(1, None, "Early-bird: how many successive distances must stay under epsilon.", 3),
+    # federation
+    "algorithm": _choice("subfedavg", ALGORITHM_NAMES, "Federated algorithm."),
+    "rounds": _int(1, None, "Federated rounds.", 10),
+    "clients-per-round": _int(1, None, "Clients sampled per round (seeded).", 5),
+    "local-epochs": _int(1, None, "Local epochs per round.", 2),
+    "eval-every": _int(0, None, "Evaluate every client's ticket every k rounds (0: only after the last round).", 0),
+    "acc-threshold": _float(0.5, "Pruning gate: validation accuracy a client needs before it prunes.", 0.0, 1.0),
+    "target-density": _float(0.3, "Clients stop pruning at this density.", 0.0, 1.0, lo_open=True),
+    "prune-tolerance": _float(0.02, "A prune is kept only if validation accuracy drops by at most this.", 0.0, 1.0),
+    "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
+    "finetune-epochs": _int(0, None, "fedavg-ft: local fine-tuning epochs before evaluation.", 1),
+    "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
 }
+
+
+def check_cross(sc: dict[str, Any]) -> None:
+    """Rules between keys."""
+    if sc["clients-per-round"] > sc["num-clients"]:
+        raise ScenarioError(
+            f"key 'clients-per-round' is {sc['clients-per-round']}; allowed: at most num-clients ({sc['num-clients']})"
+        )
 
 
 def defaults() -> dict[str, Any]:
@@ -156,6 +177,7 @@ def resolve(values: Mapping[str, Any], overrides: Iterable[str] = (), source: st
     for text in overrides:
         key, value = parse_override(text)
         out[key] = _coerce(key, value, "--set")
+    check_cross(out)
     return out
 
 

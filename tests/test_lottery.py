@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedlth.lottery import early_bird_epoch, next_mask, one_shot_amount, one_shot_mask, random_mask_control, rewind
+from fedlth.lottery import (
+    early_bird_epoch,
+    next_mask,
+    one_shot_amount,
+    one_shot_mask,
+    random_mask_control,
+    rewind,
+)
 from fedlth.masks import density, is_subset, ones_mask, prunable_names
 from fedlth.training import TrainConfig, train_
 

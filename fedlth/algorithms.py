@@ -1,0 +1,317 @@
+"""Client-side rules of the federated algorithms, as pure functions of (received, state, data)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedlth.client_data import ClientData
+from fedlth.masks import (
+    Mask,
+    Weights,
+    apply_mask,
+    density,
+    hamming_distance,
+    ones_mask,
+    prunable_names,
+)
+from fedlth.models import bn_pairs, build_model
+from fedlth.pruning import get_pruner
+from fedlth.training import TrainConfig, evaluate, train_
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """What a client keeps between rounds: its ticket and its own model."""
+
+    mask: Mask | None = None  # None: no ticket yet (dense)
+    personal: Weights | None = None  # the model after its last local training
+    candidate: Mask | None = None  # Sub-FedAvg: the mask the last round's weights would give
+    rounds: int = 0  # rounds this client has trained
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What a client sends back after training, and the state it keeps."""
+
+    weights: Weights | None  # None: nothing is uploaded (local training)
+    mask: Mask | None
+    state: ClientState
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """Everything a client round needs besides the weights: scenario, data, θ0, seed."""
+
+    sc: dict[str, Any]
+    data: ClientData
+    partition_id: int
+    server_round: int
+
+    @property
+    def generator(self) -> torch.Generator:
+        # Seeded by (seed, round, client): the same batches whatever order clients run in.
+        return torch.Generator().manual_seed(self.sc["seed"] * 1_000_003 + self.server_round * 10_007 + self.partition_id)
+
+
+@lru_cache(maxsize=8)
+def _init(model: str, shape: tuple[int, ...], classes: int, seed: int) -> tuple[Weights, tuple[str, ...], tuple[tuple[str, str], ...]]:
+    torch.manual_seed(seed)
+    net = build_model(model, shape, classes)
+    theta0 = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return theta0, tuple(prunable_names(net)), tuple(bn_pairs(net).items())
+
+
+def initial_weights(sc: dict[str, Any], shape: tuple[int, ...], classes: int) -> Weights:
+    """θ0: the same initial model on the server and every client (seeded)."""
+    theta0, _, _ = _init(sc["model"], tuple(shape), classes, sc["seed"])
+    return {k: v.clone() for k, v in theta0.items()}
+
+
+def model_names(sc: dict[str, Any], shape: tuple[int, ...], classes: int) -> list[str]:
+    """Names of the prunable weights of the scenario's model."""
+    return list(_init(sc["model"], tuple(shape), classes, sc["seed"])[1])
+
+
+def train_config(sc: dict[str, Any]) -> TrainConfig:
+    """Local training settings (constant learning rate: a fresh optimizer every round)."""
+    return TrainConfig(
+        lr=sc["lr"], momentum=sc["momentum"], weight_decay=sc["weight-decay"], batch_size=sc["batch-size"],
+        optimizer=sc["optimizer"], lr_schedule="constant",
+    )
+
+
+def _model(ctx: Ctx, weights: Weights) -> nn.Module:
+    net = build_model(ctx.sc["model"], ctx.data.input_shape, ctx.data.num_classes)
+    net.load_state_dict(weights)
+    return net
+
+
+def _snapshot(net: nn.Module) -> Weights:
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def local_train(ctx: Ctx, start: Weights, mask: Mask | None, epochs: int | None = None) -> tuple[Weights, float]:
+    """Train a copy of `start` on the client's train split; pruned weights stay 0."""
+    net = _model(ctx, start)
+    res = train_(
+        net, ctx.data.x_train, ctx.data.y_train, mask or {}, train_config(ctx.sc),
+        epochs=ctx.sc["local-epochs"] if epochs is None else epochs, generator=ctx.generator,
+    )
+    return _snapshot(net), res.loss
+
+
+def val_accuracy(ctx: Ctx, weights: Weights) -> float:
+    """Accuracy on the client's validation split: the only split gates may read."""
+    return evaluate(_model(ctx, weights), ctx.data.x_val, ctx.data.y_val)[1]
+
+
+def _ones(ctx: Ctx) -> Mask:
+    theta0, names, _ = _init(ctx.sc["model"], ctx.data.input_shape, ctx.data.num_classes, ctx.sc["seed"])
+    return ones_mask(theta0, list(names))
+
+
+def _step_amount(mask: Mask, rate: float, target: float) -> float:
+    """Prune `rate` of what is kept, but never below the target density."""
+    d = density(mask)
+    return max(0.0, min(rate, 1.0 - target / d)) if d > 0 else 0.0
+
+
+def _metrics(ctx: Ctx, loss: float, mask: Mask | None, **extra: float) -> dict[str, float]:
+    return {
+        "num-examples": float(len(ctx.data.x_train)), "train-loss": loss,
+        "density": density(mask) if mask else 1.0, "partition-id": float(ctx.partition_id), **extra,
+    }
+
+
+# --- dense baselines -------------------------------------------------------------------
+
+
+def fedavg_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """FedAvg: train the global model, send it all back."""
+    assert received is not None, "fedavg needs the global model"
+    trained, loss = local_train(ctx, received, None)
+    return Reply(trained, None, replace(state, rounds=state.rounds + 1), _metrics(ctx, loss, None))
+
+
+def local_only_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """Local-only: each client trains its own model from θ0 and never shares it."""
+    start = state.personal or initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    trained, loss = local_train(ctx, start, None)
+    return Reply(None, None, replace(state, personal=trained, rounds=state.rounds + 1), _metrics(ctx, loss, None))
+
+
+def global_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
+    """Evaluate the received global model as is."""
+    assert received is not None
+    return received
+
+
+def finetuned_global(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
+    """FedAvg + fine-tuning: the global model after `finetune-epochs` on local data."""
+    assert received is not None
+    if ctx.sc["finetune-epochs"] == 0:
+        return received
+    return local_train(ctx, received, None, epochs=ctx.sc["finetune-epochs"])[0]
+
+
+def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
+    """The client's own model: its last trained ticket, else the global subnet it holds."""
+    if state.personal is not None:
+        return state.personal
+    if received is None:
+        return initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    return apply_mask(received, state.mask) if state.mask else received
+
+
+# --- LotteryFL ---------------------------------------------------------------------------
+
+
+def lotteryfl_faithful_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """LotteryFL as published (gate on validation instead of test).
+
+    Gate on the received subnet's accuracy; if it passes and the target is not reached, prune
+    `prune-rate` of each layer's kept weights by magnitude of the *received* weights and reset
+    the kept weights to θ0; then train.
+    """
+    assert received is not None
+    sc, mask = ctx.sc, state.mask or _ones(ctx)
+    start = apply_mask(received, mask)
+    acc = val_accuracy(ctx, start)
+    pruned = 0.0
+    if acc >= sc["acc-threshold"] and density(mask) > sc["target-density"]:
+        amount = _step_amount(mask, sc["prune-rate"], sc["target-density"])
+        mask = get_pruner("magnitude-layer")(start, mask, amount)
+        theta0 = initial_weights(sc, ctx.data.input_shape, ctx.data.num_classes)
+        start = {k: (theta0[k] * mask[k] if k in mask else v) for k, v in start.items()}
+        pruned = 1.0
+    trained, loss = local_train(ctx, start, mask)
+    st = replace(state, mask=mask, personal=trained, rounds=state.rounds + 1)
+    return Reply(trained, mask, st, _metrics(ctx, loss, mask, pruned=pruned, **{"gate-accuracy": acc}))
+
+
+def lotteryfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """LotteryFL made sound (see README, "Deviations"): train first, then prune from the
+    client's own trained weights; no rewind to θ0; the gate reads validation accuracy
+    of the trained ticket, and a prune is kept only if validation accuracy holds.
+    """
+    assert received is not None
+    sc, mask = ctx.sc, state.mask or _ones(ctx)
+    trained, loss = local_train(ctx, apply_mask(received, mask), mask)
+    acc = val_accuracy(ctx, trained)
+    pruned = 0.0
+    if acc >= sc["acc-threshold"] and density(mask) > sc["target-density"]:
+        amount = _step_amount(mask, sc["prune-rate"], sc["target-density"])
+        cand = get_pruner("magnitude-layer")(trained, mask, amount)
+        cand_w = apply_mask(trained, cand)
+        if val_accuracy(ctx, cand_w) >= acc - sc["prune-tolerance"]:
+            mask, trained, pruned = cand, cand_w, 1.0
+    st = replace(state, mask=mask, personal=trained, rounds=state.rounds + 1)
+    return Reply(trained, mask, st, _metrics(ctx, loss, mask, pruned=pruned, **{"gate-accuracy": acc}))
+
+
+# --- Sub-FedAvg ---------------------------------------------------------------------------
+
+
+def _hybrid_prune(weights: Weights, mask: Mask, amount: float, bn_of: dict[str, str]) -> Mask:
+    """Channels of conv layers by BatchNorm scale (L1 where no BN), magnitude elsewhere."""
+    conv = {k: m for k, m in mask.items() if m.dim() > 2}
+    fc = {k: m for k, m in mask.items() if m.dim() <= 2}
+    out: Mask = {}
+    if conv:
+        out |= get_pruner("structured-bn")(weights, conv, amount, bn_of=bn_of)
+    if fc:
+        out |= get_pruner("magnitude-layer")(weights, fc, amount)
+    return {k: out[k] for k in mask}
+
+
+def _subfedavg(received: Weights | None, state: ClientState, ctx: Ctx, hybrid: bool) -> Reply:
+    """Sub-FedAvg: train the subnet, derive a smaller mask from the trained weights, keep it
+    only while masks still change between rounds (Hamming > ε), the target is not reached
+    and validation accuracy holds.
+    """
+    assert received is not None
+    sc, mask = ctx.sc, state.mask or _ones(ctx)
+    trained, loss = local_train(ctx, apply_mask(received, mask), mask)
+    acc = val_accuracy(ctx, trained)
+    pruned, dist, candidate = 0.0, 0.0, state.candidate
+    if density(mask) > sc["target-density"]:
+        amount = _step_amount(mask, sc["prune-rate"], sc["target-density"])
+        if hybrid:
+            _, _, pairs = _init(sc["model"], ctx.data.input_shape, ctx.data.num_classes, sc["seed"])
+            cand = _hybrid_prune(trained, mask, amount, dict(pairs))
+        else:
+            cand = get_pruner("magnitude-layer")(trained, mask, amount)
+        dist = 1.0 if state.candidate is None or state.candidate.keys() != cand.keys() else hamming_distance(cand, state.candidate)
+        candidate = cand
+        if dist > sc["mask-epsilon"] and acc >= sc["acc-threshold"]:
+            cand_w = apply_mask(trained, cand)
+            if val_accuracy(ctx, cand_w) >= acc - sc["prune-tolerance"]:
+                mask, trained, pruned = cand, cand_w, 1.0
+    st = replace(state, mask=mask, personal=trained, candidate=candidate, rounds=state.rounds + 1)
+    return Reply(trained, mask, st, _metrics(ctx, loss, mask, pruned=pruned, **{"gate-accuracy": acc, "mask-distance": dist}))
+
+
+def subfedavg_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """Sub-FedAvg (unstructured)."""
+    return _subfedavg(received, state, ctx, hybrid=False)
+
+
+def subfedavg_hybrid_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """Sub-FedAvg (hybrid): channel pruning on conv layers, magnitude on fully connected ones."""
+    return _subfedavg(received, state, ctx, hybrid=True)
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """A federated algorithm: the client's round, the model it is judged by, server flags."""
+
+    name: str
+    train: Callable[[Weights | None, ClientState, Ctx], Reply]
+    personal: Callable[[Weights | None, ClientState, Ctx], Weights]
+    masked: bool  # the server keeps each client's mask and sends it only its subnet
+    uploads: bool  # False: clients never send weights (nothing to aggregate)
+    has_global: bool  # the aggregated global model is itself a model worth scoring
+    help: str
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "fedavg": Algorithm("fedavg", fedavg_train, global_model, False, True, True, "Dense FedAvg."),
+    "local": Algorithm("local", local_only_train, own_model, False, False, False, "Each client alone, no federation."),
+    "fedavg-ft": Algorithm("fedavg-ft", fedavg_train, finetuned_global, False, True, True, "FedAvg, then local fine-tuning before evaluation."),
+    "lotteryfl": Algorithm("lotteryfl", lotteryfl_train, own_model, True, True, False, "LotteryFL with sound rules (prune own trained weights, no rewind, validated prunes)."),
+    "lotteryfl-faithful": Algorithm("lotteryfl-faithful", lotteryfl_faithful_train, own_model, True, True, False, "LotteryFL as published (gate on the received subnet, rewind kept weights to θ0)."),
+    "subfedavg": Algorithm("subfedavg", subfedavg_train, own_model, True, True, False, "Sub-FedAvg, unstructured."),
+    "subfedavg-hybrid": Algorithm("subfedavg-hybrid", subfedavg_hybrid_train, own_model, True, True, False, "Sub-FedAvg, hybrid: conv channels by BN scale + FC magnitude."),
+}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """The algorithm registered under `name`."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
+def evaluate_client(alg: Algorithm, received: Weights | None, state: ClientState, ctx: Ctx) -> dict[str, float]:
+    """Score the client's personal model on its own test split (validation too, for selection)."""
+    weights = alg.personal(received, state, ctx)
+    net = _model(ctx, weights)
+    test_loss, test_acc = evaluate(net, ctx.data.x_test, ctx.data.y_test)
+    _, val_acc = evaluate(net, ctx.data.x_val, ctx.data.y_val)
+    out = {
+        "num-examples": float(len(ctx.data.x_test)), "accuracy": test_acc, "loss": test_loss, "val-accuracy": val_acc,
+        "density": density(state.mask) if state.mask else 1.0, "partition-id": float(ctx.partition_id),
+    }
+    if alg.has_global and received is not None:
+        out["global-accuracy"] = evaluate(_model(ctx, received), ctx.data.x_test, ctx.data.y_test)[1]
+    return out

@@ -1,0 +1,99 @@
+"""The `fedlth` command line: every bad input is one clear message and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from fedlth.io import OutputError, check_out_dir, default_out_dir
+from fedlth.scenario import ScenarioError, load_scenario
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> None:
+    """Print one error line to stderr and exit 2."""
+    click.echo(f"fedlth: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group()
+@click.version_option(package_name="fedlth")
+def main() -> None:
+    """Federated and robust lottery tickets on Flower."""
+
+
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+    """Central lottery-ticket run: IMP with rewinding and both controls."""
+    from fedlth.data import DatasetUnavailableError
+
+    try:
+        sc = load_scenario(scenario, overrides)
+        out = out or default_out_dir("ticket", sc["name"])
+        check_out_dir(out)
+        from fedlth.ticket_run import TicketRun, write_outputs
+
+        with _progress(quiet) as say:
+            runner = TicketRun(sc, say)
+            summary = runner.run()
+    except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
+        fail(str(exc))
+    write_outputs(out, sc, summary)
+    _print_ticket_table(summary, out, quiet)
+
+
+class _progress:
+    """A rich status line that shows the latest message; silent when quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.status = None
+
+    def __enter__(self):
+        if self.quiet:
+            return lambda _msg: None
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        self.status = console.status("starting")
+        self.status.__enter__()
+
+        def say(msg: str) -> None:
+            console.log(msg)
+            self.status.update(msg)
+
+        return say
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)
+
+
+def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
+    """A table of the levels on stdout."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"IMP on {summary['dataset']} / {summary['model']} (seed {summary['seed']})")
+    for col in ("level", "density", "ticket", "re-init", "random mask", "seconds"):
+        table.add_column(col, justify="right")
+    table.add_row("0", "1.000", f"{summary['dense_accuracy']:.4f}", "", "", f"{summary['dense_seconds']:.1f}")
+
+    def fmt(x: float | None) -> str:
+        return "" if x is None else f"{x:.4f}"
+
+    for lv in summary["levels"]:
+        table.add_row(
+            str(lv["level"]), f"{lv['density']:.3f}", fmt(lv["ticket_accuracy"]), fmt(lv["reinit_accuracy"]),
+            fmt(lv["random_mask_accuracy"]), f"{lv['seconds_with_controls']:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {out}/summary.json and {out}/accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")

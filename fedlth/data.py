@@ -1,0 +1,458 @@
+"""Datasets by name as numpy arrays: embedded offline ones, hub and UCI ones when reachable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+EMBEDDED = ("mnist1d", "digits", "arrests")
+
+
+class DatasetUnavailableError(RuntimeError):
+    """An online dataset could not be fetched (no network, no local copy)."""
+
+
+# eq=False: numpy arrays make the generated __eq__/__hash__ ambiguous; identity is what we want.
+@dataclass(frozen=True, eq=False)
+class ArrayData:
+    """A dataset with a fixed train/test pool; x is float32 (N, *input_shape), y int64."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    input_shape: tuple[int, ...]
+    num_classes: int
+    input_range: tuple[float, float]  # valid inputs in the model's input space (attacks clip here)
+    sensitive_train: dict[str, np.ndarray] = field(default_factory=dict)
+    sensitive_test: dict[str, np.ndarray] = field(default_factory=dict)
+    ids_train: np.ndarray | None = None  # natural ids (year, writer) for natural-id partitions
+    ids_test: np.ndarray | None = None
+    feature_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for split, x, y in (
+            ("train", self.x_train, self.y_train),
+            ("test", self.x_test, self.y_test),
+        ):
+            if x.dtype != np.float32 or y.dtype != np.int64:
+                raise ValueError(
+                    f"{self.name} {split}: x must be float32 and y int64, got {x.dtype}, {y.dtype}"
+                )
+            if x.shape[1:] != self.input_shape or len(x) != len(y):
+                raise ValueError(
+                    f"{self.name} {split}: x {x.shape} and y {y.shape} do not match input_shape {self.input_shape}"
+                )
+        for split, extras, n in (
+            ("train", {**self.sensitive_train, "ids": self.ids_train}, len(self.y_train)),
+            ("test", {**self.sensitive_test, "ids": self.ids_test}, len(self.y_test)),
+        ):
+            bad = [k for k, v in extras.items() if v is not None and len(v) != n]
+            if bad:
+                raise ValueError(
+                    f"{self.name} {split}: {bad} do not have one entry per sample ({n})"
+                )
+
+
+def label_counts(y: np.ndarray, idx: np.ndarray, num_classes: int) -> np.ndarray:
+    """Samples per class among y[idx], as an int64 array of length num_classes."""
+    return np.bincount(
+        np.asarray(y)[np.asarray(idx, dtype=np.int64)], minlength=num_classes
+    ).astype(np.int64)
+
+
+def to_tensor_dataset(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> TensorDataset:
+    """The rows idx of (x, y) as a TensorDataset (copies, so the arrays stay untouched)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    return TensorDataset(
+        torch.from_numpy(np.ascontiguousarray(x[idx])),
+        torch.from_numpy(np.ascontiguousarray(y[idx])),
+    )
+
+
+def default_cache_dir() -> Path:
+    """FEDLTH_CACHE if set, else ~/.cache/fedlth."""
+    return Path(os.environ.get("FEDLTH_CACHE") or Path.home() / ".cache" / "fedlth")
+
+
+def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    # Temp file + os.replace: a concurrent reader (parallel simulated clients) never sees half a file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _stratified_split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # random_state=0, not the run seed: the test pool is part of the dataset's definition.
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    train, test = train_test_split(idx, test_size=0.2, stratify=y, random_state=0)
+    return np.sort(train), np.sort(test)
+
+
+# ---------------------------------------------------------------- embedded, offline
+
+
+def _load_mnist1d(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = (
+        12000  # 9,600 train / 2,400 test; args.seed stays the package's (standard data)
+    )
+    key = hashlib.sha256(json.dumps(vars(args), sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+    file = (cache_dir or default_cache_dir()) / f"mnist1d-{key}.npz"
+    if file.exists():
+        with np.load(file) as z:
+            arrays = {k: z[k] for k in z.files}
+    else:
+        # make_dataset reseeds the global random and np.random: restore them afterwards.
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:
+            raw = make_dataset(args)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+        arrays = {
+            "x_train": np.asarray(raw["x"], dtype=np.float32),
+            "y_train": np.asarray(raw["y"], dtype=np.int64),
+            "x_test": np.asarray(raw["x_test"], dtype=np.float32),
+            "y_test": np.asarray(raw["y_test"], dtype=np.int64),
+        }
+        _save_npz_atomic(file, arrays)
+    x_train = arrays["x_train"]
+    return ArrayData(
+        name="mnist1d",
+        x_train=x_train,
+        y_train=arrays["y_train"],
+        x_test=arrays["x_test"],
+        y_test=arrays["y_test"],
+        input_shape=tuple(x_train.shape[1:]),
+        num_classes=10,
+        input_range=(float(x_train.min()), float(x_train.max())),
+    )
+
+
+def _load_digits(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    train, test = _stratified_split(y)
+    return ArrayData(
+        name="digits",
+        x_train=x[train],
+        y_train=y[train],
+        x_test=x[test],
+        y_test=y[test],
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        input_range=(0.0, 1.0),
+    )
+
+
+def encode_tabular(
+    train: Any, test: Any, categorical: list[str], numeric: list[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """One-hot categoricals (train's categories) and min-max numerics (train's range) into [0, 1]."""
+    import pandas as pd
+
+    parts_train, parts_test, names = [], [], []
+    for col in categorical:
+        cats = sorted(train[col].astype(str).unique())
+        for part, frame in ((parts_train, train), (parts_test, test)):
+            codes = pd.Index(cats).get_indexer(frame[col].astype(str))
+            # A test-only category (code -1) becomes all zeros rather than a new column.
+            part.append(np.eye(len(cats), dtype=np.float32)[codes] * (codes >= 0)[:, None])
+        names += [f"{col}={c}" for c in cats]
+    for col in numeric:
+        lo, hi = float(train[col].min()), float(train[col].max())
+        scale = hi - lo if hi > lo else 1.0
+        for part, frame in ((parts_train, train), (parts_test, test)):
+            # Clip test values outside train's range so input_range (0, 1) holds for both pools.
+            part.append(
+                np.clip((frame[col].to_numpy(dtype=np.float64) - lo) / scale, 0.0, 1.0)[:, None]
+            )
+        names.append(col)
+    x_train = np.concatenate(parts_train, axis=1).astype(np.float32)
+    x_test = np.concatenate(parts_test, axis=1).astype(np.float32)
+    return x_train, x_test, tuple(names)
+
+
+def _tabular(
+    name: str, train: Any, test: Any, target: Any, sensitive: list[str], ids: str | None = None
+) -> ArrayData:
+    """ArrayData from train/test frames; target(frame) -> 0/1 labels; every other column a feature."""
+    import pandas as pd
+
+    features = [c for c in train.columns if c != "__target__"]
+    numeric = [c for c in features if pd.api.types.is_numeric_dtype(train[c])]
+    categorical = [c for c in features if c not in numeric]
+    x_train, x_test, names = encode_tabular(train, test, categorical, numeric)
+    return ArrayData(
+        name=name,
+        x_train=x_train,
+        y_train=target(train).astype(np.int64),
+        x_test=x_test,
+        y_test=target(test).astype(np.int64),
+        input_shape=(x_train.shape[1],),
+        num_classes=2,
+        input_range=(0.0, 1.0),
+        sensitive_train={s: train[s].to_numpy(dtype=str) for s in sensitive},
+        sensitive_test={s: test[s].to_numpy(dtype=str) for s in sensitive},
+        ids_train=None if ids is None else train[ids].to_numpy(),
+        ids_test=None if ids is None else test[ids].to_numpy(),
+        feature_names=names,
+    )
+
+
+def _load_arrests(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+    from sklego.datasets import load_arrests
+
+    df = load_arrests(as_frame=True)
+    y = (df["released"].astype(str) == "Yes").to_numpy(dtype=np.int64)
+    train, test = _stratified_split(y)
+    # colour and sex stay in the features too, as fairness benchmarks usually do.
+    frame = df.drop(columns=["released"]).assign(__target__=y)
+    return _tabular(
+        "arrests",
+        frame.iloc[train].reset_index(drop=True),
+        frame.iloc[test].reset_index(drop=True),
+        target=lambda f: f["__target__"].to_numpy(),
+        sensitive=["colour", "sex"],
+        ids="year",
+    )
+
+
+# ---------------------------------------------------------------- adult (UCI files or OpenML)
+
+ADULT_COLUMNS = (
+    "age",
+    "workclass",
+    "fnlwgt",
+    "education",
+    "education-num",
+    "marital-status",
+    "occupation",
+    "relationship",
+    "race",
+    "sex",
+    "capital-gain",
+    "capital-loss",
+    "hours-per-week",
+    "native-country",
+    "income",
+)
+
+
+def read_uci_adult(folder: Path) -> tuple[Any, Any]:
+    """adult.data and adult.test as frames; rows with a missing ('?') value dropped, as usual."""
+    import pandas as pd
+
+    def read(file: Path, skip: int) -> Any:
+        frame = pd.read_csv(
+            file,
+            header=None,
+            names=list(ADULT_COLUMNS),
+            skiprows=skip,
+            skipinitialspace=True,
+            na_values="?",
+            comment=None,
+        )
+        frame = frame.dropna().reset_index(drop=True)
+        # adult.test writes labels as '>50K.'; strip the trailing dot to match adult.data.
+        return frame.assign(income=frame["income"].astype(str).str.strip().str.rstrip("."))
+
+    missing = [f for f in ("adult.data", "adult.test") if not (folder / f).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} lacks {missing}; it needs the UCI files adult.data and adult.test"
+        )
+    # adult.test starts with a junk line ('|1x3 Cross validator').
+    return read(folder / "adult.data", 0), read(folder / "adult.test", 1)
+
+
+def _fetch_adult_openml() -> tuple[Any, Any]:
+    from fairlearn.datasets import fetch_adult
+
+    frame = fetch_adult(as_frame=True).frame.rename(columns={"class": "income"})
+    frame = frame.dropna().reset_index(drop=True)
+    y = (frame["income"].astype(str).str.strip() == ">50K").to_numpy(dtype=np.int64)
+    train, test = _stratified_split(y)
+    return frame.iloc[train].reset_index(drop=True), frame.iloc[test].reset_index(drop=True)
+
+
+def _load_adult(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+    if path is not None:
+        train, test = read_uci_adult(Path(path))
+    else:
+        try:
+            train, test = _fetch_adult_openml()
+        except Exception as err:
+            raise DatasetUnavailableError(
+                f"dataset 'adult' needs OpenML (via fairlearn), which is not reachable: {err!r}; "
+                "pass path= a folder holding the UCI files adult.data and adult.test"
+            ) from err
+    # Categories as strings so object/categorical/str columns from either source encode alike.
+    import pandas as pd
+
+    def as_str(frame: Any) -> Any:
+        text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+        return frame.assign(**{c: frame[c].astype(str).str.strip() for c in text})
+
+    train, test = as_str(train), as_str(test)
+    to_y = lambda f: (f["income"] == ">50K").to_numpy()  # noqa: E731
+    train = train.assign(__target__=to_y(train)).drop(columns=["income"])
+    test = test.assign(__target__=to_y(test)).drop(columns=["income"])
+    return _tabular(
+        "adult", train, test, target=lambda f: f["__target__"].to_numpy(), sensitive=["sex", "race"]
+    )
+
+
+# ---------------------------------------------------------------- Hugging Face hub
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """Where an image dataset lives on the hub and which columns hold what."""
+
+    hub_id: str
+    image_column: str
+    label_column: str
+    num_classes: int
+    id_column: str | None = None  # natural id, when the dataset has one
+    has_test_split: bool = True
+
+
+HUB: dict[str, HubSpec] = {
+    "mnist": HubSpec("ylecun/mnist", "image", "label", 10),
+    "fashion-mnist": HubSpec("zalando-datasets/fashion_mnist", "image", "label", 10),
+    "cifar10": HubSpec("uoft-cs/cifar10", "img", "label", 10),
+    "femnist": HubSpec(
+        "flwrlabs/femnist", "image", "character", 62, id_column="writer_id", has_test_split=False
+    ),
+}
+
+
+def hf_to_arrays(
+    ds: Any, image_column: str, label_column: str, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
+    """A datasets.Dataset of images (PIL or arrays) and labels -> x float32 (N, C, H, W) in [0, 1], y int64."""
+    xs, ys = [], []
+    for batch in ds.with_format("numpy").iter(batch_size=batch_size):
+        images = batch[image_column]
+        if images.dtype == object:  # ragged modes in one batch: stack one by one
+            images = np.stack([np.asarray(im) for im in images])
+        xs.append(images)
+        ys.append(np.asarray(batch[label_column], dtype=np.int64))
+    x = np.concatenate(xs) if xs else np.zeros((0, 1, 1, 1))
+    y = np.concatenate(ys) if ys else np.zeros(0, dtype=np.int64)
+    if x.ndim == 3:  # grayscale (N, H, W)
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)  # channels last (PIL) -> channels first (torch)
+    # Integer pixels are 0..255; float pixels are taken to be in [0, 1] already.
+    x = x.astype(np.float32) / 255.0 if np.issubdtype(x.dtype, np.integer) else x.astype(np.float32)
+    return np.ascontiguousarray(x), y
+
+
+def _hub_load_dataset(hub_id: str, cache_dir: Path | None) -> Any:
+    """The hub's DatasetDict; the one place that touches the network (tests replace it)."""
+    import datasets
+
+    return datasets.load_dataset(
+        hub_id, cache_dir=None if cache_dir is None else str(cache_dir / "hf")
+    )
+
+
+def _load_hub(name: str, seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+    spec = HUB[name]
+    try:
+        splits = _hub_load_dataset(spec.hub_id, cache_dir)
+    except Exception as err:
+        raise DatasetUnavailableError(
+            f"dataset {name!r} needs the Hugging Face hub ({spec.hub_id}), which is not reachable: {err!r}; "
+            f"use an embedded dataset ({', '.join(EMBEDDED)}) or pre-fill the Hugging Face cache "
+            "(cache_dir/hf or HF_HOME) on a machine with network access"
+        ) from err
+    x_train, y_train = hf_to_arrays(splits["train"], spec.image_column, spec.label_column)
+    ids_train = ids_test = None
+    if spec.id_column is not None:
+        ids_train = np.asarray(splits["train"][spec.id_column])
+    if spec.has_test_split:
+        x_test, y_test = hf_to_arrays(splits["test"], spec.image_column, spec.label_column)
+        if spec.id_column is not None:
+            ids_test = np.asarray(splits["test"][spec.id_column])
+    else:
+        # No test split (femnist): a fixed 80/20 split, plain random since rare classes
+        # may have too few samples to stratify; random_state 0 as for the other datasets.
+        order = np.random.default_rng(0).permutation(len(y_train))
+        cut = int(round(0.8 * len(order)))
+        train, test = np.sort(order[:cut]), np.sort(order[cut:])
+        x_test, y_test = x_train[test], y_train[test]
+        x_train, y_train = x_train[train], y_train[train]
+        if ids_train is not None:
+            ids_train, ids_test = ids_train[train], ids_train[test]
+    return ArrayData(
+        name=name,
+        x_train=x_train,
+        y_train=y_train,
+        x_test=x_test,
+        y_test=y_test,
+        input_shape=tuple(x_train.shape[1:]),
+        num_classes=spec.num_classes,
+        input_range=(0.0, 1.0),
+        ids_train=ids_train,
+        ids_test=ids_test,
+    )
+
+
+# ---------------------------------------------------------------- registry
+
+Loader = Callable[[int, "Path | None", "Path | None"], ArrayData]
+
+DATASETS: dict[str, Loader] = {
+    "mnist1d": _load_mnist1d,
+    "digits": _load_digits,
+    "arrests": _load_arrests,
+    "adult": _load_adult,
+    **{name: partial(_load_hub, name) for name in HUB},
+}
+
+
+def load_dataset(
+    name: str, *, seed: int = 0, cache_dir: str | Path | None = None, path: str | Path | None = None
+) -> ArrayData:
+    """Load a dataset by name. Train/test pools are fixed per dataset (seed does not move them).
+
+    cache_dir: where generated or downloaded data is cached (default FEDLTH_CACHE or
+    ~/.cache/fedlth); path: a local copy for datasets that accept one (adult).
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}")
+    return DATASETS[name](
+        seed, None if cache_dir is None else Path(cache_dir), None if path is None else Path(path)
+    )

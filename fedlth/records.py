@@ -1,0 +1,123 @@
+"""The one place where Flower records meet fedlth's dicts of tensors, arrays and scalars."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+
+from fedlth import wire
+from fedlth.masks import Mask, Weights
+
+ConfigValue = int | float | str | bool
+MetricValue = int | float
+
+
+def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """An ArrayRecord holding each array under its key, in the mapping's order."""
+    # ArrayRecord(...) does not accept a dict of ndarrays (only of Array, torch tensors or a
+    # list of ndarrays with generated keys), so wrap each one; Array(ndarray) is np.save.
+    return ArrayRecord({k: Array(np.asarray(a)) for k, a in arrays.items()})
+
+
+def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
+    """The record's arrays by key, in the record's order (fresh, writable numpy arrays)."""
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def encode_record(weights: Weights, mask: Mask | None) -> ArrayRecord:
+    """Weights in the sparse wire format (see fedlth.wire), ready for a Message."""
+    return to_array_record(wire.encode(weights, mask))
+
+
+def decode_record(
+    record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> tuple[Weights, Mask]:
+    """Weights and mask from a sparse-format record; raises wire.WireError when malformed."""
+    return wire.decode(from_array_record(record), shapes)
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """Bytes Flower ships for the record: every Array's np.save bytes plus its key."""
+    # count_bytes() adds len(key) per entry to len(Array.data); Array.data includes the
+    # .npy header (128 bytes for ordinary arrays), so tiny tensors cost more sparse than dense.
+    return record.count_bytes()
+
+
+def weights_to_record(weights: Weights) -> ArrayRecord:
+    """Every tensor dense and exact, for Context.state or a reply Flower's FedAvg can read."""
+    return to_array_record({k: _tensor_to_numpy(k, w) for k, w in weights.items()})
+
+
+def weights_from_record(record: ArrayRecord) -> Weights:
+    """Tensors back from weights_to_record, dtypes and shapes exact."""
+    return {k: torch.from_numpy(a) for k, a in from_array_record(record).items()}
+
+
+def mask_to_record(mask: Mask) -> ArrayRecord:
+    """A mask as dense bool arrays (one byte per entry: simple and exact for local state)."""
+    for k, m in mask.items():
+        if m.dtype != torch.bool:
+            raise ValueError(f"mask {k!r} has dtype {m.dtype}; expected torch.bool")
+    return weights_to_record(mask)
+
+
+def mask_from_record(record: ArrayRecord) -> Mask:
+    """A mask back from mask_to_record; rejects non-bool arrays."""
+    mask = weights_from_record(record)
+    for k, m in mask.items():
+        if m.dtype != torch.bool:
+            raise ValueError(f"record entry {k!r} has dtype {m.dtype}; a mask needs bool")
+    return mask
+
+
+def _tensor_to_numpy(name: str, t: torch.Tensor) -> np.ndarray:
+    try:
+        return t.detach().cpu().contiguous().numpy()
+    except TypeError as e:  # bfloat16 and friends have no numpy dtype
+        raise ValueError(f"{name!r}: dtype {t.dtype} has no numpy equivalent") from e
+
+
+def _scalar(value: object) -> object:
+    # numpy scalars (np.int64 is not an int) would be rejected by Flower's type checks.
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def config_to_record(d: Mapping[str, ConfigValue | None]) -> ConfigRecord:
+    """A ConfigRecord of scalars; None values are left out (None means "not set")."""
+    items = {k: _scalar(v) for k, v in d.items() if v is not None}
+    for k, v in items.items():
+        if not isinstance(v, int | float | str | bool):
+            raise TypeError(f"config {k!r} has type {type(v).__name__}; expected int|float|str|bool")
+    return ConfigRecord(items)
+
+
+def config_from_record(record: ConfigRecord) -> dict[str, ConfigValue]:
+    """The record's scalars as a plain dict."""
+    return dict(record.items())
+
+
+def metrics_to_record(d: Mapping[str, MetricValue | bool | None]) -> MetricRecord:
+    """A MetricRecord of numbers; None values are left out, bools become 0/1.
+
+    Flower's MetricRecord rejects bool, but decisions such as "pruned this round" are
+    worth averaging across clients as rates.
+    """
+    items: dict[str, MetricValue] = {}
+    for k, v in d.items():
+        v = _scalar(v)
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            v = int(v)
+        if not isinstance(v, int | float):
+            raise TypeError(f"metric {k!r} has type {type(v).__name__}; expected int|float")
+        items[k] = v
+    return MetricRecord(items)
+
+
+def metrics_from_record(record: MetricRecord) -> dict[str, MetricValue]:
+    """The record's numbers as a plain dict."""
+    return dict(record.items())

@@ -1,0 +1,229 @@
+"""The central lottery-ticket run: IMP on one machine with both winning-ticket controls."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fedlth.data import ArrayData, load_dataset
+from fedlth.io import write_json_atomic, write_text_atomic
+from fedlth.lottery import (
+    early_bird_epoch,
+    mask_distances,
+    next_mask,
+    one_shot_mask,
+    random_mask_control,
+    rewind,
+)
+from fedlth.masks import (
+    Mask,
+    Weights,
+    apply_mask,
+    density,
+    layer_densities,
+    ones_mask,
+    prunable_names,
+)
+from fedlth.models import bn_pairs, build_model
+from fedlth.partition import central_split
+from fedlth.scenario import ScenarioError, to_toml
+from fedlth.training import TrainConfig, evaluate, train_
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Tensors of one train / validation / test split."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def central_tensors(data: ArrayData, seed: int, val_fraction: float) -> Split:
+    """The central split as tensors: validation carved from the training pool, test untouched."""
+    s = central_split(data, seed=seed, val_fraction=val_fraction)
+
+    def t(x: Any) -> Tensor:
+        return torch.as_tensor(x)
+
+    return Split(
+        t(data.x_train[s.train]), t(data.y_train[s.train]), t(data.x_train[s.val]), t(data.y_train[s.val]),
+        t(data.x_test[s.test]), t(data.y_test[s.test]),
+    )
+
+
+def snapshot(model: nn.Module) -> Weights:
+    """A detached copy of the model's state (parameters and buffers)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_config(sc: dict[str, Any]) -> TrainConfig:
+    """The training part of a scenario."""
+    return TrainConfig(
+        lr=sc["lr"], momentum=sc["momentum"], weight_decay=sc["weight-decay"], batch_size=sc["batch-size"],
+        optimizer=sc["optimizer"], lr_schedule=sc["lr-schedule"],
+    )
+
+
+def check_ticket_scenario(sc: dict[str, Any], steps_total: int) -> None:
+    """Cross-key checks that need the data's size."""
+    if sc["rewind"] == "iteration" and sc["rewind-iteration"] >= steps_total:
+        raise ScenarioError(
+            f"key 'rewind-iteration' is {sc['rewind-iteration']}; allowed: 0 <= k < {steps_total} "
+            f"(the steps of one level: epochs x batches per epoch)"
+        )
+
+
+class TicketRun:
+    """State of one IMP run: data, model factory, rewind point, schedule."""
+
+    def __init__(self, sc: dict[str, Any], progress: Progress | None = None) -> None:
+        self.sc = sc
+        self.say = progress or (lambda _msg: None)
+        self.seed = sc["seed"]
+        if sc["torch-threads"] > 0:
+            torch.set_num_threads(sc["torch-threads"])
+        self.data = load_dataset(sc["dataset"], seed=self.seed, path=sc["data-path"] or None)
+        self.split = central_tensors(self.data, self.seed, sc["val-fraction"])
+        self.cfg = train_config(sc)
+        self.steps_per_epoch = math.ceil(len(self.split.x_train) / self.cfg.batch_size)
+        self.total_steps = sc["epochs"] * self.steps_per_epoch
+        check_ticket_scenario(sc, self.total_steps)
+        self.rewind_step = {"init": 0, "iteration": sc["rewind-iteration"], "lr": 0}[sc["rewind"]]
+
+    def fresh_model(self, init_seed: int) -> nn.Module:
+        """A new model whose initialization depends only on `init_seed`."""
+        torch.manual_seed(init_seed)
+        return build_model(self.sc["model"], self.data.input_shape, self.data.num_classes)
+
+    def train(self, model: nn.Module, start: Weights, mask: Mask, level: int, start_step: int, **hooks: Any) -> dict[str, float]:
+        """Load `start`, train to the end of the schedule, return val/test accuracy."""
+        model.load_state_dict(start)
+        # Every model of a level sees the same batch order, so the controls differ only in mask or init.
+        gen = torch.Generator().manual_seed(self.seed * 1_000 + level)
+        epochs_left = self.sc["epochs"] - start_step // self.steps_per_epoch
+        # A rewind into the middle of an epoch trains the rest of that epoch as a full one;
+        # the schedule (and so the learning rate) still resumes at the exact step.
+        res = train_(
+            model, self.split.x_train, self.split.y_train, mask, self.cfg, epochs=epochs_left, generator=gen,
+            start_step=start_step, total_steps=max(self.total_steps, start_step + epochs_left * self.steps_per_epoch),
+            **hooks,
+        )
+        _, val_acc = evaluate(model, self.split.x_val, self.split.y_val)
+        _, test_acc = evaluate(model, self.split.x_test, self.split.y_test)
+        return {"val_accuracy": val_acc, "test_accuracy": test_acc, "train_loss": res.loss}
+
+    def run(self) -> dict[str, Any]:
+        """Dense training, then `imp-levels` prune → rewind → retrain levels with controls."""
+        sc, t_start = self.sc, time.perf_counter()
+        model = self.fresh_model(self.seed)
+        names = prunable_names(model, skip_first=sc["skip-first-layer"], skip_last=sc["skip-last-layer"])
+        bn_of = bn_pairs(model)
+        theta0 = snapshot(model)
+        dense_mask = mask = ones_mask(theta0, names)
+        rewind_point: dict[str, Weights] = {}
+        eb_masks: list[Mask] = []
+
+        def save_theta_k(step: int, m: nn.Module) -> None:
+            if step == self.rewind_step:
+                rewind_point["w"] = snapshot(m)
+
+        def early_bird(_epoch: int, m: nn.Module) -> None:
+            # The mask one IMP step would cut now; when it stops moving, the ticket is drawn.
+            eb_masks.append(next_mask(snapshot(m), dense_mask, pruner=sc["pruner"], amount=sc["prune-rate"], bn_of=bn_of))
+
+        self.say("level 0: dense training")
+        t0 = time.perf_counter()
+        dense = self.train(model, theta0, mask, 0, 0, on_step=save_theta_k, on_epoch=early_bird)
+        dense_seconds = time.perf_counter() - t0
+        theta_k = theta0 if self.rewind_step == 0 else rewind_point["w"]
+        dense_trained = snapshot(model)
+        trained = dense_trained
+        levels: list[dict[str, Any]] = []
+        for level in range(1, sc["imp-levels"] + 1):
+            t0 = time.perf_counter()
+            if sc["one-shot"]:
+                mask = one_shot_mask(
+                    dense_trained, names, pruner=sc["pruner"], prune_rate=sc["prune-rate"], level=level,
+                    generator=torch.Generator().manual_seed(self.seed + level), bn_of=bn_of,
+                )
+            else:
+                mask = next_mask(
+                    trained, mask, pruner=sc["pruner"], amount=sc["prune-rate"],
+                    generator=torch.Generator().manual_seed(self.seed + level), bn_of=bn_of,
+                )
+            if sc["rewind"] == "lr":
+                # Learning-rate rewinding (Renda et al. 2020): keep the weights, replay the schedule.
+                base = dense_trained if sc["one-shot"] else trained
+                start, start_step = apply_mask(base, mask), 0
+            else:
+                start, start_step = rewind(theta_k, mask), self.rewind_step
+            d = density(mask)
+            self.say(f"level {level}: density {d:.3f}, ticket")
+            ticket = self.train(model, start, mask, level, start_step)
+            trained = snapshot(model)
+            ticket_seconds = time.perf_counter() - t0
+            entry: dict[str, Any] = {
+                "level": level, "density": d, "ticket_accuracy": ticket["test_accuracy"],
+                "ticket_val_accuracy": ticket["val_accuracy"], "reinit_accuracy": None, "random_mask_accuracy": None,
+                "layer_densities": layer_densities(mask), "seconds": ticket_seconds,
+            }
+            if sc["controls"]:
+                self.say(f"level {level}: density {d:.3f}, re-init control")
+                # Same mask, a fresh random initialization (Frankle & Carbin's re-init control).
+                fresh = snapshot(self.fresh_model(self.seed + 7_919 * level))
+                reinit = self.train(self.fresh_model(0), rewind(fresh, mask), mask, level, start_step)
+                self.say(f"level {level}: density {d:.3f}, random-mask control")
+                # Same per-layer density at random positions, from the ticket's own start weights.
+                rmask = random_mask_control(mask, self.seed * 31 + level)
+                rstart = apply_mask(start, rmask)
+                rand = self.train(self.fresh_model(0), rstart, rmask, level, start_step)
+                entry.update(
+                    reinit_accuracy=reinit["test_accuracy"], reinit_val_accuracy=reinit["val_accuracy"],
+                    random_mask_accuracy=rand["test_accuracy"], random_mask_val_accuracy=rand["val_accuracy"],
+                )
+            entry["seconds_with_controls"] = time.perf_counter() - t0
+            levels.append(entry)
+
+        eb_epoch = early_bird_epoch(eb_masks, sc["early-bird-epsilon"], sc["early-bird-window"]) if eb_masks else None
+        return {
+            "dataset": sc["dataset"], "model": sc["model"], "seed": self.seed, "pruner": sc["pruner"],
+            "rewind": sc["rewind"], "one_shot": sc["one-shot"],
+            "dense_accuracy": dense["test_accuracy"], "dense_val_accuracy": dense["val_accuracy"],
+            "dense_seconds": dense_seconds, "levels": levels,
+            "early_bird": {
+                "epoch": eb_epoch, "epsilon": sc["early-bird-epsilon"], "window": sc["early-bird-window"],
+                "distances": mask_distances(eb_masks),
+            },
+            "split_sizes": {"train": len(self.split.x_train), "val": len(self.split.x_val), "test": len(self.split.x_test)},
+            "wall_seconds": time.perf_counter() - t_start,
+        }
+
+
+def write_outputs(out: Path, sc: dict[str, Any], summary: dict[str, Any]) -> None:
+    """scenario.toml, summary.json and the accuracy-against-density plot."""
+    from fedlth.plots import plot_ticket_levels
+
+    write_text_atomic(out / "scenario.toml", to_toml(sc))
+    write_json_atomic(out / "summary.json", summary)
+    plot_ticket_levels(summary, out / "accuracy_vs_density.png")
+
+
+def run_ticket(sc: dict[str, Any], out: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """Run IMP for a validated scenario and write its outputs to `out`."""
+    runner = TicketRun(sc, progress)  # loads data and checks cross-key rules before anything is written
+    summary = runner.run()
+    write_outputs(out, sc, summary)
+    return summary
