@@ -34,7 +34,9 @@ def _validate(previous: Weights, updates: Sequence[Update]) -> None:
         missing = sorted(set(previous) - set(u.weights))
         unknown = sorted(set(u.weights) - set(previous))
         if missing or unknown:
-            raise ValueError(f"client {i}: weight names differ; missing {missing}, unknown {unknown}")
+            raise ValueError(
+                f"client {i}: weight names differ; missing {missing}, unknown {unknown}"
+            )
         for name, w in u.weights.items():
             prev = previous[name]
             if w.shape != prev.shape:
@@ -50,7 +52,9 @@ def _validate(previous: Weights, updates: Sequence[Update]) -> None:
             if name not in previous:
                 raise ValueError(f"client {i}: mask names unknown weight {name!r}")
             if m.dtype != torch.bool:
-                raise ValueError(f"client {i}: mask {name!r} has dtype {m.dtype}; expected torch.bool")
+                raise ValueError(
+                    f"client {i}: mask {name!r} has dtype {m.dtype}; expected torch.bool"
+                )
             if m.shape != previous[name].shape:
                 raise ValueError(
                     f"client {i}: mask {name!r} has shape {tuple(m.shape)}; "

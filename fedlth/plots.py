@@ -39,3 +39,61 @@ def plot_ticket_levels(summary: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _eval_series(rounds: list[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
+    """Rounds with an evaluation, their mean and std of client accuracies."""
+    xs, means, stds = [], [], []
+    for r in rounds:
+        if r.get("evaluate"):
+            accs = [m["accuracy"] for m in r["evaluate"].values()]
+            mean = sum(accs) / len(accs)
+            xs.append(r["round"])
+            means.append(mean)
+            stds.append((sum((a - mean) ** 2 for a in accs) / len(accs)) ** 0.5)
+    return xs, means, stds
+
+
+def plot_federated(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> None:
+    """Personalized accuracy by round, density by round, accuracy against cumulative upload."""
+    plt = _pyplot()
+    xs, means, stds = _eval_series(rounds)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, means, "o-", label="mean over clients")
+    ax.fill_between(xs, [m - s for m, s in zip(means, stds, strict=True)], [m + s for m, s in zip(means, stds, strict=True)], alpha=0.2, label="± std")
+    ax.set(xlabel="round", ylabel="personalized test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_by_round.png", dpi=120)
+    plt.close(fig)
+
+    # density: the latest density each client reported, averaged over clients seen so far
+    latest: dict[str, float] = {}
+    dx, dy = [], []
+    for r in rounds:
+        for pid, m in r.get("train", {}).items():
+            latest[str(pid)] = m.get("density", 1.0)
+        if latest:
+            dx.append(r["round"])
+            dy.append(sum(latest.values()) / len(latest))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(dx, dy, "-")
+    ax.set(xlabel="round", ylabel="mean density of trained clients", ylim=(0, 1.05), title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "density_by_round.png", dpi=120)
+    plt.close(fig)
+
+    cum, up = 0, {}
+    for r in rounds:
+        cum += r["bytes"]["upload"]
+        up[r["round"]] = cum
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([up[x] / 1e6 for x in xs], means, "o-")
+    ax.set(xlabel="cumulative upload (MB)", ylabel="personalized test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy_vs_upload.png", dpi=120)
+    plt.close(fig)

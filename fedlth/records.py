@@ -90,7 +90,9 @@ def config_to_record(d: Mapping[str, ConfigValue | None]) -> ConfigRecord:
     items = {k: _scalar(v) for k, v in d.items() if v is not None}
     for k, v in items.items():
         if not isinstance(v, int | float | str | bool):
-            raise TypeError(f"config {k!r} has type {type(v).__name__}; expected int|float|str|bool")
+            raise TypeError(
+                f"config {k!r} has type {type(v).__name__}; expected int|float|str|bool"
+            )
     return ConfigRecord(items)
 
 

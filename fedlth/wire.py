@@ -136,7 +136,9 @@ def decode(
             continue
         parts = sparse[name]
         if BITS not in parts or VALUES not in parts:
-            raise WireError(f"{name!r} needs both {SEP}{BITS} and {SEP}{VALUES}; got {sorted(parts)}")
+            raise WireError(
+                f"{name!r} needs both {SEP}{BITS} and {SEP}{VALUES}; got {sorted(parts)}"
+            )
         shape = _shape_of(name, parts, shapes)
         m = _unpack_mask(parts[BITS], shape, name)
         values = parts[VALUES]

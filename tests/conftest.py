@@ -25,3 +25,19 @@ def mnist1d_data(data_cache_dir: Path) -> ArrayData:
 def digits() -> ArrayData:
     """sklearn's 1,797 8x8 digits."""
     return load_dataset("digits")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_homes(data_cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Every test caches data and keeps Flower's home in temporary folders, never in ~."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("FEDLTH_CACHE", "FLWR_HOME")}
+    os.environ["FEDLTH_CACHE"] = str(data_cache_dir)
+    os.environ["FLWR_HOME"] = str(tmp_path_factory.mktemp("flwr-home"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -59,16 +59,21 @@ def _assert_close(got, want, atol=1e-6):
 
 
 def _snapshot(updates, previous):
-    return [({k: v.clone() for k, v in u.weights.items()}, {k: v.clone() for k, v in u.mask.items()}) for u in updates], {
-        k: v.clone() for k, v in previous.items()
-    }
+    return [
+        ({k: v.clone() for k, v in u.weights.items()}, {k: v.clone() for k, v in u.mask.items()})
+        for u in updates
+    ], {k: v.clone() for k, v in previous.items()}
 
 
-@pytest.mark.parametrize("seed,num_clients,density", list(itertools.product(range(3), (1, 2, 5), (0.1, 0.5, 0.9))))
+@pytest.mark.parametrize(
+    "seed,num_clients,density", list(itertools.product(range(3), (1, 2, 5), (0.1, 0.5, 0.9)))
+)
 def test_matches_brute_force_on_random_masks(seed, num_clients, density):
     g = torch.Generator().manual_seed(seed * 100 + num_clients)
     previous = _state(g)
-    updates = [_update(g, density, int(torch.randint(1, 50, (), generator=g))) for _ in range(num_clients)]
+    updates = [
+        _update(g, density, int(torch.randint(1, 50, (), generator=g))) for _ in range(num_clients)
+    ]
     before, prev_before = _snapshot(updates, previous)
     got = masked_mean(previous, updates)
     _assert_close(got, _brute_force(previous, updates))
@@ -152,14 +157,37 @@ def test_float64_accumulation_keeps_float32_precision():
     [
         (lambda u: Update(u.weights, u.mask, 0), "client 1: num_examples"),
         (lambda u: Update(u.weights, u.mask, True), "client 1: num_examples"),
-        (lambda u: Update({k: v for k, v in u.weights.items() if k != "fc.bias"}, u.mask, 3), "client 1: .*missing"),
+        (
+            lambda u: Update({k: v for k, v in u.weights.items() if k != "fc.bias"}, u.mask, 3),
+            "client 1: .*missing",
+        ),
         (lambda u: Update({**u.weights, "extra": torch.ones(1)}, u.mask, 3), "client 1: .*unknown"),
-        (lambda u: Update({**u.weights, "fc.bias": torch.ones(5)}, u.mask, 3), "client 1: 'fc.bias' has shape"),
-        (lambda u: Update({**u.weights, "fc.bias": torch.full((4,), float("nan"))}, u.mask, 3), "client 1: 'fc.bias' has NaN"),
-        (lambda u: Update(u.weights, {**u.mask, "fc.weight": torch.ones(4, 5)}, 3), "client 1: mask 'fc.weight' has dtype"),
-        (lambda u: Update(u.weights, {**u.mask, "fc.weight": torch.ones(5, 4, dtype=torch.bool)}, 3), "client 1: mask 'fc.weight' has shape"),
-        (lambda u: Update(u.weights, {"nope": torch.ones(1, dtype=torch.bool)}, 3), "client 1: mask names unknown"),
-        (lambda u: Update({**u.weights, "bn.num_batches_tracked": torch.tensor(1.5)}, u.mask, 3), "client 1: 'bn.num_batches_tracked' has dtype"),
+        (
+            lambda u: Update({**u.weights, "fc.bias": torch.ones(5)}, u.mask, 3),
+            "client 1: 'fc.bias' has shape",
+        ),
+        (
+            lambda u: Update({**u.weights, "fc.bias": torch.full((4,), float("nan"))}, u.mask, 3),
+            "client 1: 'fc.bias' has NaN",
+        ),
+        (
+            lambda u: Update(u.weights, {**u.mask, "fc.weight": torch.ones(4, 5)}, 3),
+            "client 1: mask 'fc.weight' has dtype",
+        ),
+        (
+            lambda u: Update(
+                u.weights, {**u.mask, "fc.weight": torch.ones(5, 4, dtype=torch.bool)}, 3
+            ),
+            "client 1: mask 'fc.weight' has shape",
+        ),
+        (
+            lambda u: Update(u.weights, {"nope": torch.ones(1, dtype=torch.bool)}, 3),
+            "client 1: mask names unknown",
+        ),
+        (
+            lambda u: Update({**u.weights, "bn.num_batches_tracked": torch.tensor(1.5)}, u.mask, 3),
+            "client 1: 'bn.num_batches_tracked' has dtype",
+        ),
     ],
 )
 def test_invalid_updates_name_the_client(change, match):
@@ -204,7 +232,9 @@ def _reply(arrays: dict[str, np.ndarray], n: int, node_id: int) -> Message:
 def test_all_ones_masks_equal_flower_fedavg(num_clients):
     g = torch.Generator().manual_seed(num_clients)
     previous = _state(g)
-    updates = [_update(g, 1.1, int(torch.randint(1, 100, (), generator=g))) for _ in range(num_clients)]
+    updates = [
+        _update(g, 1.1, int(torch.randint(1, 100, (), generator=g))) for _ in range(num_clients)
+    ]
     assert all(bool(m.all()) for u in updates for m in u.mask.values())
     replies = [
         _reply({k: v.numpy() for k, v in u.weights.items()}, u.num_examples, i + 1)

@@ -79,7 +79,7 @@ def test_shapes_argument_checks_and_fills_in_missing_shape():
     arrays = {k: v for k, v in encode(weights, mask).items() if not k.endswith("@shape")}
     got_w, got_m = decode(arrays, shapes)
     assert all(torch.equal(got_m[k], mask[k]) for k in mask)
-    with pytest.raises(WireError, match="no 'l1.weight@shape'"):
+    with pytest.raises(WireError, match="'l0.weight' has bits but no 'l0.weight@shape'"):
         decode(arrays)
     bad = {**shapes, "l0.bias": (6,)}
     with pytest.raises(WireError, match="'l0.bias' has shape"):
