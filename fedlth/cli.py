@@ -71,6 +71,40 @@ def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: boo
     _print_run_summary(out, quiet)
 
 
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--algorithms", default="fedavg,local,fedavg-ft,lotteryfl,subfedavg", show_default=True, help="Comma-separated algorithm names.")
+@click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True, help="Seeds 0..N-1 (the scenario's seed is replaced).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+    """Run several algorithms on the same partitions over seeds; write a table and an overlay plot."""
+    from fedlth.scenario import ALGORITHM_NAMES
+
+    try:
+        sc = load_scenario(scenario, overrides)
+        algs = [a.strip() for a in algorithms.split(",") if a.strip()]
+        bad = [a for a in algs if a not in ALGORITHM_NAMES]
+        if bad or not algs:
+            raise ScenarioError(f"--algorithms: unknown {bad or 'empty list'}; allowed: {', '.join(ALGORITHM_NAMES)}")
+        out = out or default_out_dir("compare", sc["name"])
+        check_out_dir(out)
+        _check_data(sc)
+    except (ScenarioError, OutputError) as exc:
+        fail(str(exc))
+    from fedlth.compare import compare as run_compare
+    from server.simulate import simulate
+
+    def say(alg: str, seed: int) -> None:
+        if not quiet:
+            click.echo(f"== {alg}, seed {seed}", err=True)
+
+    res = run_compare(sc, algs, list(range(seeds)), out, lambda s, d: simulate(s, d), on_run=say)
+    click.echo(res["table"])
+    click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
+
+
 def _check_data(sc: dict) -> None:
     """Load the data and build the partitions up front, so bad settings fail before any work."""
     from fedlth.client_data import client_data

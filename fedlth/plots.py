@@ -29,6 +29,8 @@ def plot_ticket_levels(summary: dict[str, Any], path: Path) -> None:
             ax.plot(*zip(*pts, strict=True), style, label=label)
     ax.axhline(summary["dense_accuracy"], color="grey", lw=0.8, label="dense")
     ax.set_xscale("log")
+    ax.set_xticks(dens, [f"{d:.2f}" for d in dens])
+    ax.minorticks_off()
     ax.invert_xaxis()
     ax.set_xlabel("density (fraction of prunable weights kept)")
     ax.set_ylabel("test accuracy")
@@ -96,4 +98,21 @@ def plot_federated(rounds: list[dict[str, Any]], title: str, out_dir: Path) -> N
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out_dir / "accuracy_vs_upload.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_overlay(curves: dict[str, list[list[tuple[int, float]]]], path: Path, title: str) -> None:
+    """Mean personalized accuracy by round, one line per algorithm (averaged over seeds)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for alg, runs in curves.items():
+        rounds = [r for r, _ in runs[0]]
+        means = [sum(run[i][1] for run in runs) / len(runs) for i in range(len(rounds))]
+        ax.plot(rounds, means, "o-", ms=3, label=alg)
+    ax.set(xlabel="round", ylabel="personalized test accuracy", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
     plt.close(fig)

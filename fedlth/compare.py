@@ -1,0 +1,70 @@
+"""Compare algorithms on the same partitions over seeds: one table and one overlay plot."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fedlth.io import write_json_atomic, write_text_atomic
+
+Runner = Callable[[dict[str, Any], Path], None]
+
+
+def _pm(xs: list[float], scale: float = 100.0) -> str:
+    m = statistics.fmean(xs)
+    s = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{scale * m:.1f} ± {scale * s:.1f}"
+
+
+def compare(
+    sc: dict[str, Any], algorithms: Sequence[str], seeds: Sequence[int], out: Path, runner: Runner,
+    on_run: Callable[[str, int], None] | None = None,
+) -> dict[str, Any]:
+    """Run every (algorithm, seed) with `runner` into out/ALG/seed-S; write table and plot."""
+    results: dict[str, list[dict[str, Any]]] = {}
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for alg in algorithms:
+        for seed in seeds:
+            if on_run is not None:
+                on_run(alg, seed)
+            run_dir = out / alg / f"seed-{seed}"
+            runner(sc | {"algorithm": alg, "seed": seed}, run_dir)
+            results.setdefault(alg, []).append(json.loads((run_dir / "summary.json").read_text()))
+            curve = []
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+                r = json.loads(line)
+                if r.get("evaluate"):
+                    accs = [m["accuracy"] for m in r["evaluate"].values()]
+                    curve.append((r["round"], sum(accs) / len(accs)))
+            curves.setdefault(alg, []).append(curve)
+    rows = []
+    for alg, runs in results.items():
+        acc = [r["personalized_accuracy"]["mean"] for r in runs]
+        worst = [r["personalized_accuracy"]["worst10"] for r in runs]
+        dens = [r["density"]["mean"] for r in runs]
+        up = [r["bytes"]["upload"] / 1e6 for r in runs]
+        down = [r["bytes"]["download"] / 1e6 for r in runs]
+        ratio = [r["upload_ratio_vs_dense_fedavg"] or 0.0 for r in runs]
+        wall = [r["wall_seconds"] for r in runs]
+        glob = [r["global_accuracy"] for r in runs if r["global_accuracy"] is not None]
+        rows.append({
+            "algorithm": alg, "personalized": _pm(acc), "worst10": _pm(worst),
+            "global": _pm(glob) if glob else "n/a", "density": f"{statistics.fmean(dens):.3f}",
+            "upload_mb": f"{statistics.fmean(up):.2f}", "download_mb": f"{statistics.fmean(down):.2f}",
+            "upload_vs_fedavg": f"{statistics.fmean(ratio):.2f}", "wall_s": f"{statistics.fmean(wall):.1f}",
+            "raw": {"personalized": acc, "worst10": worst, "density": dens, "upload_mb": up, "download_mb": down, "wall_s": wall},
+        })
+    header = ["algorithm", "personalized acc. (%)", "worst-10 % (%)", "global acc. (%)", "final density", "upload MB", "download MB", "upload / dense FedAvg", "wall s"]
+    keys = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_vs_fedavg", "wall_s"]
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
+    table = "\n".join(md)
+    write_text_atomic(out / "comparison.md", f"# Comparison over seeds {list(seeds)}\n\n{table}\n")
+    write_json_atomic(out / "comparison.json", {"seeds": list(seeds), "rows": rows})
+    from fedlth.plots import plot_overlay
+
+    plot_overlay(curves, out / "comparison.png", f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']})")
+    return {"table": table, "rows": rows}
