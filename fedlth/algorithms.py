@@ -173,47 +173,62 @@ def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights
 # --- LotteryFL ---------------------------------------------------------------------------
 
 
-def lotteryfl_faithful_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
-    """LotteryFL as published (gate on validation instead of test).
+def _lotteryfl(
+    received: Weights | None, state: ClientState, ctx: Ctx, *, prune_from: str, rewind_init: bool, tolerance: float
+) -> Reply:
+    """LotteryFL's round with its three contested choices made explicit.
 
-    Gate on the received subnet's accuracy; if it passes and the target is not reached, prune
-    `prune-rate` of each layer's kept weights by magnitude of the *received* weights and reset
-    the kept weights to θ0; then train.
+    prune_from="received": gate on the received subnet's validation accuracy and cut the mask
+    from the received (shared global) weights before training, as published; "trained": train
+    first, then gate and cut from the client's own trained weights. rewind_init: reset the kept
+    weights to θ0 after a prune (published). tolerance: keep a prune only if validation accuracy
+    drops by at most this (1.0 = never refuse, as published).
     """
     assert received is not None
     sc, mask = ctx.sc, state.mask or _ones(ctx)
+    theta0 = initial_weights(sc, ctx.data.input_shape, ctx.data.num_classes) if rewind_init else None
     start = apply_mask(received, mask)
-    acc = val_accuracy(ctx, start)
-    pruned = 0.0
-    if acc >= sc["acc-threshold"] and density(mask) > sc["target-density"]:
-        amount = _step_amount(mask, sc["prune-rate"], sc["target-density"])
-        mask = get_pruner("magnitude-layer")(start, mask, amount)
-        theta0 = initial_weights(sc, ctx.data.input_shape, ctx.data.num_classes)
-        start = {k: (theta0[k] * mask[k] if k in mask else v) for k, v in start.items()}
-        pruned = 1.0
-    trained, loss = local_train(ctx, start, mask)
+
+    def prune(weights: Weights, acc: float) -> tuple[Mask, Weights, float]:
+        if acc < sc["acc-threshold"] or density(mask) <= sc["target-density"]:
+            return mask, weights, 0.0
+        cand = get_pruner("magnitude-layer")(weights, mask, _step_amount(mask, sc["prune-rate"], sc["target-density"]))
+        cand_w = apply_mask(weights, cand)
+        if tolerance < 1.0 and val_accuracy(ctx, cand_w) < acc - tolerance:
+            return mask, weights, 0.0
+        if theta0 is not None:
+            cand_w = {k: (theta0[k] * cand[k] if k in cand else v) for k, v in cand_w.items()}
+        return cand, cand_w, 1.0
+
+    if prune_from == "received":
+        acc = val_accuracy(ctx, start)
+        mask, start, pruned = prune(start, acc)
+        trained, loss = local_train(ctx, start, mask)
+    else:
+        trained, loss = local_train(ctx, start, mask)
+        acc = val_accuracy(ctx, trained)
+        mask, trained, pruned = prune(trained, acc)
     st = replace(state, mask=mask, personal=trained, rounds=state.rounds + 1)
     return Reply(trained, mask, st, _metrics(ctx, loss, mask, pruned=pruned, **{"gate-accuracy": acc}))
+
+
+def lotteryfl_faithful_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """LotteryFL as published (gate on validation instead of test): gate on the received
+    subnet, prune `prune-rate` of each layer by magnitude of the received weights, reset the
+    kept weights to θ0, then train E epochs.
+    """
+    return _lotteryfl(received, state, ctx, prune_from="received", rewind_init=True, tolerance=1.0)
 
 
 def lotteryfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
-    """LotteryFL made sound (see README, "Deviations"): train first, then prune from the
-    client's own trained weights; no rewind to θ0; the gate reads validation accuracy
-    of the trained ticket, and a prune is kept only if validation accuracy holds.
+    """LotteryFL made sound (README, "Deviations"); each deviation is a scenario key, so the
+    ablation is one `--set` away: `lotteryfl-prune-from`, `lotteryfl-rewind`, `prune-tolerance`.
     """
-    assert received is not None
-    sc, mask = ctx.sc, state.mask or _ones(ctx)
-    trained, loss = local_train(ctx, apply_mask(received, mask), mask)
-    acc = val_accuracy(ctx, trained)
-    pruned = 0.0
-    if acc >= sc["acc-threshold"] and density(mask) > sc["target-density"]:
-        amount = _step_amount(mask, sc["prune-rate"], sc["target-density"])
-        cand = get_pruner("magnitude-layer")(trained, mask, amount)
-        cand_w = apply_mask(trained, cand)
-        if val_accuracy(ctx, cand_w) >= acc - sc["prune-tolerance"]:
-            mask, trained, pruned = cand, cand_w, 1.0
-    st = replace(state, mask=mask, personal=trained, rounds=state.rounds + 1)
-    return Reply(trained, mask, st, _metrics(ctx, loss, mask, pruned=pruned, **{"gate-accuracy": acc}))
+    sc = ctx.sc
+    return _lotteryfl(
+        received, state, ctx, prune_from=sc["lotteryfl-prune-from"], rewind_init=sc["lotteryfl-rewind"],
+        tolerance=sc["prune-tolerance"],
+    )
 
 
 # --- Sub-FedAvg ---------------------------------------------------------------------------

@@ -106,6 +106,8 @@ KEYS: dict[str, Key] = {
     "target-density": _float(0.3, "Clients stop pruning at this density.", 0.0, 1.0, lo_open=True),
     "prune-tolerance": _float(0.02, "A prune is kept only if validation accuracy drops by at most this.", 0.0, 1.0),
     "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
+    "lotteryfl-prune-from": _choice("trained", ("trained", "received"), "lotteryfl: cut the mask from the client's trained weights, or from the received global ones (published)."),
+    "lotteryfl-rewind": Key(bool, False, "lotteryfl: reset kept weights to θ0 after a prune (published: true)."),
     "finetune-epochs": _int(0, None, "fedavg-ft: local fine-tuning epochs before evaluation.", 1),
     "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
 }
