@@ -7,7 +7,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlth.algorithms import ClientState, Ctx, evaluate_client, get_algorithm
+from fedlth.algorithms import ClientState, Ctx, evaluate_client, get_algorithm, initial_weights
 from fedlth.client_data import client_data
 from fedlth.records import (
     config_from_record,
@@ -66,11 +66,16 @@ def _setup(msg: Message, context: Context) -> tuple[dict[str, Any], Ctx, ClientS
     return sc, ctx, load_state(context)
 
 
-def _received(msg: Message):
+def _shapes(ctx: Ctx) -> dict[str, tuple[int, ...]]:
+    theta0 = initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    return {k: tuple(v.shape) for k, v in theta0.items()}
+
+
+def _received(msg: Message, ctx: Ctx):
     rec = msg.content.array_records.get("arrays")
     if rec is None or len(rec) == 0:
         return None
-    return decode_record(rec)[0]
+    return decode_record(rec, _shapes(ctx))[0]
 
 
 @app.query()
@@ -87,10 +92,11 @@ def train(msg: Message, context: Context) -> Message:
 
     if sc["torch-threads"] > 0:
         torch.set_num_threads(sc["torch-threads"])
-    reply = get_algorithm(sc["algorithm"]).train(_received(msg), state, ctx)
+    reply = get_algorithm(sc["algorithm"]).train(_received(msg, ctx), state, ctx)
     save_state_(context, reply.state)
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
-    content["arrays"] = encode_record(reply.weights, reply.mask) if reply.weights is not None else ArrayRecord()
+    has = reply.weights is not None
+    content["arrays"] = encode_record(reply.weights, reply.mask, with_shapes=False) if has else ArrayRecord()
     return Message(content, reply_to=msg)
 
 
@@ -98,5 +104,5 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score this client's personal model on its own test split."""
     sc, ctx, state = _setup(msg, context)
-    metrics = evaluate_client(get_algorithm(sc["algorithm"]), _received(msg), state, ctx)
+    metrics = evaluate_client(get_algorithm(sc["algorithm"]), _received(msg, ctx), state, ctx)
     return Message(RecordDict({"metrics": metrics_to_record(metrics)}), reply_to=msg)

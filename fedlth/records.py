@@ -27,9 +27,9 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def encode_record(weights: Weights, mask: Mask | None) -> ArrayRecord:
+def encode_record(weights: Weights, mask: Mask | None, *, with_shapes: bool = True) -> ArrayRecord:
     """Weights in the sparse wire format (see fedlth.wire), ready for a Message."""
-    return to_array_record(wire.encode(weights, mask))
+    return to_array_record(wire.encode(weights, mask, with_shapes=with_shapes))
 
 
 def decode_record(

@@ -25,13 +25,14 @@ def _to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
         raise WireError(f"{name!r}: dtype {t.dtype} cannot go on the wire") from e
 
 
-def encode(weights: Weights, mask: Mask | None) -> dict[str, np.ndarray]:
+def encode(weights: Weights, mask: Mask | None, *, with_shapes: bool = True) -> dict[str, np.ndarray]:
     """Flat arrays for the wire; masked tensors send only their kept values.
 
     A masked name becomes "<name>@bits" (np.packbits of the row-major mask, uint8),
     "<name>@values" (kept values in row-major order, the tensor's dtype) and "<name>@shape"
-    (int64). Every other tensor goes as "<name>" (dense). Values at pruned positions are
-    dropped, so the receiver sees exact zeros there.
+    (int64; left out with `with_shapes=False` when the receiver knows the model's shapes,
+    which saves an array header per tensor). Every other tensor goes as "<name>" (dense).
+    Values at pruned positions are dropped, so the receiver sees exact zeros there.
     """
     mask = mask or {}
     validate_mask(mask, weights)
@@ -45,7 +46,8 @@ def encode(weights: Weights, mask: Mask | None) -> dict[str, np.ndarray]:
         m = mask[name].detach().cpu().contiguous()
         out[f"{name}{SEP}{BITS}"] = np.packbits(m.numpy().ravel())
         out[f"{name}{SEP}{VALUES}"] = _to_numpy(w.detach().cpu()[m], name)
-        out[f"{name}{SEP}{SHAPE}"] = np.asarray(tuple(w.shape), dtype=np.int64)
+        if with_shapes:
+            out[f"{name}{SEP}{SHAPE}"] = np.asarray(tuple(w.shape), dtype=np.int64)
     return out
 
 

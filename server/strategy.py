@@ -32,6 +32,7 @@ class TicketStrategy(Strategy):
         self.sc = sc
         self.alg = get_algorithm(sc["algorithm"])
         self.global_weights = initial
+        self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
         self.rng = random.Random(sc["seed"])
@@ -68,7 +69,8 @@ class TicketStrategy(Strategy):
         if not self.alg.uploads:
             return ArrayRecord()
         mask = self.masks.get(pid) if self.alg.masked else None
-        return encode_record(self.global_weights, mask)
+        # both ends know the model's shapes: no shape arrays on the wire
+        return encode_record(self.global_weights, mask, with_shapes=False)
 
     def _messages(self, pids: Iterable[int], server_round: int, kind: str) -> list[Message]:
         out = []
@@ -130,7 +132,7 @@ class TicketStrategy(Strategy):
             if not self.alg.uploads:
                 continue
             try:
-                weights, mask = decode_record(arrays)
+                weights, mask = decode_record(arrays, self.shapes)
             except ValueError as exc:
                 self._reject(server_round, pid, node, str(exc))
                 continue

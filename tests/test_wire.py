@@ -166,3 +166,16 @@ def test_size_is_d_times_32_plus_1_bits_per_entry(density, numel):
         assert payload * 8 == kept * 32 + numel  # exactly d*32 + 1 bits per entry
     assert payload_bytes(arrays) == payload + 8  # plus one int64 for the 1-D shape
     assert dense_size_bytes(w) == 4 * numel
+
+
+def test_shapeless_encoding_round_trips_with_known_shapes_and_is_smaller():
+    g = torch.Generator().manual_seed(5)
+    weights = {"a.weight": torch.randn(6, 5, generator=g), "a.bias": torch.randn(6, generator=g)}
+    mask = {"a.weight": torch.rand(6, 5, generator=g) > 0.5}
+    lean = encode(weights, mask, with_shapes=False)
+    assert not any(k.endswith("@shape") for k in lean)
+    back, m = decode(lean, {k: tuple(v.shape) for k, v in weights.items()})
+    assert torch.equal(m["a.weight"], mask["a.weight"])
+    assert torch.equal(back["a.weight"], weights["a.weight"] * mask["a.weight"])
+    with pytest.raises(WireError, match="no 'a.weight@shape'"):
+        decode(lean)
