@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,6 +21,9 @@ from fedlth.records import (
     weights_to_record,
 )
 from fedlth.scenario import resolve
+from fedlth.state_store import load_state as load_state_file
+from fedlth.state_store import save_state as save_state_file
+from fedlth.state_store import state_tag
 
 app = ClientApp()
 
@@ -53,6 +57,29 @@ def save_state_(context: Context, state: ClientState) -> None:
     st[_META] = ConfigRecord({"rounds": state.rounds})
 
 
+def state_file(context: Context) -> Path | None:
+    """Where a deployed node keeps its ticket (node config `state-dir`), if it has one."""
+    folder = context.node_config.get("state-dir")
+    return Path(str(folder)) / f"ticket-{partition_id(context)}.pt" if folder else None
+
+
+def restore_state(context: Context, sc: dict[str, Any]) -> ClientState:
+    """Context.state if it holds a ticket; else the node's state file (after a restart)."""
+    if _META in context.state.config_records:
+        return load_state(context)
+    path = state_file(context)
+    saved = load_state_file(path, state_tag(sc, partition_id(context))) if path else None
+    return saved or ClientState()
+
+
+def persist_state_(context: Context, sc: dict[str, Any], state: ClientState) -> None:
+    """Keep the ticket in Context.state and, on a deployed node, in its state file."""
+    save_state_(context, state)
+    path = state_file(context)
+    if path is not None:
+        save_state_file(path, state, state_tag(sc, partition_id(context)))
+
+
 def partition_id(context: Context) -> int:
     """This node's partition (simulation: Flower's `partition-id`; deployment: node config)."""
     return int(context.node_config["partition-id"])
@@ -63,7 +90,7 @@ def _setup(msg: Message, context: Context) -> tuple[dict[str, Any], Ctx, ClientS
     round_ = int(msg.content["config"]["server-round"])
     pid = partition_id(context)
     ctx = Ctx(sc=sc, data=client_data(sc, pid), partition_id=pid, server_round=round_)
-    return sc, ctx, load_state(context)
+    return sc, ctx, restore_state(context, sc)
 
 
 def _shapes(ctx: Ctx) -> dict[str, tuple[int, ...]]:
@@ -93,7 +120,7 @@ def train(msg: Message, context: Context) -> Message:
     if sc["torch-threads"] > 0:
         torch.set_num_threads(sc["torch-threads"])
     reply = get_algorithm(sc["algorithm"]).train(_received(msg, ctx), state, ctx)
-    save_state_(context, reply.state)
+    persist_state_(context, sc, reply.state)
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
     has = reply.weights is not None
     content["arrays"] = encode_record(reply.weights, reply.mask, with_shapes=False) if has else ArrayRecord()
