@@ -21,7 +21,7 @@ DATA_KEYS = (
 
 @dataclass(frozen=True)
 class ClientData:
-    """One client's tensors; sensitive features ride along for fairness evaluators."""
+    """One client's train / validation / test tensors."""
 
     x_train: Tensor
     y_train: Tensor
@@ -62,13 +62,8 @@ def dataset_info(sc: dict[str, Any]) -> tuple[tuple[int, ...], int]:
     return data.input_shape, data.num_classes
 
 
-def client_data(sc: dict[str, Any], partition_id: int) -> ClientData:
-    """Tensors of client `partition_id` under the scenario's partition."""
-    n = sc["num-clients"]
-    if not 0 <= partition_id < n:
-        raise ValueError(f"partition id {partition_id} is out of range; allowed: 0 <= id < {n}")
-    data = _dataset(sc["dataset"], sc["data-path"], sc["seed"])
-    s = _splits(data_key(sc))[partition_id]
+def split_tensors(data: ArrayData, s: ClientSplit) -> ClientData:
+    """The tensors of one train / validation / test split of `data`."""
 
     def t(a: Any) -> Tensor:
         return torch.as_tensor(a)
@@ -77,3 +72,12 @@ def client_data(sc: dict[str, Any], partition_id: int) -> ClientData:
         t(data.x_train[s.train]), t(data.y_train[s.train]), t(data.x_train[s.val]), t(data.y_train[s.val]),
         t(data.x_test[s.test]), t(data.y_test[s.test]), data.input_shape, data.num_classes,
     )
+
+
+def client_data(sc: dict[str, Any], partition_id: int) -> ClientData:
+    """Tensors of client `partition_id` under the scenario's partition."""
+    n = sc["num-clients"]
+    if not 0 <= partition_id < n:
+        raise ValueError(f"partition id {partition_id} is out of range; allowed: 0 <= id < {n}")
+    data = _dataset(sc["dataset"], sc["data-path"], sc["seed"])
+    return split_tensors(data, _splits(data_key(sc))[partition_id])

@@ -5,13 +5,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from fedlth.client_data import ClientData, split_tensors
 from fedlth.data import ArrayData, load_dataset
 from fedlth.io import write_json_atomic, write_text_atomic
 from fedlth.lottery import (
@@ -39,29 +39,9 @@ from fedlth.training import TrainConfig, evaluate, train_
 Progress = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class Split:
-    """Tensors of one train / validation / test split."""
-
-    x_train: Tensor
-    y_train: Tensor
-    x_val: Tensor
-    y_val: Tensor
-    x_test: Tensor
-    y_test: Tensor
-
-
-def central_tensors(data: ArrayData, seed: int, val_fraction: float) -> Split:
+def central_tensors(data: ArrayData, seed: int, val_fraction: float) -> ClientData:
     """The central split as tensors: validation carved from the training pool, test untouched."""
-    s = central_split(data, seed=seed, val_fraction=val_fraction)
-
-    def t(x: Any) -> Tensor:
-        return torch.as_tensor(x)
-
-    return Split(
-        t(data.x_train[s.train]), t(data.y_train[s.train]), t(data.x_train[s.val]), t(data.y_train[s.val]),
-        t(data.x_test[s.test]), t(data.y_test[s.test]),
-    )
+    return split_tensors(data, central_split(data, seed=seed, val_fraction=val_fraction))
 
 
 def snapshot(model: nn.Module) -> Weights:
