@@ -71,12 +71,14 @@ def train_(
     total_steps: int | None = None,
     on_step: Callable[[int, nn.Module], None] | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
+    perturb: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
 ) -> TrainResult:
     """Train in place for `epochs`, keeping masked-out weights at exactly 0.
 
     The schedule runs from `start_step` of `total_steps` (default: this call's steps), so a
     rewind to iteration k resumes the schedule where it was. `on_step(step, model)` runs
     after each step (e.g. to save θ_k), `on_epoch(epoch, model)` after each epoch.
+    `perturb(model, x, y)` replaces each batch's inputs before the step (adversarial training).
     """
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = total_steps if total_steps is not None else start_step + epochs * steps_per_epoch
@@ -90,6 +92,8 @@ def train_(
         for xb, yb in batches(x, y, cfg.batch_size, generator):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
+            if perturb is not None:
+                xb = perturb(model, xb, yb)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             loss.backward()

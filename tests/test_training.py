@@ -71,3 +71,20 @@ def test_cosine_schedule():
     assert abs(lr_at(50, 100, cfg) - 0.1) < 1e-12
     assert lr_at(100, 100, cfg) == 0.0
     assert lr_at(7, 100, TrainConfig(lr=0.3)) == 0.3
+
+
+def test_adversarial_training_hook_sees_every_batch_and_keeps_the_mask():
+    from fedlth.robustness import pgd_adversarial_examples
+
+    model, x, y, mask = _setup()
+    calls = []
+
+    def perturb(m, xb, yb):
+        calls.append(len(xb))
+        return pgd_adversarial_examples(m, xb, yb, eps=0.3, steps=3, alpha=0.1, input_range=(-4.0, 4.0))
+
+    res = train_(model, x, y, mask, TrainConfig(lr=0.1, batch_size=32), epochs=2, generator=torch.Generator().manual_seed(0), perturb=perturb)
+    assert len(calls) == res.steps == 16 and sum(calls) == 2 * len(x)
+    params = dict(model.named_parameters())
+    assert all(torch.all(params[n][~m] == 0) for n, m in mask.items())
+    assert all(p.grad is None or torch.all(p.grad[~mask[n]] == 0) for n, p in params.items() if n in mask)
