@@ -116,6 +116,14 @@ def _check_data(sc: dict) -> None:
         raise ScenarioError(str(exc)) from None
     except ValueError as exc:
         raise ScenarioError(f"data settings: {exc}") from None
+    if sc["evaluators"]:
+        from fedlth.client_data import dataset_info, sensitive_features
+        from fedlth.evaluators import DataInfo, build_evaluators
+
+        try:
+            build_evaluators(sc["evaluators"], sc, DataInfo(dataset_info(sc)[1], sensitive_features(sc)))
+        except ValueError as exc:
+            raise ScenarioError(f"evaluators: {exc}") from None
 
 
 class _round_progress:

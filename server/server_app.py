@@ -20,7 +20,7 @@ from fedlth.client_data import dataset_info
 from fedlth.io import default_out_dir, write_json_atomic, write_text_atomic
 from fedlth.plots import plot_federated
 from fedlth.records import encode_record, record_bytes
-from fedlth.report import report_markdown, round_bytes, summarize
+from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from server.strategy import TicketStrategy
 
@@ -77,6 +77,7 @@ def run_federation(grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHoo
             strategy.aggregate_evaluate(rnd, replies)
             entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
             entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
+            entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
         entry["seconds"] = time.perf_counter() - t0
         rounds.append(entry)
         with metrics_path.open("a") as fh:
