@@ -105,6 +105,32 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
 
 
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--evaluators", default=None, help="Comma-separated evaluators (default: the run's own).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override evaluator keys (attack, attack-eps, ...).")
+def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...]) -> None:
+    """Re-evaluate the saved tickets of a finished run, without training."""
+    from fedlth.io import write_json_atomic
+    from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
+
+    extra = (*overrides, *((f"evaluators={evaluators}",) if evaluators is not None else ()))
+    try:
+        sc = load_run_scenario(run_dir, extra)
+        _check_data(sc)
+        result = reevaluate(run_dir, sc)
+    except (RunDirError, ScenarioError) as exc:
+        fail(str(exc))
+    from datetime import datetime
+
+    out = run_dir / f"evaluation-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
+    write_json_atomic(out, result)
+    acc = result["summary"]["across_clients"]
+    click.echo(f"{len(result['per_client'])} tickets: mean accuracy {acc['mean']:.4f}, worst-10% {acc['worst10']:.4f} -> {out}")
+    for key, value in (result["summary"].get("evaluators_mean") or {}).items():
+        click.echo(f"  {key}: {value:.4f}")
+
+
 def _check_data(sc: dict) -> None:
     """Load the data and build the partitions up front, so bad settings fail before any work."""
     from fedlth.client_data import client_data
