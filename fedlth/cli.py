@@ -105,6 +105,39 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
 
 
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--densities", default="1.0,0.5,0.2,0.1,0.05", show_default=True, help="Target densities (1.0 = dense).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+    """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
+    from fedlth.study import parse_densities
+
+    try:
+        sc = load_scenario(scenario, overrides)
+        try:
+            targets = parse_densities(densities)
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from None
+        out = out or default_out_dir("study", sc["name"])
+        check_out_dir(out)
+        _check_data(sc)
+    except (ScenarioError, OutputError) as exc:
+        fail(str(exc))
+    from fedlth.study import study as run_study
+    from server.simulate import simulate
+
+    def say(d: float) -> None:
+        if not quiet:
+            click.echo(f"== target density {d:g}", err=True)
+
+    run_study(sc, targets, out, lambda s, d: simulate(s, d), on_run=say)
+    click.echo((out / "study.md").read_text())
+    click.echo(f"wrote {out}/study.md, study.json, study.png")
+
+
 @main.command("evaluate")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--evaluators", default=None, help="Comma-separated evaluators (default: the run's own).")

@@ -159,3 +159,23 @@ def test_bad_evaluator_fails_before_training(tmp_path):
     path.write_text(SCENARIO + 'evaluators = "fairness"\n')
     result = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--quiet"])
     assert result.exit_code == 2 and "needs a binary task" in result.output
+
+
+def test_study_over_densities_writes_table_and_plot(tmp_path):
+    path = tmp_path / "fair.toml"
+    path.write_text(FAIR.replace('evaluators = "fairness,robustness"', 'evaluators = "fairness"'))
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, ["study", str(path), "--densities", "1.0,0.5", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "study.json").read_text())["rows"]
+    assert [r["target_density"] for r in rows] == [1.0, 0.5]
+    assert rows[0]["density"] == 1.0 and rows[1]["density"] <= 0.55
+    assert "sex.demographic_parity_difference" in rows[0]
+    assert (out / "study.png").stat().st_size > 1000
+
+
+def test_study_rejects_bad_densities(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(SCENARIO)
+    result = CliRunner().invoke(main, ["study", str(path), "--densities", "1.0,0", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "every density must be in (0, 1]" in result.output
