@@ -177,7 +177,14 @@ def finetuned_global(received: Weights | None, state: ClientState, ctx: Ctx) -> 
 
 
 def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
-    """The client's own model: its last trained ticket, else the global subnet it holds."""
+    """The client's own model: its last trained ticket, else the global subnet it holds.
+
+    With `ticket-eval = finetune` (and a global model received), the final global subnet
+    fine-tuned `finetune-epochs` on local data instead: the ticket counterpart of FedAvg-FT.
+    """
+    if ctx.sc["ticket-eval"] == "finetune" and received is not None:
+        start = apply_mask(received, state.mask) if state.mask else received
+        return local_train(ctx, start, state.mask, epochs=ctx.sc["finetune-epochs"])[0]
     if state.personal is not None:
         return state.personal
     if received is None:

@@ -108,6 +108,7 @@ KEYS: dict[str, Key] = {
     "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
     "lotteryfl-prune-from": _choice("trained", ("trained", "received"), "lotteryfl: cut the mask from the client's trained weights, or from the received global ones (published)."),
     "lotteryfl-rewind": Key(bool, False, "lotteryfl: reset kept weights to θ0 after a prune (published: true)."),
+    "ticket-eval": _choice("last", ("last", "finetune"), "Masked algorithms: score each client's last trained ticket, or the final global subnet fine-tuned finetune-epochs locally."),
     "finetune-epochs": _int(0, None, "fedavg-ft: local fine-tuning epochs before evaluation.", 1),
     "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
     # evaluators and robust tickets
