@@ -78,6 +78,11 @@ def main() -> None:
     shutil.rmtree(runs, ignore_errors=True)
     res = compare(sc, algs, seeds, runs, lambda s, d: simulate(s, d), on_run=lambda alg, s: print(f"== {alg} seed {s}", flush=True))
     rows = {r["algorithm"]: r for r in res["rows"]}
+    base_file = OUT / f"federated_{a.workload}.json"
+    if a.tag and base_file.is_file():
+        # a variant run is judged against the baselines of the main run of the same workload
+        for r in json.loads(base_file.read_text())["rows"]:
+            rows.setdefault(r["algorithm"], r)
     cmd = f"python benchmarks/federated.py --workload {a.workload} --seeds {a.seeds} --algorithms {a.algorithms}" + "".join(f" --set {o}" for o in a.overrides) + (f" --tag {a.tag}" if a.tag else "")
     md = [
         f"# Federated tickets on {a.workload.upper()} ({WORKLOADS[a.workload]})",
