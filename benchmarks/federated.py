@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--algorithms", default=ALL)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--tag", default="", help="Suffix of the result files, for variant runs (e.g. finetune).")
     a = ap.parse_args()
     from fedlth.compare import compare
     from fedlth.scenario import load_scenario
@@ -72,11 +73,17 @@ def main() -> None:
     sc = load_scenario(ROOT / WORKLOADS[a.workload], a.overrides)
     seeds = [int(s) for s in a.seeds.split(",")]
     algs = a.algorithms.split(",")
-    runs = ROOT / "runs" / f"bench-{a.workload}"
+    name = a.workload + (f"-{a.tag}" if a.tag else "")
+    runs = ROOT / "runs" / f"bench-{name}"
     shutil.rmtree(runs, ignore_errors=True)
     res = compare(sc, algs, seeds, runs, lambda s, d: simulate(s, d), on_run=lambda alg, s: print(f"== {alg} seed {s}", flush=True))
     rows = {r["algorithm"]: r for r in res["rows"]}
-    cmd = f"python benchmarks/federated.py --workload {a.workload} --seeds {a.seeds} --algorithms {a.algorithms}" + "".join(f" --set {o}" for o in a.overrides)
+    base_file = OUT / f"federated_{a.workload}.json"
+    if a.tag and base_file.is_file():
+        # a variant run is judged against the baselines of the main run of the same workload
+        for r in json.loads(base_file.read_text())["rows"]:
+            rows.setdefault(r["algorithm"], r)
+    cmd = f"python benchmarks/federated.py --workload {a.workload} --seeds {a.seeds} --algorithms {a.algorithms}" + "".join(f" --set {o}" for o in a.overrides) + (f" --tag {a.tag}" if a.tag else "")
     md = [
         f"# Federated tickets on {a.workload.upper()} ({WORKLOADS[a.workload]})",
         "",
@@ -95,8 +102,8 @@ def main() -> None:
         "",
     ]
     OUT.mkdir(exist_ok=True)
-    (OUT / f"federated_{a.workload}.md").write_text("\n".join(md))
-    (OUT / f"federated_{a.workload}.json").write_text(json.dumps({"command": cmd, "rows": res["rows"]}, indent=1))
+    (OUT / f"federated_{name}.md").write_text("\n".join(md))
+    (OUT / f"federated_{name}.json").write_text(json.dumps({"command": cmd, "rows": res["rows"]}, indent=1))
     print("\n".join(md))
 
 

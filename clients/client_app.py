@@ -131,5 +131,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score this client's personal model on its own test split."""
     sc, ctx, state = _setup(msg, context)
-    metrics = evaluate_client(get_algorithm(sc["algorithm"]), _received(msg, ctx), state, ctx)
-    return Message(RecordDict({"metrics": metrics_to_record(metrics)}), reply_to=msg)
+    alg, received = get_algorithm(sc["algorithm"]), _received(msg, ctx)
+    content = RecordDict({"metrics": metrics_to_record(evaluate_client(alg, received, state, ctx))})
+    if int(msg.content["config"].get("send-ticket", 0)):
+        # the run keeps every personal ticket, for re-evaluation and export
+        content["ticket"] = encode_record(alg.personal(received, state, ctx), state.mask)
+    return Message(content, reply_to=msg)

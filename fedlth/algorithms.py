@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fedlth.client_data import ClientData
+from fedlth.evaluators import EvalData, Evaluator, build_evaluators, run_evaluators
 from fedlth.masks import (
     Mask,
     Weights,
@@ -22,6 +23,7 @@ from fedlth.masks import (
 )
 from fedlth.models import bn_pairs, build_model
 from fedlth.pruning import get_pruner
+from fedlth.robustness import pgd_adversarial_examples
 from fedlth.training import TrainConfig, evaluate, train_
 
 
@@ -97,12 +99,25 @@ def _snapshot(net: nn.Module) -> Weights:
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+def _pgd_at(ctx: Ctx):
+    """The batch transform of PGD adversarial training (Madry et al.), or None."""
+    sc = ctx.sc
+    if not sc["adv-train"]:
+        return None
+    eps, steps = sc["adv-eps"], sc["adv-steps"]
+
+    def perturb(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return pgd_adversarial_examples(net, x, y, eps=eps, steps=steps, alpha=2.5 * eps / steps, input_range=ctx.data.input_range)
+
+    return perturb
+
+
 def local_train(ctx: Ctx, start: Weights, mask: Mask | None, epochs: int | None = None) -> tuple[Weights, float]:
     """Train a copy of `start` on the client's train split; pruned weights stay 0."""
     net = _model(ctx, start)
     res = train_(
         net, ctx.data.x_train, ctx.data.y_train, mask or {}, train_config(ctx.sc),
-        epochs=ctx.sc["local-epochs"] if epochs is None else epochs, generator=ctx.generator,
+        epochs=ctx.sc["local-epochs"] if epochs is None else epochs, generator=ctx.generator, perturb=_pgd_at(ctx),
     )
     return _snapshot(net), res.loss
 
@@ -162,7 +177,14 @@ def finetuned_global(received: Weights | None, state: ClientState, ctx: Ctx) -> 
 
 
 def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
-    """The client's own model: its last trained ticket, else the global subnet it holds."""
+    """The client's own model: its last trained ticket, else the global subnet it holds.
+
+    With `ticket-eval = finetune` (and a global model received), the final global subnet
+    fine-tuned `finetune-epochs` on local data instead: the ticket counterpart of FedAvg-FT.
+    """
+    if ctx.sc["ticket-eval"] == "finetune" and received is not None:
+        start = apply_mask(received, state.mask) if state.mask else received
+        return local_train(ctx, start, state.mask, epochs=ctx.sc["finetune-epochs"])[0]
     if state.personal is not None:
         return state.personal
     if received is None:
@@ -317,8 +339,24 @@ def get_algorithm(name: str) -> Algorithm:
     return ALGORITHMS[name]
 
 
+EVALUATOR_KEYS = ("evaluators", "attack", "attack-eps", "attack-steps", "attack-samples", "sensitive", "seed")
+
+
+@lru_cache(maxsize=8)
+def _evaluators(options: tuple[tuple[str, Any], ...]) -> tuple[Evaluator, ...]:
+    opts = dict(options)
+    return tuple(build_evaluators(opts["evaluators"], opts))
+
+
+def scenario_evaluators(sc: dict[str, Any]) -> tuple[Evaluator, ...]:
+    """The scenario's evaluators, built once per process."""
+    return _evaluators(tuple((k, sc[k]) for k in EVALUATOR_KEYS))
+
+
 def evaluate_client(alg: Algorithm, received: Weights | None, state: ClientState, ctx: Ctx) -> dict[str, float]:
-    """Score the client's personal model on its own test split (validation too, for selection)."""
+    """Score the client's personal model on its own test split (validation too, for selection),
+    then run the scenario's evaluators on it.
+    """
     weights = alg.personal(received, state, ctx)
     net = _model(ctx, weights)
     test_loss, test_acc = evaluate(net, ctx.data.x_test, ctx.data.y_test)
@@ -329,4 +367,9 @@ def evaluate_client(alg: Algorithm, received: Weights | None, state: ClientState
     }
     if alg.has_global and received is not None:
         out["global-accuracy"] = evaluate(_model(ctx, received), ctx.data.x_test, ctx.data.y_test)[1]
+    evaluators = scenario_evaluators(ctx.sc)
+    if evaluators:
+        d = ctx.data
+        data = EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test)
+        out |= run_evaluators(evaluators, net, data)
     return out

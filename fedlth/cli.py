@@ -105,6 +105,65 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
 
 
+@main.command()
+@click.argument("scenario", type=click.Path(path_type=Path))
+@click.option("--densities", default="1.0,0.5,0.2,0.1,0.05", show_default=True, help="Target densities (1.0 = dense).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+    """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
+    from fedlth.study import parse_densities
+
+    try:
+        sc = load_scenario(scenario, overrides)
+        try:
+            targets = parse_densities(densities)
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from None
+        out = out or default_out_dir("study", sc["name"])
+        check_out_dir(out)
+        _check_data(sc)
+    except (ScenarioError, OutputError) as exc:
+        fail(str(exc))
+    from fedlth.study import study as run_study
+    from server.simulate import simulate
+
+    def say(d: float) -> None:
+        if not quiet:
+            click.echo(f"== target density {d:g}", err=True)
+
+    run_study(sc, targets, out, lambda s, d: simulate(s, d), on_run=say)
+    click.echo((out / "study.md").read_text())
+    click.echo(f"wrote {out}/study.md, study.json, study.png")
+
+
+@main.command("evaluate")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--evaluators", default=None, help="Comma-separated evaluators (default: the run's own).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override evaluator keys (attack, attack-eps, ...).")
+def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...]) -> None:
+    """Re-evaluate the saved tickets of a finished run, without training."""
+    from fedlth.io import write_json_atomic
+    from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
+
+    extra = (*overrides, *((f"evaluators={evaluators}",) if evaluators is not None else ()))
+    try:
+        sc = load_run_scenario(run_dir, extra)
+        _check_data(sc)
+        result = reevaluate(run_dir, sc)
+    except (RunDirError, ScenarioError) as exc:
+        fail(str(exc))
+    from datetime import datetime
+
+    out = run_dir / f"evaluation-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
+    write_json_atomic(out, result)
+    acc = result["summary"]["across_clients"]
+    click.echo(f"{len(result['per_client'])} tickets: mean accuracy {acc['mean']:.4f}, worst-10% {acc['worst10']:.4f} -> {out}")
+    for key, value in (result["summary"].get("evaluators_mean") or {}).items():
+        click.echo(f"  {key}: {value:.4f}")
+
+
 def _check_data(sc: dict) -> None:
     """Load the data and build the partitions up front, so bad settings fail before any work."""
     from fedlth.client_data import client_data
@@ -116,6 +175,14 @@ def _check_data(sc: dict) -> None:
         raise ScenarioError(str(exc)) from None
     except ValueError as exc:
         raise ScenarioError(f"data settings: {exc}") from None
+    if sc["evaluators"]:
+        from fedlth.client_data import dataset_info, sensitive_features
+        from fedlth.evaluators import DataInfo, build_evaluators
+
+        try:
+            build_evaluators(sc["evaluators"], sc, DataInfo(dataset_info(sc)[1], sensitive_features(sc)))
+        except ValueError as exc:
+            raise ScenarioError(f"evaluators: {exc}") from None
 
 
 class _round_progress:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,6 +32,8 @@ class ClientData:
     y_test: Tensor
     input_shape: tuple[int, ...]
     num_classes: int
+    input_range: tuple[float, float] = (0.0, 1.0)
+    sensitive_test: dict[str, np.ndarray] = field(default_factory=dict)  # for fairness evaluators
 
 
 @lru_cache(maxsize=4)
@@ -56,6 +59,11 @@ def data_key(sc: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sc[k] for k in DATA_KEYS)
 
 
+def sensitive_features(sc: dict[str, Any]) -> tuple[str, ...]:
+    """Names of the sensitive features the scenario's dataset declares."""
+    return tuple(_dataset(sc["dataset"], sc["data-path"], sc["seed"]).sensitive_test)
+
+
 def dataset_info(sc: dict[str, Any]) -> tuple[tuple[int, ...], int]:
     """Input shape and class count of the scenario's dataset."""
     data = _dataset(sc["dataset"], sc["data-path"], sc["seed"])
@@ -70,7 +78,8 @@ def split_tensors(data: ArrayData, s: ClientSplit) -> ClientData:
 
     return ClientData(
         t(data.x_train[s.train]), t(data.y_train[s.train]), t(data.x_train[s.val]), t(data.y_train[s.val]),
-        t(data.x_test[s.test]), t(data.y_test[s.test]), data.input_shape, data.num_classes,
+        t(data.x_test[s.test]), t(data.y_test[s.test]), data.input_shape, data.num_classes, data.input_range,
+        {k: v[s.test] for k, v in data.sensitive_test.items()},
     )
 
 

@@ -116,3 +116,27 @@ def plot_overlay(curves: dict[str, list[list[tuple[int, float]]]], path: Path, t
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_study(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy, robust accuracy and fairness gaps against achieved density (dense at the right)."""
+    plt = _pyplot()
+    dens = [r["density"] for r in rows]
+    metric_keys = [k for k in rows[0] if k not in ("target_density", "density", "accuracy_std")]
+    acc_keys = [k for k in metric_keys if k in ("accuracy", "worst10") or k.endswith("accuracy")]
+    fair_keys = [k for k in metric_keys if k.endswith("_difference")]
+    panels = [p for p in ((acc_keys, "accuracy"), (fair_keys, "fairness gap (lower is fairer)")) if p[0]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (keys, label) in zip(axes[0], panels, strict=True):
+        for k in keys:
+            pts = [(d, r.get(k)) for d, r in zip(dens, rows, strict=True) if r.get(k) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", ms=4, label=k)
+        ax.set_xscale("log")
+        ax.set(xlabel="density", ylabel=label, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -6,6 +6,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedlth.evaluators import COUNTS_PREFIX
+from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
+
+# What every client's evaluation reports; anything else comes from an evaluator.
+BASE_EVAL_KEYS = {"num-examples", "accuracy", "loss", "val-accuracy", "density", "partition-id", "global-accuracy", "download_bytes"}
+
 
 def client_stats(values: Mapping[int, float]) -> dict[str, Any]:
     """Mean, population std, worst-10 % / best-10 % means and worst client of per-client values.
@@ -26,6 +32,27 @@ def client_stats(values: Mapping[int, float]) -> dict[str, Any]:
         "worst": xs[0],
         "per_client": {str(pid): values[pid] for pid in sorted(values)},
     }
+
+
+def evaluation_summary(evaluate: Mapping[Any, Mapping[str, float]]) -> dict[str, Any]:
+    """One evaluation round over clients: fairness across clients, evaluator means, and the
+    federation's group fairness pooled exactly from the clients' confusion counts.
+    """
+    accs = {int(pid): m["accuracy"] for pid, m in evaluate.items()}
+    out: dict[str, Any] = {"across_clients": client_fairness(accs)}
+    keys = sorted({k for m in evaluate.values() for k in m if k not in BASE_EVAL_KEYS and not k.startswith(COUNTS_PREFIX + ".")})
+    if keys:
+        out["evaluators_mean"] = {
+            k: sum(m[k] for m in evaluate.values() if k in m) / sum(1 for m in evaluate.values() if k in m) for k in keys
+        }
+    features = sorted({k.split(".")[2] for m in evaluate.values() for k in m if k.startswith(COUNTS_PREFIX + ".fair.")})
+    if features:
+        pooled = {}
+        for feat in features:
+            prefix = f"{COUNTS_PREFIX}.fair.{feat}"
+            pooled[feat] = metrics_from_counts(merge_counts(unflatten_counts(m, prefix) for m in evaluate.values()))
+        out["pooled_fairness"] = pooled
+    return out
 
 
 def round_bytes(train: Mapping[int, Mapping[str, Any]], dense_bytes: int) -> dict[str, int]:
@@ -64,6 +91,7 @@ def summarize(
         "bytes": totals,
         "upload_ratio_vs_dense_fedavg": totals["upload"] / totals["dense_fedavg_upload"] if totals["dense_fedavg_upload"] else None,
         "rejected_updates": sum(len(r.get("rejected", [])) for r in rounds),
+        "evaluation": evaluation_summary(last) if last else None,
         "wall_seconds": wall_seconds,
     }
 
@@ -101,4 +129,47 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         "![accuracy](accuracy_by_round.png) ![density](density_by_round.png) ![bytes](accuracy_vs_upload.png)",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _evaluation_lines(sc, summary.get("evaluation")))
+
+
+def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None) -> list[str]:
+    """Fairness across clients, evaluator means and pooled group fairness, as markdown."""
+    if not ev:
+        return []
+
+    def f(x: Any) -> str:
+        return "undefined" if x is None else f"{x:.4f}"
+
+    ac = ev["across_clients"]
+    lines = [
+        "## Fairness across clients (final evaluation)",
+        "",
+        f"mean {f(ac['mean'])}, variance {f(ac['variance'])} (×10⁴ as q-FFL prints it: {f(ac['variance_x1e4'])}), "
+        f"worst-10 % {f(ac['worst10'])}, best-10 % {f(ac['best10'])}, worst client {f(ac['worst'])}, "
+        f"Jain's index {f(ac['jain_index'])}.",
+        "",
+    ]
+    if ev.get("evaluators_mean"):
+        lines += ["## Evaluators (mean over clients)", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {f(v)} |" for k, v in ev["evaluators_mean"].items()]
+        lines.append("")
+        if sc.get("attack") == "autoattack":
+            from fedlth.robustness import NOTE_AUTOATTACK
+
+            lines += [NOTE_AUTOATTACK, ""]
+    for feat, m in (ev.get("pooled_fairness") or {}).items():
+        lines += [
+            f"## Group fairness by `{feat}`, pooled over the federation (exact, from confusion counts)",
+            "",
+            f"demographic parity difference {f(m['demographic_parity_difference'])}, equalized odds difference "
+            f"{f(m['equalized_odds_difference'])}, equal opportunity difference {f(m['equal_opportunity_difference'])}.",
+            "",
+            "| group | n | accuracy | selection rate | TPR | FPR |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {g} | {r['count']} | {f(r['accuracy'])} | {f(r['selection_rate'])} | {f(r['tpr'])} | {f(r['fpr'])} |"
+            for g, r in m["by_group"].items()
+        ]
+        lines.append("")
+    return lines

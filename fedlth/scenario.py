@@ -108,8 +108,20 @@ KEYS: dict[str, Key] = {
     "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
     "lotteryfl-prune-from": _choice("trained", ("trained", "received"), "lotteryfl: cut the mask from the client's trained weights, or from the received global ones (published)."),
     "lotteryfl-rewind": Key(bool, False, "lotteryfl: reset kept weights to θ0 after a prune (published: true)."),
+    "ticket-eval": _choice("last", ("last", "finetune"), "Masked algorithms: score each client's last trained ticket, or the final global subnet fine-tuned finetune-epochs locally."),
     "finetune-epochs": _int(0, None, "fedavg-ft: local fine-tuning epochs before evaluation.", 1),
     "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
+    # evaluators and robust tickets
+    "evaluators": Key(str, "", "Comma-separated evaluators run on every client's ticket at evaluation rounds (robustness, fairness, or plug-ins)."),
+    "attack": _choice("pgd", ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack"), "robustness: the torchattacks attack."),
+    "attack-eps": Key(str, "0.1", "robustness: comma-separated ε sweep in the model's input units."),
+    "attack-steps": _int(1, None, "robustness: attack iterations.", 10),
+    "attack-samples": _int(1, None, "robustness: test samples attacked per client (the first n).", 200),
+    "sensitive": Key(str, "", "fairness: comma-separated sensitive features (empty: all the dataset declares)."),
+    "save-tickets": Key(bool, True, "At the last evaluation clients send their personal tickets; the run keeps them (tickets/) for `fedlth evaluate`."),
+    "adv-train": Key(bool, False, "Local adversarial training (PGD-AT) in every algorithm: robust tickets."),
+    "adv-eps": _float(0.1, "PGD-AT: L∞ radius in the model's input units.", 0.0),
+    "adv-steps": _int(1, None, "PGD-AT: PGD steps per batch.", 5),
 }
 
 

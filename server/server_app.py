@@ -20,8 +20,9 @@ from fedlth.client_data import dataset_info
 from fedlth.io import default_out_dir, write_json_atomic, write_text_atomic
 from fedlth.plots import plot_federated
 from fedlth.records import encode_record, record_bytes
-from fedlth.report import report_markdown, round_bytes, summarize
+from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
+from fedlth.tickets import save_tickets
 from server.strategy import TicketStrategy
 
 RoundHook = Callable[[dict[str, Any]], None]
@@ -77,6 +78,7 @@ def run_federation(grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHoo
             strategy.aggregate_evaluate(rnd, replies)
             entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
             entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
+            entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
         entry["seconds"] = time.perf_counter() - t0
         rounds.append(entry)
         with metrics_path.open("a") as fh:
@@ -84,9 +86,12 @@ def run_federation(grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHoo
         if on_round is not None:
             on_round(entry)
     summary = summarize(sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start)
+    summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "report.md", report_markdown(sc, summary))
     torch.save({"global": strategy.global_weights, "masks": strategy.masks}, out / "server_state.pt")
+    if strategy.tickets:
+        save_tickets(out / "tickets", strategy.tickets)
     plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
     return summary
 

@@ -42,6 +42,8 @@ class TicketStrategy(Strategy):
         self.eval_log: dict[int, dict[str, Any]] = {}
         self.rejected: list[dict[str, Any]] = []
         self.sent_bytes: dict[int, int] = {}
+        self.tickets: dict[int, tuple[Weights, Mask]] = {}  # the personal tickets sent after the last round
+        self.ticket_bytes: dict[int, int] = {}
 
     # --- who is who ----------------------------------------------------------------------
 
@@ -72,14 +74,14 @@ class TicketStrategy(Strategy):
         # both ends know the model's shapes: no shape arrays on the wire
         return encode_record(self.global_weights, mask, with_shapes=False)
 
-    def _messages(self, pids: Iterable[int], server_round: int, kind: str) -> list[Message]:
+    def _messages(self, pids: Iterable[int], server_round: int, kind: str, **config: int) -> list[Message]:
         out = []
         self.sent_bytes = {}
         for pid in pids:
             arrays = self._payload(pid)
             self.sent_bytes[pid] = record_bytes(arrays)
             content = RecordDict(
-                {"arrays": arrays, "config": ConfigRecord({"server-round": server_round}), "scenario": self.scenario_record}
+                {"arrays": arrays, "config": ConfigRecord({"server-round": server_round, **config}), "scenario": self.scenario_record}
             )
             out.append(Message(content, dst_node_id=self.node_of[pid], message_type=kind))
         return out
@@ -89,8 +91,9 @@ class TicketStrategy(Strategy):
         return self._messages(self.sample(), server_round, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        """Every client scores its personal ticket."""
-        return self._messages(sorted(self.node_of), server_round, MessageType.EVALUATE)
+        """Every client scores its personal ticket (and sends it, after the last round)."""
+        send = int(server_round == self.sc["rounds"] and self.sc["save-tickets"])
+        return self._messages(sorted(self.node_of), server_round, MessageType.EVALUATE, **{"send-ticket": send})
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -154,6 +157,13 @@ class TicketStrategy(Strategy):
         """Collect every client's scores; the run log turns them into summaries."""
         self.eval_log = {}
         for reply in replies:
+            if not reply.has_error() and "ticket" in reply.content.array_records:
+                pid = int(reply.content["metrics"]["partition-id"])
+                try:
+                    self.tickets[pid] = decode_record(reply.content["ticket"], self.shapes)
+                    self.ticket_bytes[pid] = record_bytes(reply.content["ticket"])
+                except ValueError as exc:
+                    log(WARNING, "round %s: client %s sent an unreadable ticket: %s", server_round, pid, exc)
             if reply.has_error():
                 log(WARNING, "round %s: evaluation failed on node %s: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
                 continue

@@ -95,3 +95,87 @@ def test_same_seed_same_metrics(tmp_path):
 def test_pyproject_run_config_lists_every_scenario_key_at_its_default():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert config == defaults()
+
+
+FAIR = """
+dataset = "arrests"
+model = "tabular-mlp"
+partition = "natural-id"
+num-clients = 6
+clients-per-round = 6
+rounds = 2
+local-epochs = 1
+algorithm = "subfedavg"
+prune-rate = 0.5
+acc-threshold = 0.0
+prune-tolerance = 1.0
+evaluators = "fairness,robustness"
+attack-eps = "0.1"
+attack-steps = 5
+attack-samples = 40
+"""
+
+
+def test_evaluators_in_a_run_and_reevaluation_of_its_saved_tickets(tmp_path):
+    path = tmp_path / "fair.toml"
+    path.write_text(FAIR)
+    out = tmp_path / "fair"
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    ev = summary["evaluation"]
+    assert set(ev["pooled_fairness"]) == {"colour", "sex"}
+    assert "robustness.pgd.eps=0.1.robust_accuracy" in ev["evaluators_mean"]
+    assert ev["across_clients"]["n"] == 6 and 0 < ev["across_clients"]["jain_index"] <= 1
+    assert "Group fairness by `sex`" in (out / "report.md").read_text()
+    assert sorted(p.name for p in (out / "tickets").iterdir()) == [f"client-{i}.pt" for i in range(6)]
+    # the saved tickets give back exactly the accuracies the run reported
+    again = CliRunner().invoke(main, ["evaluate", str(out), "--evaluators", "fairness"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    (evaluation,) = out.glob("evaluation-*.json")
+    re = json.loads(evaluation.read_text())
+    assert {int(k): v["accuracy"] for k, v in re["per_client"].items()} == {
+        int(k): v for k, v in summary["personalized_accuracy"]["per_client"].items()
+    }
+    assert re["summary"]["pooled_fairness"] == ev["pooled_fairness"]
+
+
+def test_evaluate_bad_inputs_exit_2(tmp_path):
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    (tmp_path / "run").mkdir()
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "not a fedlth run folder" in result.output
+
+
+def test_bad_evaluator_fails_before_training(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(SCENARIO + 'evaluators = "robustness,fairnes"\n')
+    out = tmp_path / "x"
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2
+    assert "unknown evaluator(s) ['fairnes']; available: fairness, robustness" in result.output
+    assert not out.exists()
+    path.write_text(SCENARIO + 'evaluators = "fairness"\n')
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and "needs a binary task" in result.output
+
+
+def test_study_over_densities_writes_table_and_plot(tmp_path):
+    path = tmp_path / "fair.toml"
+    path.write_text(FAIR.replace('evaluators = "fairness,robustness"', 'evaluators = "fairness"'))
+    out = tmp_path / "study"
+    result = CliRunner().invoke(main, ["study", str(path), "--densities", "1.0,0.5", "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "study.json").read_text())["rows"]
+    assert [r["target_density"] for r in rows] == [1.0, 0.5]
+    assert rows[0]["density"] == 1.0 and rows[1]["density"] <= 0.55
+    assert "sex.demographic_parity_difference" in rows[0]
+    assert (out / "study.png").stat().st_size > 1000
+
+
+def test_study_rejects_bad_densities(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(SCENARIO)
+    result = CliRunner().invoke(main, ["study", str(path), "--densities", "1.0,0", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "every density must be in (0, 1]" in result.output

@@ -1,0 +1,54 @@
+"""Re-evaluate the saved tickets of a finished run, without training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedlth.algorithms import Ctx, scenario_evaluators
+from fedlth.client_data import client_data
+from fedlth.evaluators import EvalData, run_evaluators
+from fedlth.models import build_model
+from fedlth.report import evaluation_summary
+from fedlth.scenario import ScenarioError, load_scenario
+from fedlth.tickets import TicketFileError, load_ticket_file, ticket_path
+from fedlth.training import evaluate
+
+
+class RunDirError(ValueError):
+    """A run folder can't be re-evaluated; the message says why."""
+
+
+def load_run_scenario(run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The resolved scenario a run was made with, plus overrides (evaluator keys, say)."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"run folder {str(run_dir)!r} does not exist")
+    if not (run_dir / "scenario.toml").is_file():
+        raise RunDirError(f"{str(run_dir)!r} has no scenario.toml: not a fedlth run folder")
+    if not (run_dir / "tickets").is_dir():
+        raise RunDirError(f"{str(run_dir)!r} has no tickets/ (the run had save-tickets = false, or did not finish)")
+    try:
+        return load_scenario(run_dir / "scenario.toml", overrides)
+    except ScenarioError as exc:
+        raise RunDirError(str(exc)) from None
+
+
+def reevaluate(run_dir: Path, sc: dict[str, Any]) -> dict[str, Any]:
+    """Every client's saved ticket on its own test split, with the scenario's evaluators."""
+    evaluators = scenario_evaluators(sc)
+    per_client: dict[int, dict[str, float]] = {}
+    for pid in range(sc["num-clients"]):
+        try:
+            weights, mask = load_ticket_file(ticket_path(run_dir / "tickets", pid))
+        except TicketFileError as exc:
+            raise RunDirError(str(exc)) from None
+        ctx = Ctx(sc, client_data(sc, pid), pid, 0)
+        d = ctx.data
+        net = build_model(sc["model"], d.input_shape, d.num_classes)
+        net.load_state_dict(weights)
+        loss, acc = evaluate(net, d.x_test, d.y_test)
+        density = (sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())) if mask else 1.0
+        metrics = {"num-examples": float(len(d.y_test)), "accuracy": acc, "loss": loss, "density": density, "partition-id": float(pid)}
+        metrics |= run_evaluators(evaluators, net, EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test))
+        per_client[pid] = metrics
+    return {"evaluators": sc["evaluators"], "per_client": per_client, "summary": evaluation_summary(per_client)}
