@@ -6,7 +6,7 @@ Robust part: Sub-FedAvg tickets at density 0.2 and dense models (target density 
 trained normally and with local PGD-AT, judged by clean and PGD-20 accuracy at two ε in
 MNIST-1D's raw input units (features have std ≈ 1). Fair part: `fedlth study` on
 scenarios/fair-tickets-arrests.toml at densities 1.0 / 0.5 / 0.2 / 0.1.
-Writes benchmarks/results/robust_fair.md and .json.
+Writes benchmarks/results/robust_fair.md and .json (robust_fair_<part>.* for one part).
 """
 
 from __future__ import annotations
@@ -117,8 +117,9 @@ def main() -> None:
         part, raw["fair"] = fair_part(seeds)
         md += part
     OUT.mkdir(exist_ok=True)
-    (OUT / "robust_fair.md").write_text("\n".join(md))
-    (OUT / "robust_fair.json").write_text(json.dumps({"command": cmd, "raw": raw}, indent=1, default=str))
+    stem = "robust_fair" if a.part == "both" else f"robust_fair_{a.part}"
+    (OUT / f"{stem}.md").write_text("\n".join(md))
+    (OUT / f"{stem}.json").write_text(json.dumps({"command": cmd, "raw": raw}, indent=1, default=str))
     print("\n".join(md))
 
 
