@@ -47,11 +47,17 @@ def evaluation_summary(evaluate: Mapping[Any, Mapping[str, float]]) -> dict[str,
         }
     features = sorted({k.split(".")[2] for m in evaluate.values() for k in m if k.startswith(COUNTS_PREFIX + ".fair.")})
     if features:
-        pooled = {}
+        pooled: dict[str, Any] = {}
+        per_client: dict[str, Any] = {}
         for feat in features:
             prefix = f"{COUNTS_PREFIX}.fair.{feat}"
-            pooled[feat] = metrics_from_counts(merge_counts(unflatten_counts(m, prefix) for m in evaluate.values()))
+            parts = {str(pid): unflatten_counts(m, prefix) for pid, m in evaluate.items()}
+            pooled[feat] = metrics_from_counts(merge_counts(parts.values()))
+            for pid, counts in parts.items():
+                if counts:  # a client says so when it holds a single group (single_group: true)
+                    per_client.setdefault(pid, {})[feat] = metrics_from_counts(counts)
         out["pooled_fairness"] = pooled
+        out["per_client_fairness"] = per_client
     return out
 
 

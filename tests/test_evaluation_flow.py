@@ -47,6 +47,9 @@ def test_pooled_fairness_equals_fairlearn_on_all_clients_predictions():
     assert pooled["demographic_parity_difference"] == pytest.approx(demographic_parity_difference(y, p, sensitive_features=sex))
     assert pooled["equalized_odds_difference"] == pytest.approx(equalized_odds_difference(y, p, sensitive_features=sex))
     assert set(summary["pooled_fairness"]) == {"colour", "sex"}
+    per = summary["per_client_fairness"]
+    assert set(per) == {str(p) for p in range(6)} and set(per["0"]) == {"colour", "sex"}
+    assert sum(r["count"] for r in per["0"]["sex"]["by_group"].values()) == len(y_all[0])
     assert summary["across_clients"]["n"] == 6
     rob = summary["evaluators_mean"]
     assert rob["robustness.pgd.eps=0.1.robust_accuracy"] <= rob["robustness.clean_accuracy"]
