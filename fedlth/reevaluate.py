@@ -8,6 +8,7 @@ from typing import Any
 from fedlth.algorithms import Ctx, scenario_evaluators
 from fedlth.client_data import client_data
 from fedlth.evaluators import EvalData, run_evaluators
+from fedlth.masks import density
 from fedlth.models import build_model
 from fedlth.report import evaluation_summary
 from fedlth.scenario import ScenarioError, load_scenario
@@ -47,8 +48,10 @@ def reevaluate(run_dir: Path, sc: dict[str, Any]) -> dict[str, Any]:
         net = build_model(sc["model"], d.input_shape, d.num_classes)
         net.load_state_dict(weights)
         loss, acc = evaluate(net, d.x_test, d.y_test)
-        density = (sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())) if mask else 1.0
-        metrics = {"num-examples": float(len(d.y_test)), "accuracy": acc, "loss": loss, "density": density, "partition-id": float(pid)}
+        metrics = {
+            "num-examples": float(len(d.y_test)), "accuracy": acc, "loss": loss,
+            "density": density(mask) if mask else 1.0, "partition-id": float(pid),
+        }
         metrics |= run_evaluators(evaluators, net, EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test))
         per_client[pid] = metrics
     return {"evaluators": sc["evaluators"], "per_client": per_client, "summary": evaluation_summary(per_client)}
