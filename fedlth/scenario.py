@@ -122,6 +122,17 @@ KEYS: dict[str, Key] = {
     "adv-train": Key(bool, False, "Local adversarial training (PGD-AT) in every algorithm: robust tickets."),
     "adv-eps": _float(0.1, "PGD-AT: L∞ radius in the model's input units.", 0.0),
     "adv-steps": _int(1, None, "PGD-AT: PGD steps per batch.", 5),
+    # reliability at the server
+    "aggregation": _choice("mean", ("mean", "median", "trimmed-mean"), "Server rule per weight over the clients that keep it: example-weighted mean, or the robust coordinate-wise median / trimmed mean."),
+    "trim-fraction": _float(0.1, "trimmed-mean: share of the keepers cut from each end, per weight.", 0.0, 0.5, hi_open=True),
+    "min-clients": _int(1, None, "A round aggregates only if at least this many valid updates arrive; else the global model is kept.", 1),
+    "round-timeout": _float(3600.0, "Seconds the server waits for a round's replies; late clients are left out of that round.", 0.0, None, lo_open=True),
+    "max-update-bytes": _int(0, None, "Reject replies larger than this many bytes (0: twice the dense model's payload).", 0),
+    # compute
+    "device": _choice("auto", ("auto", "cpu", "cuda"), "Where clients train: auto takes CUDA when present."),
+    "client-cpus": _float(1.0, "Simulation: CPUs Ray reserves per client (cores / this = clients at once).", 0.0, None, lo_open=True),
+    "client-gpus": _float(0.0, "Simulation: GPU fraction Ray reserves per client when a GPU is present.", 0.0, 1.0),
+    "ray-address": Key(str, "", "Simulation: join this running Ray cluster (e.g. 127.0.0.1:6379 or auto); empty starts a local one."),
 }
 
 
@@ -130,6 +141,10 @@ def check_cross(sc: dict[str, Any]) -> None:
     if sc["clients-per-round"] > sc["num-clients"]:
         raise ScenarioError(
             f"key 'clients-per-round' is {sc['clients-per-round']}; allowed: at most num-clients ({sc['num-clients']})"
+        )
+    if sc["min-clients"] > sc["clients-per-round"]:
+        raise ScenarioError(
+            f"key 'min-clients' is {sc['min-clients']}; allowed: at most clients-per-round ({sc['clients-per-round']})"
         )
 
 
