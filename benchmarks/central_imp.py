@@ -14,9 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, mean_std, pm, table  # noqa: E402
+from common import machine, mean_std, pm, results_dir, table  # noqa: E402
 
-OUT = Path(__file__).parent / "results"
+OUT = results_dir()
 
 
 def one_seed(args: tuple[int, int, int, int]) -> dict:

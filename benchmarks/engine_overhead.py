@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import machine, results_dir  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-OUT = Path(__file__).parent / "results"
+OUT = results_dir()
 
 
 def plain_loop(sc: dict) -> tuple[float, float]:

@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import machine, results_dir  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-OUT = Path(__file__).parent / "results"
+OUT = results_dir()
 WORKLOADS = {"w1": "scenarios/w1-pathological-mnist1d.toml", "w3": "scenarios/w3-dirichlet-mnist1d.toml"}
 ALL = "local,fedavg,fedavg-ft,lotteryfl,lotteryfl-faithful,subfedavg,subfedavg-hybrid"
 

@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, pm, table  # noqa: E402
+from common import machine, pm, results_dir, table  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-OUT = Path(__file__).parent / "results"
+OUT = results_dir()
 EPS = (0.1, 0.3)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import time
@@ -17,17 +18,16 @@ from flwr.supercore import log
 
 from fedlth.algorithms import get_algorithm, initial_weights
 from fedlth.client_data import dataset_info
-from fedlth.io import default_out_dir, write_json_atomic, write_text_atomic
+from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.plots import plot_federated
-from fedlth.records import encode_record, record_bytes
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from fedlth.tickets import save_tickets
-from server.strategy import TicketStrategy
+from server.exchange import stream_replies
+from server.strategy import TicketStrategy, rng_state_tuple
 
 RoundHook = Callable[[dict[str, Any]], None]
 NODE_WAIT_SECONDS = 300.0
-REPLY_TIMEOUT_SECONDS = 3600.0
 
 
 def is_eval_round(sc: dict[str, Any], rnd: int) -> bool:
@@ -45,44 +45,107 @@ def wait_for_nodes(grid: Grid, n: int, limit: float = NODE_WAIT_SECONDS) -> None
         time.sleep(0.2)
 
 
-def run_federation(grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None) -> dict[str, Any]:
-    """Run every round of the scenario on `grid`; write metrics.jsonl as it goes, then the rest."""
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = "fedlth-server-checkpoint-v1"
+
+
+class ResumeError(ValueError):
+    """A run folder can't be resumed; the message says why."""
+
+
+def save_checkpoint(out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]]) -> None:
+    """Everything needed to continue after the last finished round, written atomically."""
+    buf = io.BytesIO()
+    torch.save(
+        {"format": CHECKPOINT_FORMAT, "round": len(rounds), "strategy": strategy.state_dict(),
+         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": json.dumps(rounds)},
+        buf,
+    )
+    write_bytes_atomic(out / CHECKPOINT, buf.getvalue())
+
+
+def load_checkpoint(out: Path) -> dict[str, Any]:
+    """The checkpoint of a killed run; ResumeError when there is none or it is unreadable."""
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise ResumeError(f"{str(out)!r} has no {CHECKPOINT}: it is not a fedlth run folder, or no round finished")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a fedlth server checkpoint")
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ResumeError(f"{str(path)!r} is unreadable: {exc}") from None
+    blob["rounds"] = json.loads(blob["rounds"])
+    return blob
+
+
+def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry as it reads back from metrics.jsonl (client ids become strings), so a
+    resumed run and an uninterrupted one summarize the very same data."""
+    return json.loads(json.dumps(entry))
+
+
+def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int) -> dict[str, Any]:
+    """One training round: send, fold replies as they arrive, aggregate; the run-log entry."""
+    messages = strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)
+    for reply in stream_replies(grid, messages, sc["round-timeout"]):
+        strategy.fold(reply)
+    aggregated = strategy.finish_round()
+    train = {pid: strategy.train_log[pid] for pid in sorted(strategy.train_log)}
+    return {
+        "round": rnd, "train": train, "rejected": list(strategy.rejected),
+        "rejected_updates": len(strategy.rejected), "dropped": list(strategy.dropped), "aggregated": aggregated,
+        "bytes": round_bytes(train, strategy.dense_bytes), "evaluate": None,
+    }
+
+
+def _evaluate_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, entry: dict[str, Any]) -> None:
+    messages = strategy.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid)
+    strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, sc["round-timeout"])))
+    entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
+    entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
+    entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
+
+
+def run_federation(
+    grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Run every round of the scenario on `grid` (or the rounds a killed run had left);
+    metrics.jsonl and a checkpoint are written after every round, the rest at the end."""
     t_start = time.perf_counter()
     random.seed(sc["seed"])  # anything in Flower that samples with the global `random`
     torch.manual_seed(sc["seed"])
     alg = get_algorithm(sc["algorithm"])
     shape, classes = dataset_info(sc)
     strategy = TicketStrategy(sc, initial_weights(sc, shape, classes))
+    rounds: list[dict[str, Any]] = []
+    if resume:
+        ckpt = load_checkpoint(out)
+        strategy.load_state_dict(ckpt["strategy"])
+        random.setstate(rng_state_tuple(ckpt["python_rng"]))
+        torch.set_rng_state(ckpt["torch_rng"])
+        rounds = ckpt["rounds"]
+        log(WARNING, "fedlth: resuming %s after round %d of %d", out, len(rounds), sc["rounds"])
     wait_for_nodes(grid, sc["num-clients"])
-    strategy.identify(grid, timeout=REPLY_TIMEOUT_SECONDS)
+    strategy.identify(grid, timeout=sc["round-timeout"])
     if len(strategy.node_of) < sc["num-clients"]:
         raise RuntimeError(f"{len(strategy.node_of)} of {sc['num-clients']} nodes identified themselves")
-    dense_bytes = record_bytes(encode_record(strategy.global_weights, None))
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "scenario.toml", to_toml(sc))
     metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    rounds: list[dict[str, Any]] = []
-    empty, cfg = ArrayRecord(), ConfigRecord()
-    for rnd in range(1, sc["rounds"] + 1):
+    # rewritten from the checkpoint: a line for a round the crash cut short is dropped
+    write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
+    for rnd in range(len(rounds) + 1, sc["rounds"] + 1):
         t0 = time.perf_counter()
-        replies = grid.send_and_receive(strategy.configure_train(rnd, empty, cfg, grid), timeout=REPLY_TIMEOUT_SECONDS)
-        strategy.aggregate_train(rnd, replies)
-        train = {pid: strategy.train_log[pid] for pid in sorted(strategy.train_log)}
-        entry: dict[str, Any] = {
-            "round": rnd, "train": train, "rejected": list(strategy.rejected), "bytes": round_bytes(train, dense_bytes),
-            "evaluate": None,
-        }
+        entry = _train_round(grid, sc, strategy, rnd)
         if is_eval_round(sc, rnd):
-            replies = grid.send_and_receive(strategy.configure_evaluate(rnd, empty, cfg, grid), timeout=REPLY_TIMEOUT_SECONDS)
-            strategy.aggregate_evaluate(rnd, replies)
-            entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
-            entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
-            entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
+            _evaluate_round(grid, sc, strategy, rnd, entry)
         entry["seconds"] = time.perf_counter() - t0
+        entry = _jsonable(entry)
         rounds.append(entry)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
+        save_checkpoint(out, strategy, rounds)
         if on_round is not None:
             on_round(entry)
     summary = summarize(sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start)
@@ -96,7 +159,9 @@ def run_federation(grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHoo
     return summary
 
 
-def make_server_app(sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None) -> ServerApp:
+def make_server_app(
+    sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None, resume: bool = False
+) -> ServerApp:
     """A ServerApp for a given scenario (fedlth run), or one that reads Flower's run config (flwr run)."""
     server_app = ServerApp()
 
@@ -104,7 +169,7 @@ def make_server_app(sc: dict[str, Any] | None = None, out: Path | None = None, o
     def main(grid: Grid, context: Context) -> None:
         scenario = sc if sc is not None else resolve(dict(context.run_config), source="run config")
         folder = out or Path(scenario["out-dir"] or default_out_dir("run", scenario["name"] or scenario["algorithm"]))
-        summary = run_federation(grid, scenario, folder, on_round)
+        summary = run_federation(grid, scenario, folder, on_round, resume=resume)
         log(WARNING, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
 
     return server_app

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from logging import WARNING
 from typing import Any
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedlth.aggregate import Update, masked_mean
+from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator
 from fedlth.algorithms import get_algorithm
 from fedlth.masks import Mask, Weights, is_subset
 from fedlth.records import (
@@ -23,6 +24,7 @@ from fedlth.records import (
     record_bytes,
     weights_to_record,
 )
+from server.exchange import stream_replies
 
 
 class TicketStrategy(Strategy):
@@ -35,6 +37,11 @@ class TicketStrategy(Strategy):
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
+        self.pid_of: dict[int, int] = {}  # Flower node id -> partition id
+        self.dense_bytes = record_bytes(encode_record(initial, None))
+        self.max_update_bytes = sc["max-update-bytes"] or 2 * self.dense_bytes
+        self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"])
+        self.open_round(0, [])
         self.rng = random.Random(sc["seed"])
         self.scenario_record = config_to_record(sc)
         # what the last call of each phase saw, for the run log
@@ -51,12 +58,18 @@ class TicketStrategy(Strategy):
         """Ask every node for its partition id: node ids are random, partition ids are not."""
         nodes = sorted(grid.get_node_ids())
         msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        for reply in grid.send_and_receive(msgs, timeout=timeout):
+        for reply in stream_replies(grid, msgs, timeout):
+            node = reply.metadata.src_node_id
             if reply.has_error():
-                log(WARNING, "node %s did not identify itself: %s", reply.metadata.src_node_id, reply.error.reason)
+                log(WARNING, "node %s did not identify itself: %s", node, reply.error.reason)
                 continue
             pid = int(reply.content["metrics"]["partition-id"])
-            self.node_of[pid] = reply.metadata.src_node_id
+            if pid in self.node_of and self.node_of[pid] != node:
+                # a restarted SuperNode registers under a new node id: the newest one answers
+                log(WARNING, "partition %s is held by nodes %s and %s; using %s", pid, self.node_of[pid], node, node)
+                self.pid_of.pop(self.node_of[pid], None)
+            self.node_of[pid] = node
+            self.pid_of[node] = pid
 
     def sample(self) -> list[int]:
         """This round's clients: a seeded draw from the sorted partition ids."""
@@ -87,8 +100,10 @@ class TicketStrategy(Strategy):
         return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        """One message per sampled client, each with its own subnet."""
-        return self._messages(self.sample(), server_round, MessageType.TRAIN)
+        """One message per sampled client, each with its own subnet; opens the round for replies."""
+        pids = self.sample()
+        self.open_round(server_round, pids)
+        return self._messages(pids, server_round, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         """Every client scores its personal ticket (and sends it, after the last round)."""
@@ -97,9 +112,91 @@ class TicketStrategy(Strategy):
 
     # --- replies -------------------------------------------------------------------------------
 
-    def _reject(self, server_round: int, pid: int | None, node: int, reason: str) -> None:
-        log(WARNING, "round %s: rejected the update of client %s (node %s): %s", server_round, pid, node, reason)
-        self.rejected.append({"round": server_round, "client": pid, "reason": reason})
+    def open_round(self, server_round: int, pids: Iterable[int]) -> None:
+        """Expect replies from `pids`; a fresh running sum (mean) or list (robust rules)."""
+        self.round = server_round
+        self.train_log, self.rejected, self.accepted, self.dropped = {}, [], [], []
+        self._expected = sorted(pids)
+        self._next = 0  # replies are folded in client-id order: sums are bit-reproducible
+        self._seen: set[int] = set()
+        self._waiting: dict[int, Update | None] = {}  # replied, not yet folded (None: nothing to fold)
+        mean = self.sc["aggregation"] == "mean"
+        self._stream = MaskedMeanStream(self.global_weights) if mean else None
+        self._kept: list[Update] = []
+
+    def fold(self, reply: Message) -> None:
+        """Validate one reply and fold it in as soon as every lower client id is settled."""
+        node = reply.metadata.src_node_id
+        pid = self.pid_of.get(node)
+        if pid is None or pid not in self._expected or pid in self._seen:
+            self._reject(pid, node, "reply from a client not sampled this round, or a second reply")
+            return
+        self._seen.add(pid)
+        self._waiting[pid] = self._update_of(pid, node, reply)
+        self._advance()
+
+    def _advance(self) -> None:
+        while self._next < len(self._expected) and self._expected[self._next] in self._waiting:
+            pid = self._expected[self._next]
+            update = self._waiting.pop(pid)
+            self._next += 1
+            if update is None:
+                continue
+            if self._stream is not None:
+                try:
+                    self._stream.add(update)
+                except ValueError as exc:
+                    self._reject(pid, self.node_of.get(pid, -1), str(exc))
+                    continue
+            else:
+                self._kept.append(update)
+            self.accepted.append(pid)
+            if self.alg.masked:
+                self.masks[pid] = update.mask
+
+    def _update_of(self, pid: int, node: int, reply: Message) -> Update | None:
+        """The reply as an Update, or None (rejected with a logged reason, or nothing uploaded)."""
+        if reply.has_error():
+            self._reject(pid, node, f"client error: {reply.error.reason}")
+            return None
+        if "metrics" not in reply.content.metric_records:
+            self._reject(pid, node, "no metrics")
+            return None
+        metrics = metrics_from_record(reply.content["metrics"])
+        if int(metrics.get("partition-id", -1)) != pid:
+            self._reject(pid, node, f"claims partition {metrics.get('partition-id')} but node {node} holds {pid}")
+            return None
+        arrays = reply.content.array_records.get("arrays")
+        metrics["upload_bytes"] = record_bytes(arrays) if arrays is not None else 0
+        metrics["download_bytes"] = self.sent_bytes.get(pid, 0)
+        self.train_log[pid] = metrics
+        if not self.alg.uploads:
+            return None
+        if arrays is None or len(arrays) == 0:
+            self._reject(pid, node, "no weights in the reply")
+            return None
+        if metrics["upload_bytes"] > self.max_update_bytes:
+            self._reject(pid, node, f"payload of {metrics['upload_bytes']} bytes exceeds the limit of {self.max_update_bytes}")
+            return None
+        n = metrics.get("num-examples")
+        if not isinstance(n, int | float) or isinstance(n, bool) or not float(n).is_integer() or n <= 0:
+            self._reject(pid, node, f"num-examples must be a whole number > 0; got {n!r}")
+            return None
+        n = int(n)
+        try:
+            weights, mask = decode_record(arrays, self.shapes)
+        except ValueError as exc:
+            self._reject(pid, node, str(exc))
+            return None
+        reason = self._check(pid, weights, mask)
+        if reason is not None:
+            self._reject(pid, node, reason)
+            return None
+        return Update(weights, mask, n)
+
+    def _reject(self, pid: int | None, node: int, reason: str) -> None:
+        log(WARNING, "round %s: rejected the update of client %s (node %s): %s", self.round, pid, node, reason)
+        self.rejected.append({"round": self.round, "client": pid, "reason": reason})
 
     def _check(self, pid: int, weights: Weights, mask: Mask) -> str | None:
         """Why an update can't be aggregated, or None."""
@@ -109,6 +206,8 @@ class TicketStrategy(Strategy):
         for k, w in weights.items():
             if w.shape != ref[k].shape or w.dtype != ref[k].dtype:
                 return f"tensor {k!r} is {tuple(w.shape)} {w.dtype}; expected {tuple(ref[k].shape)} {ref[k].dtype}"
+            if w.dtype.is_floating_point and not bool(torch.isfinite(w).all()):
+                return f"tensor {k!r} has NaN or Inf values"
         if self.alg.masked:
             if not mask:
                 return "no mask"
@@ -117,41 +216,46 @@ class TicketStrategy(Strategy):
                 return "mask revives weights it had pruned"
         return None
 
+    def finish_round(self) -> bool:
+        """Leave out clients that never replied; aggregate if at least `min-clients` updates are valid."""
+        self.dropped = [pid for pid in self._expected if pid not in self._seen]
+        for pid in self.dropped:
+            log(WARNING, "round %s: client %s sent no reply within %.0f s; the round goes on without it",
+                self.round, pid, self.sc["round-timeout"])
+            self._waiting[pid] = None
+        self._advance()
+        if not self.alg.uploads:
+            return False
+        if len(self.accepted) < self.sc["min-clients"]:
+            log(WARNING, "round %s: %d valid updates, fewer than min-clients = %d; the global model is kept",
+                self.round, len(self.accepted), self.sc["min-clients"])
+            return False
+        if self._stream is not None:
+            self.global_weights = self._stream.result()
+        else:
+            self.global_weights = self.aggregator(self.global_weights, self._kept)
+        self._stream, self._kept = None, []
+        return True
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Masked mean over valid replies, folded in a fixed (client id) order."""
-        self.train_log, self.rejected = {}, []
-        good: list[tuple[int, Weights, Mask, dict[str, Any]]] = []
+        """Flower's hook: fold every reply of the round opened by configure_train, then aggregate."""
         for reply in replies:
-            node = reply.metadata.src_node_id
-            if reply.has_error():
-                self._reject(server_round, None, node, f"client error: {reply.error.reason}")
-                continue
-            metrics = metrics_from_record(reply.content["metrics"])
-            pid = int(metrics.get("partition-id", -1))
-            arrays = reply.content.array_records.get("arrays")
-            metrics["upload_bytes"] = record_bytes(arrays) if arrays is not None else 0
-            metrics["download_bytes"] = self.sent_bytes.get(pid, 0)
-            self.train_log[pid] = metrics
-            if not self.alg.uploads:
-                continue
-            try:
-                weights, mask = decode_record(arrays, self.shapes)
-            except ValueError as exc:
-                self._reject(server_round, pid, node, str(exc))
-                continue
-            reason = self._check(pid, weights, mask)
-            if reason is not None:
-                self._reject(server_round, pid, node, reason)
-                continue
-            good.append((pid, weights, mask, metrics))
-        good.sort(key=lambda g: g[0])
-        if good:
-            updates = [Update(w, m, int(md["num-examples"])) for _, w, m, md in good]
-            self.global_weights = masked_mean(self.global_weights, updates)
-            if self.alg.masked:
-                for pid, _, mask, _ in good:
-                    self.masks[pid] = mask
-        return weights_to_record(self.global_weights), MetricRecord({"accepted": len(good), "rejected": len(self.rejected)})
+            self.fold(reply)
+        aggregated = self.finish_round()
+        metrics = MetricRecord({"accepted": len(self.accepted), "rejected": len(self.rejected), "aggregated": int(aggregated)})
+        return weights_to_record(self.global_weights), metrics
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to continue exactly: global weights, known masks, sampler state."""
+        return {"global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by state_dict()."""
+        self.global_weights = state["global"]
+        self.masks = state["masks"]
+        self.rng.setstate(rng_state_tuple(state["rng"]))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Collect every client's scores; the run log turns them into summaries."""
@@ -178,3 +282,9 @@ class TicketStrategy(Strategy):
     def summary(self) -> None:
         """Flower's hook to log the configuration."""
         log(WARNING, "fedlth strategy: %s, %s clients, %s per round", self.alg.name, self.sc["num-clients"], self.sc["clients-per-round"])
+
+
+def rng_state_tuple(state: Sequence[Any]) -> tuple[Any, ...]:
+    """random.setstate wants tuples; a checkpoint may hand back lists."""
+    version, internal, gauss = state
+    return (int(version), tuple(int(x) for x in internal), gauss)

@@ -1,0 +1,33 @@
+"""Push a round's messages and yield the replies as they arrive, until all are in or time is up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+FIRST_POLL_SECONDS = 0.02
+MAX_POLL_SECONDS = 0.5
+
+
+def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> Iterator[Message]:
+    """Yield each reply once; stop when every message is answered or `timeout` seconds pass.
+
+    Flower's `send_and_receive` returns only when all replies are in, and its gRPC grid
+    polls every 3 s; polling here starts fast and backs off, so replies are folded while
+    slower clients still train and a short round costs no fixed 3 s.
+    """
+    pending = set(grid.push_messages(messages))
+    deadline = time.monotonic() + timeout
+    poll = FIRST_POLL_SECONDS
+    while pending:
+        got = list(grid.pull_messages(pending))
+        for reply in got:
+            pending.discard(reply.metadata.reply_to_message_id)
+            yield reply
+        if not pending or time.monotonic() >= deadline:
+            return
+        poll = FIRST_POLL_SECONDS if got else min(poll * 2, MAX_POLL_SECONDS)
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
