@@ -1,7 +1,20 @@
-"""The Flower ClientApp: a thin shell around fedlth.algorithms; state lives in Context.state."""
+"""The Flower ClientApp: a thin shell around fedlth.algorithms; state lives in Context.state.
+
+Node config (simulation: Flower sets `partition-id`; deployment: `flower-supernode --node-config`):
+  partition-id  required: the node's stable id in the federation (0 .. num-clients - 1). The server
+                samples, names outputs and keeps masks by it; node ids are random.
+  data-file     optional: an .npz of this device's own data (fedlth.local_data). Without it the
+                node takes partition `partition-id` of the scenario's dataset (a trial).
+  state-dir     optional: where the ticket is kept across restarts (fedlth.state_store); without
+                it, the `state-dir` the server names in its messages (in-process simulation).
+The ticket file is tagged with the server's `run-key` (a resumed run keeps it), else the run id.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +22,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedlth.algorithms import ClientState, Ctx, evaluate_client, get_algorithm, initial_weights
-from fedlth.client_data import client_data
+from fedlth.client_data import ClientData, client_data
+from fedlth.local_data import local_client_data
+from fedlth.masks import density
 from fedlth.records import (
     config_from_record,
     decode_record,
@@ -21,11 +36,11 @@ from fedlth.records import (
     weights_to_record,
 )
 from fedlth.scenario import resolve
-from fedlth.state_store import load_state as load_state_file
+from fedlth.state_store import load_entry, mask_digest, state_tag
 from fedlth.state_store import save_state as save_state_file
-from fedlth.state_store import state_tag
 
 app = ClientApp()
+log = logging.getLogger("fedlth")
 
 _STATE = {"mask": "fedlth.mask", "personal": "fedlth.personal", "candidate": "fedlth.candidate"}
 _META = "fedlth.meta"
@@ -44,7 +59,13 @@ def load_state(context: Context) -> ClientState:
     )
 
 
-def save_state_(context: Context, state: ClientState) -> None:
+def _held_round(context: Context) -> int:
+    """The server round that made the ticket in Context.state (0: none trained yet)."""
+    meta = context.state.config_records.get(_META)
+    return int(meta.get("round", 0)) if meta is not None else 0
+
+
+def save_state_(context: Context, state: ClientState, round_: int = 0) -> None:
     """Write the client's ticket into Context.state, replacing what was there."""
     st = context.state
     for field, key in _STATE.items():
@@ -54,43 +75,104 @@ def save_state_(context: Context, state: ClientState) -> None:
                 del st[key]
         else:
             st[key] = mask_to_record(value) if field != "personal" else weights_to_record(value)
-    st[_META] = ConfigRecord({"rounds": state.rounds})
+    st[_META] = ConfigRecord({"rounds": state.rounds, "round": int(round_)})
 
 
-def state_file(context: Context) -> Path | None:
-    """Where a deployed node keeps its ticket (node config `state-dir`), if it has one."""
-    folder = context.node_config.get("state-dir")
-    return Path(str(folder)) / f"ticket-{partition_id(context)}.pt" if folder else None
+Config = Mapping[str, Any] | None  # the message's config: the server's `run-key` and `state-dir`
 
 
-def restore_state(context: Context, sc: dict[str, Any]) -> ClientState:
-    """Context.state if it holds a ticket; else the node's state file (after a restart)."""
-    if _META in context.state.config_records:
-        return load_state(context)
-    path = state_file(context)
-    saved = load_state_file(path, state_tag(sc, partition_id(context))) if path else None
-    return saved or ClientState()
+def state_file(context: Context, config: Config = None) -> Path | None:
+    """Where this client keeps its ticket: node config `state-dir` (a deployed node), else the
+    `state-dir` the server names (in-process simulation on the server's disk), else nowhere."""
+    folder = context.node_config.get("state-dir") or (config or {}).get("state-dir")
+    return Path(str(folder)).expanduser() / f"ticket-{partition_id(context)}.pt" if folder else None
 
 
-def persist_state_(context: Context, sc: dict[str, Any], state: ClientState) -> None:
-    """Keep the ticket in Context.state and, on a deployed node, in its state file."""
-    save_state_(context, state)
-    path = state_file(context)
+def _disk_only(context: Context, config: Config) -> bool:
+    """Simulated clients whose server names a state folder keep their tickets only there: a
+    federation of 1,000 clients must not hold 1,000 models in the simulation's memory."""
+    return not context.node_config.get("state-dir") and bool((config or {}).get("state-dir"))
+
+
+def _tag(context: Context, sc: dict[str, Any], config: Config = None) -> str:
+    # the run lineage: the server's run-key (kept when it resumes), else Flower's run id; a new
+    # run starts from θ0 on the server, so an older run's ticket is foreign to it
+    run = (config or {}).get("run-key") or context.run_id
+    return state_tag(sc, partition_id(context), run_id=run)
+
+
+def restore_state(context: Context, sc: dict[str, Any], config: Config = None, round_: int | None = None) -> tuple[ClientState, int]:
+    """The ticket to start server round `round_` from, and the round that made it: Context.state
+    if it holds one; else the state file (a restarted node). A round the client already trained
+    (the server resumed from a checkpoint) starts from the ticket it had before that round."""
+    held = _META in context.state.config_records
+    if held and (round_ is None or _held_round(context) < round_):
+        return load_state(context), _held_round(context)
+    path = state_file(context, config)
+    saved = load_entry(path, _tag(context, sc, config), before=round_) if path else None
+    if saved is None:
+        if held:
+            log.warning("fedlth: partition %s already trained round %s; starting from the server's copy", partition_id(context), round_)
+        return ClientState(), 0
+    state, made_in = saved
+    if _disk_only(context, config):
+        return state, made_in  # its usual home, read at every message: nothing to report
+    log.warning(
+        "fedlth: restored the ticket of partition %s from %s (%d rounds trained, density %.4f, mask %s)",
+        partition_id(context), path, state.rounds, density(state.mask) if state.mask else 1.0, mask_digest(state.mask),
+    )
+    save_state_(context, state, made_in)  # read the file once per process, not once per message
+    return state, made_in
+
+
+def persist_state_(
+    context: Context, sc: dict[str, Any], state: ClientState, config: Config = None, round_: int = 0,
+    previous: tuple[ClientState, int] | None = None,
+) -> None:
+    """Keep the ticket made in round `round_` in Context.state and, where the client has a state
+    folder, in its state file together with `previous` (the ticket it started that round from)."""
+    if not _disk_only(context, config):
+        save_state_(context, state, round_)
+    path = state_file(context, config)
     if path is not None:
-        save_state_file(path, state, state_tag(sc, partition_id(context)))
+        save_state_file(path, state, _tag(context, sc, config), round_, previous)
 
 
 def partition_id(context: Context) -> int:
-    """This node's partition (simulation: Flower's `partition-id`; deployment: node config)."""
-    return int(context.node_config["partition-id"])
+    """This node's stable id (simulation: Flower's `partition-id`; deployment: node config)."""
+    value = context.node_config.get("partition-id")
+    if value is None or isinstance(value, bool) or not str(value).lstrip("-").isdigit():
+        raise ValueError(
+            f"node config needs partition-id=<integer>, this node's id in the federation; got {value!r} "
+            '(flower-supernode --node-config "partition-id=0 state-dir=\"...\"")'
+        )
+    return int(value)
 
 
-def _setup(msg: Message, context: Context) -> tuple[dict[str, Any], Ctx, ClientState]:
+def node_data(context: Context, sc: dict[str, Any]) -> ClientData:
+    """The node's own data file (node config `data-file`), else its partition of the scenario's dataset."""
+    file, pid = context.node_config.get("data-file"), partition_id(context)
+    if file:
+        return local_client_data(str(file), sc, pid)
+    try:
+        return client_data(sc, pid)
+    except ImportError as exc:  # partitioning needs flwr-datasets and Hugging Face datasets
+        raise RuntimeError(
+            f"partition-id {pid} asks for a partition of {sc['dataset']!r}, which needs the simulation extra "
+            f"({exc.name or exc} is not installed: pip install 'fedlth[sim]'); a device with the base install "
+            f'reads its own data: --node-config \'partition-id={pid} data-file="/path/to/data.npz"\''
+        ) from exc
+
+
+def _setup(msg: Message, context: Context, training: bool) -> tuple[dict[str, Any], Ctx, ClientState, int]:
     sc = resolve(config_from_record(msg.content["scenario"]), source="server config")
-    round_ = int(msg.content["config"]["server-round"])
+    config = dict(msg.content["config"])
+    round_ = int(config["server-round"])
     pid = partition_id(context)
-    ctx = Ctx(sc=sc, data=client_data(sc, pid), partition_id=pid, server_round=round_)
-    return sc, ctx, restore_state(context, sc)
+    ctx = Ctx(sc=sc, data=node_data(context, sc), partition_id=pid, server_round=round_)
+    held, made_in = restore_state(context, sc, config, round_ if training else None)
+    state = _fitting(context, held, _shapes(ctx))
+    return sc, ctx, state, made_in if state is held else 0
 
 
 def _shapes(ctx: Ctx) -> dict[str, tuple[int, ...]]:
@@ -98,11 +180,41 @@ def _shapes(ctx: Ctx) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in theta0.items()}
 
 
-def _received(msg: Message, ctx: Ctx):
+def _fitting(context: Context, state: ClientState, shapes: dict[str, tuple[int, ...]]) -> ClientState:
+    """The state if its tensors fit the model; else a clean start (a ticket for another model
+    must not fail every round)."""
+    parts = [t for t in (state.mask, state.candidate) if t is not None]
+    fits = all(k in shapes and tuple(v.shape) == shapes[k] for t in parts for k, v in t.items()) and (
+        state.personal is None
+        or (state.personal.keys() == shapes.keys() and all(tuple(v.shape) == shapes[k] for k, v in state.personal.items()))
+    )
+    if fits:
+        return state
+    log.warning("fedlth: partition %s holds a ticket that does not fit the model; starting from the server's copy", partition_id(context))
+    save_state_(context, ClientState())
+    return ClientState()
+
+
+def _received(msg: Message, ctx: Ctx, state: ClientState):
+    """The weights the server sent (None when none) and the state to start from.
+
+    A node that lost its ticket (fresh state after a restart with no usable state file) takes
+    the server's copy of its mask, which comes with its subnet, rather than restarting dense.
+    """
     rec = msg.content.array_records.get("arrays")
     if rec is None or len(rec) == 0:
-        return None
-    return decode_record(rec, _shapes(ctx))[0]
+        return None, state
+    try:
+        weights, mask = decode_record(rec, _shapes(ctx))
+    except ValueError as exc:
+        raise ValueError(
+            f"the server's weights do not decode for this node's model (its data: input shape "
+            f"{ctx.data.input_shape}, {ctx.data.num_classes} classes): {exc}"
+        ) from exc
+    if state.mask is None and mask:
+        log.warning("fedlth: partition %s has no ticket of its own; taking the server's copy of its mask", ctx.partition_id)
+        state = replace(state, mask=mask)
+    return weights, state
 
 
 @app.query()
@@ -114,13 +226,14 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """One local round of the scenario's algorithm."""
-    sc, ctx, state = _setup(msg, context)
+    sc, ctx, state, made_in = _setup(msg, context, training=True)
     import torch
 
     if sc["torch-threads"] > 0:
         torch.set_num_threads(sc["torch-threads"])
-    reply = get_algorithm(sc["algorithm"]).train(_received(msg, ctx), state, ctx)
-    persist_state_(context, sc, reply.state)
+    received, state = _received(msg, ctx, state)
+    reply = get_algorithm(sc["algorithm"]).train(received, state, ctx)
+    persist_state_(context, sc, reply.state, dict(msg.content["config"]), ctx.server_round, (state, made_in))
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
     has = reply.weights is not None
     content["arrays"] = encode_record(reply.weights, reply.mask, with_shapes=False) if has else ArrayRecord()
@@ -130,8 +243,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Score this client's personal model on its own test split."""
-    sc, ctx, state = _setup(msg, context)
-    alg, received = get_algorithm(sc["algorithm"]), _received(msg, ctx)
+    sc, ctx, state, _ = _setup(msg, context, training=False)
+    alg, (received, state) = get_algorithm(sc["algorithm"]), _received(msg, ctx, state)
     content = RecordDict({"metrics": metrics_to_record(evaluate_client(alg, received, state, ctx))})
     if int(msg.content["config"].get("send-ticket", 0)):
         # the run keeps every personal ticket, for re-evaluation and export

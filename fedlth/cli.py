@@ -50,25 +50,47 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
 
 
 @main.command()
-@click.argument("scenario", type=click.Path(path_type=Path))
+@click.argument("scenario", type=click.Path(path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
+              help="Continue a killed run from its last checkpoint (no SCENARIO, --set or --out).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
-def run(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool, verbose: bool) -> None:
+def run(
+    scenario: Path | None, overrides: tuple[str, ...], out: Path | None, resume_dir: Path | None, quiet: bool, verbose: bool
+) -> None:
     """Federated run: simulate the scenario's clients in-process on Flower's engine."""
     try:
-        sc = load_scenario(scenario, overrides)
-        out = out or default_out_dir("run", sc["name"])
-        check_out_dir(out)
+        if resume_dir is not None:
+            if scenario is not None or overrides or out is not None:
+                raise ScenarioError("--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set and --out")
+            sc, out = _resumable(resume_dir), resume_dir
+        else:
+            if scenario is None:
+                raise ScenarioError("give a SCENARIO file, or --resume RUN_DIR")
+            sc = load_scenario(scenario, overrides)
+            out = out or default_out_dir("run", sc["name"])
+            check_out_dir(out)
         _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from server.simulate import simulate
 
     with _round_progress(sc, quiet) as on_round:
-        simulate(sc, out, on_round, verbose=verbose)
+        simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None)
     _print_run_summary(out, quiet)
+
+
+def _resumable(run_dir: Path) -> dict:
+    """The scenario of a killed run that can be resumed; ScenarioError says why not."""
+    if not run_dir.is_dir():
+        raise ScenarioError(f"--resume: no run folder {str(run_dir)!r}")
+    if (run_dir / "summary.json").is_file():
+        raise ScenarioError(f"--resume: the run in {str(run_dir)!r} already finished (it has summary.json)")
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise ScenarioError(f"--resume: {str(run_dir)!r} has no checkpoint.pt: no round of a fedlth run finished there")
+    return load_scenario(run_dir / "scenario.toml")
 
 
 @main.command()
@@ -164,6 +186,31 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
         click.echo(f"  {key}: {value:.4f}")
 
 
+@main.command("export")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--client", required=True, help="Client (partition) id whose ticket to export.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write (refused if it exists).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+@click.option("--shrink/--no-shrink", default=None, help="Cut pruned channels out of the model [default: when the file gets smaller].")
+def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool | None) -> None:
+    """Write one client's ticket as a compact file; fedlth.load_ticket(FILE) runs it on CPU."""
+    from fedlth.export import ExportError, export_run_ticket
+
+    try:
+        head = export_run_ticket(run_dir, client, out, force=force, shrink=shrink)
+    except ExportError as exc:
+        fail(str(exc))
+    params = head["params"]
+    layers = sum(1 for p in head["shrunk"].values() if "kept" in p)
+    click.echo(
+        f"client {head['client']}: {head['file_bytes']:,} bytes (dense tensors {head['dense_bytes']:,}), "
+        f"density {head['density']:.3f}, {params['exported']:,} of {params['dense']:,} parameters"
+        f"{f', {layers} layer(s) cut to their kept channels' if layers else ''} -> {out}"
+    )
+    for note in head["notes"]:
+        click.echo(f"  note: {note}")
+
+
 def _check_data(sc: dict) -> None:
     """Load the data and build the partitions up front, so bad settings fail before any work."""
     from fedlth.client_data import client_data
@@ -217,7 +264,7 @@ class _round_progress:
             dens = [m.get("density", 1.0) for m in entry["train"].values()]
             if dens:
                 info += f"  density {sum(dens) / len(dens):.3f}"
-            self.bar.update(task, advance=1, info=info)
+            self.bar.update(task, completed=entry["round"], info=info)  # a resumed run starts mid-way
 
         return on_round
 
@@ -287,3 +334,8 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
     console = Console()
     console.print(table)
     console.print(f"wrote {out}/summary.json and {out}/accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
+
+
+from fedlth.deploy_cli import deploy  # noqa: E402  (`fedlth deploy`, kept last)
+
+main.add_command(deploy)

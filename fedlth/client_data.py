@@ -1,16 +1,32 @@
-"""A client's train / validation / test tensors, loaded once per process and cached."""
+"""A client's train / validation / test tensors, loaded once per process and cached.
+
+What stays in memory per process is bounded whatever the number of clients: one copy of each
+dataset (train/test pools do not depend on the run seed), and the partitions' index arrays of
+the last few scenarios. A client's tensors are cut from those on every call and never kept, so
+a Ray worker that serves 1,000 clients holds one dataset, not 1,000 clients' tensors.
+
+Partitions are also cached on disk (`$FEDLTH_CACHE/partitions/`), so the driver computes them
+once and every Ray worker reads them back instead of importing flwr-datasets and Hugging Face
+`datasets` (seconds) and partitioning again.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fedlth.data import ArrayData, load_dataset
+from fedlth import partition as partition_module
+from fedlth.data import ArrayData, _read_npz, _save_npz_atomic, default_cache_dir, load_dataset
 from fedlth.partition import ClientSplit, partition
 
 # The scenario keys that decide a client's data; everything else may change freely.
@@ -18,6 +34,8 @@ DATA_KEYS = (
     "dataset", "data-path", "seed", "partition", "num-clients", "alpha", "classes-per-client",
     "shards-per-client", "val-fraction",
 )
+PARTITION_CACHE_FORMAT = 1
+_PARTS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -37,21 +55,84 @@ class ClientData:
 
 
 @lru_cache(maxsize=4)
-def _dataset(name: str, path: str, seed: int) -> ArrayData:
-    return load_dataset(name, seed=seed, path=path or None)
+def _dataset(name: str, path: str) -> ArrayData:
+    # No seed in the key: the pools are fixed per dataset, so runs over several seeds in one
+    # process (fedlth compare) share one copy.
+    return load_dataset(name, path=path or None)
+
+
+def _scenario_dataset(sc: dict[str, Any]) -> ArrayData:
+    return _dataset(sc["dataset"], sc["data-path"])
+
+
+@lru_cache(maxsize=1)
+def _partition_code() -> str:
+    """What partitions depend on besides the data and the keys: our code and the partitioner's."""
+    h = hashlib.sha256(Path(partition_module.__file__).read_bytes())
+    for dist in ("flwr-datasets", "datasets"):
+        try:
+            h.update(f"{dist}={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            h.update(dist.encode())
+    h.update(f"numpy={np.__version__}".encode())
+    return h.hexdigest()
+
+
+def _data_fingerprint(data: ArrayData) -> str:
+    """The parts of a dataset that partitioning reads: labels, ids, sizes."""
+    h = hashlib.sha256(f"{data.name}:{data.num_classes}:{len(data.y_train)}:{len(data.y_test)}".encode())
+    for a in (data.y_train, data.y_test, data.ids_train, data.ids_test):
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.asarray(a)
+        h.update(np.ascontiguousarray(a.astype(str) if a.dtype == object else a).tobytes() + str(a.dtype).encode())
+    return h.hexdigest()
+
+
+def _partition_file(key: tuple[Any, ...], data: ArrayData) -> Path:
+    spec = json.dumps(
+        {"format": PARTITION_CACHE_FORMAT, "keys": dict(zip(DATA_KEYS, key, strict=True)), "code": _partition_code(),
+         "data": _data_fingerprint(data)},
+        sort_keys=True, default=str,
+    )
+    return default_cache_dir() / "partitions" / f"{data.name}-{hashlib.sha256(spec.encode()).hexdigest()[:20]}.npz"
+
+
+def _pack(splits: list[ClientSplit]) -> dict[str, np.ndarray]:
+    """Every client's index arrays as one flat array per part plus offsets (a few arrays, any N)."""
+    out: dict[str, np.ndarray] = {}
+    for part in _PARTS:
+        arrays = [getattr(s, part) for s in splits]
+        out[part] = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, np.int64)
+        out[f"{part}_offsets"] = np.cumsum([0, *map(len, arrays)]).astype(np.int64)
+    return out
+
+
+def _unpack(arrays: dict[str, np.ndarray], n: int) -> tuple[ClientSplit, ...] | None:
+    if any(len(arrays[f"{p}_offsets"]) != n + 1 or arrays[f"{p}_offsets"][-1] != len(arrays[p]) for p in _PARTS):
+        return None
+    cut = {p: np.split(arrays[p], arrays[f"{p}_offsets"][1:-1]) for p in _PARTS}
+    return tuple(ClientSplit(train=cut["train"][i], val=cut["val"][i], test=cut["test"][i]) for i in range(n))
 
 
 @lru_cache(maxsize=4)
 def _splits(key: tuple[Any, ...]) -> tuple[ClientSplit, ...]:
     sc = dict(zip(DATA_KEYS, key, strict=True))
-    data = _dataset(sc["dataset"], sc["data-path"], sc["seed"])
-    return tuple(
-        partition(
-            data, sc["partition"], sc["num-clients"], seed=sc["seed"], alpha=sc["alpha"],
-            classes_per_client=sc["classes-per-client"], shards_per_client=sc["shards-per-client"],
-            val_fraction=sc["val-fraction"],
-        )
+    data = _dataset(sc["dataset"], sc["data-path"])
+    file = _partition_file(key, data)
+    arrays = _read_npz(file, tuple(k for p in _PARTS for k in (p, f"{p}_offsets")))
+    cached = _unpack(arrays, sc["num-clients"]) if arrays is not None else None
+    if cached is not None:
+        return cached
+    splits = partition(
+        data, sc["partition"], sc["num-clients"], seed=sc["seed"], alpha=sc["alpha"],
+        classes_per_client=sc["classes-per-client"], shards_per_client=sc["shards-per-client"],
+        val_fraction=sc["val-fraction"],
     )
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next process the same work
+        _save_npz_atomic(file, _pack(splits))
+    return tuple(splits)
 
 
 def data_key(sc: dict[str, Any]) -> tuple[Any, ...]:
@@ -61,12 +142,12 @@ def data_key(sc: dict[str, Any]) -> tuple[Any, ...]:
 
 def sensitive_features(sc: dict[str, Any]) -> tuple[str, ...]:
     """Names of the sensitive features the scenario's dataset declares."""
-    return tuple(_dataset(sc["dataset"], sc["data-path"], sc["seed"]).sensitive_test)
+    return tuple(_scenario_dataset(sc).sensitive_test)
 
 
 def dataset_info(sc: dict[str, Any]) -> tuple[tuple[int, ...], int]:
     """Input shape and class count of the scenario's dataset."""
-    data = _dataset(sc["dataset"], sc["data-path"], sc["seed"])
+    data = _scenario_dataset(sc)
     return data.input_shape, data.num_classes
 
 
@@ -88,5 +169,4 @@ def client_data(sc: dict[str, Any], partition_id: int) -> ClientData:
     n = sc["num-clients"]
     if not 0 <= partition_id < n:
         raise ValueError(f"partition id {partition_id} is out of range; allowed: 0 <= id < {n}")
-    data = _dataset(sc["dataset"], sc["data-path"], sc["seed"])
-    return split_tensors(data, _splits(data_key(sc))[partition_id])
+    return split_tensors(_scenario_dataset(sc), _splits(data_key(sc))[partition_id])

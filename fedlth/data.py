@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import random
 import tempfile
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.data import TensorDataset
+
+if TYPE_CHECKING:
+    from torch.utils.data import TensorDataset
 
 EMBEDDED = ("mnist1d", "digits", "arrests")
 
@@ -76,6 +80,9 @@ def label_counts(y: np.ndarray, idx: np.ndarray, num_classes: int) -> np.ndarray
 
 def to_tensor_dataset(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> TensorDataset:
     """The rows idx of (x, y) as a TensorDataset (copies, so the arrays stay untouched)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
     idx = np.asarray(idx, dtype=np.int64)
     return TensorDataset(
         torch.from_numpy(np.ascontiguousarray(x[idx])),
@@ -101,6 +108,16 @@ def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+def _read_npz(path: Path, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray] | None:
+    """The arrays `keys` (default: all) of a cache file, or None when it is missing or
+    unreadable (then rebuilt)."""
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in (z.files if keys is None else keys)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
 def _stratified_split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # random_state=0, not the run seed: the test pool is part of the dataset's definition.
     from sklearn.model_selection import train_test_split
@@ -113,35 +130,50 @@ def _stratified_split(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- embedded, offline
 
 
-def _load_mnist1d(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
-    from mnist1d.data import get_dataset_args, make_dataset
+MNIST1D_SAMPLES = 12000  # 9,600 train / 2,400 test
+MNIST1D_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
-    args = get_dataset_args()
-    args.num_samples = (
-        12000  # 9,600 train / 2,400 test; args.seed stays the package's (standard data)
-    )
-    key = hashlib.sha256(json.dumps(vars(args), sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
-    file = (cache_dir or default_cache_dir()) / f"mnist1d-{key}.npz"
-    if file.exists():
-        with np.load(file) as z:
-            arrays = {k: z[k] for k in z.files}
-    else:
-        # make_dataset reseeds the global random and np.random: restore them afterwards.
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            raw = make_dataset(args)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
-        arrays = {
-            "x_train": np.asarray(raw["x"], dtype=np.float32),
-            "y_train": np.asarray(raw["y"], dtype=np.int64),
-            "x_test": np.asarray(raw["x_test"], dtype=np.float32),
-            "y_test": np.asarray(raw["y_test"], dtype=np.int64),
-        }
-        _save_npz_atomic(file, arrays)
+
+def _mnist1d_version() -> str | None:
+    try:
+        return metadata.version("mnist1d")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _load_mnist1d(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+    folder = cache_dir or default_cache_dir()
+    # The data is a function of the package's default arguments, i.e. of its version: naming the
+    # file by version finds it without importing mnist1d (2+ s: it pulls in scipy and matplotlib).
+    version = _mnist1d_version()
+    file = folder / f"mnist1d-{version}-n{MNIST1D_SAMPLES}.npz" if version else None
+    arrays = _read_npz(file, MNIST1D_ARRAYS) if file else None
+    if arrays is None:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.num_samples = MNIST1D_SAMPLES  # args.seed stays the package's (standard data)
+        spec = json.dumps(vars(args), sort_keys=True, default=str)
+        # Caches written before files were named by version are named by a hash of the arguments.
+        by_args = folder / f"mnist1d-{hashlib.sha256(spec.encode()).hexdigest()[:16]}.npz"
+        arrays = _read_npz(by_args, MNIST1D_ARRAYS)
+        if arrays is None:
+            # make_dataset reseeds the global random and np.random: restore them afterwards.
+            py_state, np_state = random.getstate(), np.random.get_state()
+            try:
+                raw = make_dataset(args)
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+            arrays = {
+                "x_train": np.asarray(raw["x"], dtype=np.float32),
+                "y_train": np.asarray(raw["y"], dtype=np.int64),
+                "x_test": np.asarray(raw["x_test"], dtype=np.float32),
+                "y_test": np.asarray(raw["y_test"], dtype=np.int64),
+            }
+            _save_npz_atomic(file or by_args, {**arrays, "args": np.array(spec)})
+        elif file is not None:
+            _save_npz_atomic(file, {**arrays, "args": np.array(spec)})  # the old name, found: keep it by version too
     x_train = arrays["x_train"]
     return ArrayData(
         name="mnist1d",
@@ -434,10 +466,80 @@ def _load_hub(name: str, seed: int, cache_dir: Path | None, path: Path | None) -
 
 Loader = Callable[[int, "Path | None", "Path | None"], ArrayData]
 
+# ---------------------------------------------------------------- cache of loaded datasets
+
+# Embedded datasets that take seconds to load in every process (importing scikit-learn, pandas,
+# scikit-lego), and what their content depends on besides this file.
+CACHED_SOURCES: dict[str, tuple[str, ...]] = {
+    "digits": ("scikit-learn",),
+    "arrests": ("scikit-lego", "scikit-learn", "pandas"),
+}
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def _pack(data: ArrayData) -> dict[str, np.ndarray] | None:
+    """ArrayData as plain arrays for np.savez (None if an array holds Python objects)."""
+    arrays = {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test, "y_test": data.y_test}
+    for split, extras in (("train", data.sensitive_train), ("test", data.sensitive_test)):
+        arrays |= {f"sensitive_{split}/{k}": np.asarray(v) for k, v in extras.items()}
+    arrays |= {f"ids_{split}": np.asarray(v) for split, v in (("train", data.ids_train), ("test", data.ids_test)) if v is not None}
+    if any(a.dtype == object for a in arrays.values()):
+        return None
+    meta = {
+        "name": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+        "input_range": list(data.input_range), "feature_names": list(data.feature_names),
+    }
+    return {**arrays, "meta": np.array(json.dumps(meta))}
+
+
+def _unpack(arrays: dict[str, np.ndarray]) -> ArrayData:
+    meta = json.loads(str(arrays["meta"]))
+
+    def extras(split: str) -> dict[str, np.ndarray]:
+        prefix = f"sensitive_{split}/"
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    return ArrayData(
+        name=meta["name"], x_train=arrays["x_train"], y_train=arrays["y_train"], x_test=arrays["x_test"],
+        y_test=arrays["y_test"], input_shape=tuple(meta["input_shape"]), num_classes=meta["num_classes"],
+        input_range=tuple(meta["input_range"]), sensitive_train=extras("train"), sensitive_test=extras("test"),
+        ids_train=arrays.get("ids_train"), ids_test=arrays.get("ids_test"), feature_names=tuple(meta["feature_names"]),
+    )
+
+
+def _cached(name: str, loader: Loader) -> Loader:
+    """`loader`, read back from `cache_dir` once it has run: a new Ray worker then loads the
+    data in milliseconds instead of importing scikit-learn and pandas (seconds)."""
+
+    def load(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+        # This file's code (splits, encodings) and the source packages' versions name the file.
+        h = hashlib.sha256(Path(__file__).read_bytes())
+        h.update(json.dumps([np.__version__, *(f"{d}={_version(d)}" for d in CACHED_SOURCES[name])]).encode())
+        file = (cache_dir or default_cache_dir()) / f"{name}-{h.hexdigest()[:16]}.npz"
+        arrays = _read_npz(file)
+        if arrays is not None:
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                return _unpack(arrays)
+        data = loader(seed, cache_dir, path)
+        packed = _pack(data)
+        if packed is not None:
+            with contextlib.suppress(OSError):  # a read-only cache only costs the next process the load
+                _save_npz_atomic(file, packed)
+        return data
+
+    return load
+
+
 DATASETS: dict[str, Loader] = {
     "mnist1d": _load_mnist1d,
-    "digits": _load_digits,
-    "arrests": _load_arrests,
+    "digits": _cached("digits", _load_digits),
+    "arrests": _cached("arrests", _load_arrests),
     "adult": _load_adult,
     **{name: partial(_load_hub, name) for name in HUB},
 }

@@ -18,9 +18,13 @@ def client_stats(values: Mapping[int, float]) -> dict[str, Any]:
 
     Worst-10 % is the mean of the ceil(10 % of n) lowest clients (5 of 50), as in q-FFL/Ditto.
     """
-    if not values:
-        return {"mean": None, "std": None, "worst10": None, "best10": None, "worst": None, "per_client": {}}
-    xs = sorted(values.values())
+    per_client = {str(pid): (None if math.isnan(values[pid]) else values[pid]) for pid in sorted(values)}
+    # a client with no test samples has no score (NaN): left out of the statistics and counted
+    xs = sorted(v for v in values.values() if not math.isnan(v))
+    unscored = len(values) - len(xs)
+    if not xs:
+        return {"mean": None, "std": None, "worst10": None, "best10": None, "worst": None, "per_client": per_client,
+                "unscored_clients": unscored}
     n = len(xs)
     mean = sum(xs) / n
     k = max(1, math.ceil(0.1 * n))
@@ -30,7 +34,8 @@ def client_stats(values: Mapping[int, float]) -> dict[str, Any]:
         "worst10": sum(xs[:k]) / k,
         "best10": sum(xs[-k:]) / k,
         "worst": xs[0],
-        "per_client": {str(pid): values[pid] for pid in sorted(values)},
+        "per_client": per_client,
+        "unscored_clients": unscored,
     }
 
 
@@ -38,7 +43,7 @@ def evaluation_summary(evaluate: Mapping[Any, Mapping[str, float]]) -> dict[str,
     """One evaluation round over clients: fairness across clients, evaluator means, and the
     federation's group fairness pooled exactly from the clients' confusion counts.
     """
-    accs = {int(pid): m["accuracy"] for pid, m in evaluate.items()}
+    accs = {int(pid): m["accuracy"] for pid, m in evaluate.items() if not math.isnan(m["accuracy"])}  # no test data: no score
     out: dict[str, Any] = {"across_clients": client_fairness(accs)}
     keys = sorted({k for m in evaluate.values() for k in m if k not in BASE_EVAL_KEYS and not k.startswith(COUNTS_PREFIX + ".")})
     if keys:
@@ -82,8 +87,9 @@ def summarize(
     dens = {int(pid): m["density"] for pid, m in last.items()}
     glob = None
     if has_global and last:
-        n = sum(m["num-examples"] for m in last.values())
-        glob = sum(m["global-accuracy"] * m["num-examples"] for m in last.values()) / n
+        scored = [m for m in last.values() if m["num-examples"] > 0]  # 0 * NaN would poison the sum
+        n = sum(m["num-examples"] for m in scored)
+        glob = sum(m["global-accuracy"] * m["num-examples"] for m in scored) / n if n else None
     totals = {k: 0 for k in ("upload", "download", "dense_fedavg_upload", "dense_fedavg_download")}
     for r in rounds:
         for k in totals:

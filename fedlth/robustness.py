@@ -6,12 +6,15 @@ import math
 import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torchattacks
 from torch import Tensor, nn
 from torch.nn import functional as F
+
+if TYPE_CHECKING:  # imported where an attack is built: it costs ~1 s at every ClientApp start
+    import torchattacks
 
 ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack")
 
@@ -123,6 +126,8 @@ def _isolated(model: nn.Module, seed: int) -> Iterator[None]:
 def _autoattack(
     adapter: nn.Module, eps_u: float, num_classes: int, seed: int
 ) -> torchattacks.Attack:
+    import torchattacks
+
     if num_classes >= AUTOATTACK_MIN_CLASSES:
         return torchattacks.AutoAttack(
             adapter, norm="Linf", eps=eps_u, version="standard", n_classes=num_classes, seed=seed
@@ -147,6 +152,8 @@ def _build(
     num_classes: int,
     seed: int,
 ) -> torchattacks.Attack:
+    import torchattacks
+
     builders: dict[str, Callable[[], torchattacks.Attack]] = {
         "fgsm": lambda: torchattacks.FGSM(adapter, eps=eps_u),
         "pgd": lambda: torchattacks.PGD(adapter, eps=eps_u, alpha=alpha_u, steps=steps),

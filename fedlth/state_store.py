@@ -1,7 +1,14 @@
-"""A client's ticket on disk, so a deployed node keeps it across restarts."""
+"""A client's ticket on disk, so a deployed node keeps it across restarts.
+
+One file per client, replaced atomically after every round it trains. It holds the ticket the
+client has now (and the server round that made it) and the one it had before that round: a
+server resumed from a checkpoint may send the same round again, and the client must then
+start from the ticket it had before, not train that round twice.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from pathlib import Path
@@ -13,38 +20,95 @@ from fedlth.algorithms import ClientState
 from fedlth.io import write_bytes_atomic
 
 log = logging.getLogger("fedlth")
-FORMAT = "fedlth-client-state-v1"
+FORMAT = "fedlth-client-state-v2"
 
 
-def state_tag(sc: dict[str, Any], partition_id: int) -> str:
-    """What a state file must match to be this client's: data, model, algorithm, seed."""
+def state_tag(sc: dict[str, Any], partition_id: int, run_id: int | str | None = None) -> str:
+    """What a state file must match to be this client's: data, model, algorithm, seed, and
+    the run lineage (Flower's run id, or the server's `run-key`, which a resumed run keeps):
+    the server holds the other half of the ticket, and a new run starts from θ0."""
     keys = ("dataset", "partition", "num-clients", "seed", "model", "algorithm")
-    return "|".join(f"{k}={sc[k]}" for k in keys) + f"|partition-id={partition_id}"
+    tag = "|".join(f"{k}={sc[k]}" for k in keys) + f"|partition-id={partition_id}"
+    return tag if run_id is None else f"{tag}|run={run_id}"
 
 
-def save_state(path: Path, state: ClientState, tag: str) -> None:
-    """Write the ticket atomically: a crash mid-write leaves the previous file intact."""
+def mask_digest(mask: dict[str, torch.Tensor] | None) -> str:
+    """A short fingerprint of a mask (names, shapes, bits), for log lines that must show which
+    ticket a node holds."""
+    h = hashlib.sha256()
+    for name in sorted(mask or {}):
+        m = mask[name].to(torch.bool).contiguous()
+        h.update(f"{name}{tuple(m.shape)}".encode())
+        h.update(m.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _blob(state: ClientState, round_: int) -> dict[str, Any]:
+    return {"mask": state.mask, "personal": state.personal, "candidate": state.candidate, "rounds": state.rounds,
+            "round": int(round_)}
+
+
+def save_state(
+    path: Path, state: ClientState, tag: str, round_: int = 0, previous: tuple[ClientState, int] | None = None
+) -> None:
+    """Write the ticket made in server round `round_` (and the one from before it) atomically:
+    a crash mid-write leaves the previous file intact."""
     buf = io.BytesIO()
-    torch.save(
-        {"format": FORMAT, "tag": tag, "mask": state.mask, "personal": state.personal,
-         "candidate": state.candidate, "rounds": state.rounds},
-        buf,
-    )
+    blob = {"format": FORMAT, "tag": tag, **_blob(state, round_)}
+    blob["previous"] = _blob(*previous) if previous is not None else None
+    torch.save(blob, buf)
     write_bytes_atomic(path, buf.getvalue())
 
 
-def load_state(path: Path, tag: str) -> ClientState | None:
-    """The saved ticket, or None (with a log line saying why) when missing, corrupt or foreign."""
+def _tensors(value: Any, what: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()):
+        raise ValueError(f"{what} is not a name -> tensor mapping")
+    if dtype is not None and any(v.dtype != dtype for v in value.values()):
+        raise ValueError(f"{what} is not boolean")
+    return value
+
+
+def _entry(blob: Any) -> tuple[ClientState, int]:
+    if not isinstance(blob, dict):
+        raise ValueError("a ticket entry is not a mapping")
+    rounds, round_ = blob["rounds"], blob["round"]
+    for name, value in (("rounds", rounds), ("round", round_)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} is {value!r}")
+    state = ClientState(
+        mask=_tensors(blob["mask"], "mask", torch.bool), personal=_tensors(blob["personal"], "personal"),
+        candidate=_tensors(blob["candidate"], "candidate", torch.bool), rounds=rounds,
+    )
+    return state, round_
+
+
+def load_entry(path: Path, tag: str, before: int | None = None) -> tuple[ClientState, int] | None:
+    """The saved ticket and the server round that made it, or None (with a log line saying why)
+    when the file is missing, corrupt or foreign. `before`: the newest ticket made before that
+    round (a round the server sends again after resuming from a checkpoint)."""
     if not path.is_file():
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise ValueError("not a fedlth client-state file")
+        if blob.get("tag") != tag:
+            log.warning("fedlth: ignoring state file %s: it belongs to %r, not %r; starting from the server's copy", path, blob.get("tag"), tag)
+            return None
+        entries = [_entry(blob)] + ([_entry(blob["previous"])] if blob.get("previous") is not None else [])
     except Exception as exc:  # any unreadable file means: start clean from the server's copy
-        log.warning("fedlth: ignoring unreadable state file %s (%s); starting from the server's copy", path, exc)
+        log.warning("fedlth: ignoring unreadable state file %s (%s: %s); starting from the server's copy", path, type(exc).__name__, exc)
         return None
-    if blob["tag"] != tag:
-        log.warning("fedlth: ignoring state file %s: it belongs to %r, not %r", path, blob["tag"], tag)
-        return None
-    return ClientState(mask=blob["mask"], personal=blob["personal"], candidate=blob["candidate"], rounds=int(blob["rounds"]))
+    for state, round_ in entries:
+        if before is None or round_ < before:
+            return state, round_
+    log.warning("fedlth: state file %s holds no ticket from before round %s; starting from the server's copy", path, before)
+    return None
+
+
+def load_state(path: Path, tag: str, before: int | None = None) -> ClientState | None:
+    """The saved ticket (see load_entry), without its round."""
+    entry = load_entry(path, tag, before)
+    return entry[0] if entry is not None else None

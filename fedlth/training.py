@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from fedlth.devices import module_device
 from fedlth.masks import Mask, apply_mask_, mask_grads_
 
 
@@ -33,8 +34,11 @@ class TrainResult:
 
 
 def batches(x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
-    """Shuffled mini-batches by index; cheaper than a DataLoader for in-memory tensors."""
-    order = torch.randperm(len(x), generator=generator)
+    """Shuffled mini-batches by index; cheaper than a DataLoader for in-memory tensors.
+
+    The order comes from `generator` (a CPU generator), so the batches are the same on every device.
+    """
+    order = torch.randperm(len(x), generator=generator).to(x.device)
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
         yield x[idx], y[idx]
@@ -72,6 +76,7 @@ def train_(
     on_step: Callable[[int, nn.Module], None] | None = None,
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     perturb: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    device: torch.device | str | None = None,
 ) -> TrainResult:
     """Train in place for `epochs`, keeping masked-out weights at exactly 0.
 
@@ -79,7 +84,16 @@ def train_(
     rewind to iteration k resumes the schedule where it was. `on_step(step, model)` runs
     after each step (e.g. to save θ_k), `on_epoch(epoch, model)` after each epoch.
     `perturb(model, x, y)` replaces each batch's inputs before the step (adversarial training).
+
+    Runs where the model is: `device` given, the model moves there first (and stays); the data
+    and the mask follow the model (a no-op on the CPU, so CPU results are exactly as before).
     """
+    if device is not None:
+        model.to(device)
+    dev = module_device(model)
+    x, y = x.to(dev), y.to(dev)
+    mask = {k: m.to(dev) for k, m in mask.items()}
+    on_cpu = dev.type == "cpu"
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = total_steps if total_steps is not None else start_step + epochs * steps_per_epoch
     opt = make_optimizer(model, cfg)
@@ -89,6 +103,8 @@ def train_(
     model.train()
     for epoch in range(epochs):
         total_loss, seen = 0.0, 0
+        # Off the CPU the loss is summed on the device: .item() every step would wait for the GPU.
+        device_loss = None if on_cpu else torch.zeros((), dtype=torch.float64, device=dev)
         for xb, yb in batches(x, y, cfg.batch_size, generator):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, total, cfg)
@@ -102,10 +118,15 @@ def train_(
             # Momentum and weight decay move zeros even with masked gradients: re-mask.
             apply_mask_(model, mask)
             step += 1
-            total_loss += loss.item() * len(xb)
+            if device_loss is None:
+                total_loss += loss.item() * len(xb)
+            else:
+                device_loss += loss.detach().double() * len(xb)
             seen += len(xb)
             if on_step is not None:
                 on_step(step, model)
+        if device_loss is not None:
+            total_loss = float(device_loss)
         last_loss = total_loss / max(seen, 1)
         if on_epoch is not None:
             on_epoch(epoch + 1, model)
@@ -113,15 +134,23 @@ def train_(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> tuple[float, float]:
-    """Mean cross-entropy loss and accuracy (a fraction) of the model on (x, y)."""
+def evaluate(
+    model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048, device: torch.device | str | None = None
+) -> tuple[float, float]:
+    """Mean cross-entropy loss and accuracy (a fraction) of the model on (x, y).
+
+    Runs where the model is (`device` given: the model moves there first); batches follow it.
+    """
+    if device is not None:
+        model.to(device)
     if len(x) == 0:
         return float("nan"), float("nan")
+    dev = module_device(model)
     was_training = model.training
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        xb, yb = x[start : start + batch_size].to(dev), y[start : start + batch_size].to(dev)
         out = model(xb)
         loss_sum += float(nn.functional.cross_entropy(out, yb, reduction="sum"))
         correct += int((out.argmax(dim=1) == yb).sum())
@@ -130,10 +159,13 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 2048) -> 
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 2048) -> Tensor:
-    """Predicted labels in eval mode."""
+def predict(model: nn.Module, x: Tensor, batch_size: int = 2048, device: torch.device | str | None = None) -> Tensor:
+    """Predicted labels in eval mode, on the CPU wherever the model runs (`device`: move it first)."""
+    if device is not None:
+        model.to(device)
+    dev = module_device(model)
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[s : s + batch_size]).argmax(dim=1) for s in range(0, len(x), batch_size)])
+    out = torch.cat([model(x[s : s + batch_size].to(dev)).argmax(dim=1).cpu() for s in range(0, len(x), batch_size)])
     model.train(was_training)
     return out

@@ -12,21 +12,25 @@ FIRST_POLL_SECONDS = 0.02
 MAX_POLL_SECONDS = 0.5
 
 
-def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> Iterator[Message]:
-    """Yield each reply once; stop when every message is answered or `timeout` seconds pass.
+def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> Iterator[tuple[int, Message]]:
+    """Yield (node the instruction went to, its reply) once per reply; stop when every message
+    is answered or `timeout` seconds pass.
 
     Flower's `send_and_receive` returns only when all replies are in, and its gRPC grid
     polls every 3 s; polling here starts fast and backs off, so replies are folded while
-    slower clients still train and a short round costs no fixed 3 s.
+    slower clients still train and a short round costs no fixed 3 s. The node comes from our
+    own instruction: the SuperLink answers for a node it lost with its own id as the sender.
     """
+    messages = list(messages)
     pending = set(grid.push_messages(messages))
+    dst_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids set by the push
     deadline = time.monotonic() + timeout
     poll = FIRST_POLL_SECONDS
     while pending:
         got = list(grid.pull_messages(pending))
         for reply in got:
             pending.discard(reply.metadata.reply_to_message_id)
-            yield reply
+            yield dst_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id), reply
         if not pending or time.monotonic() >= deadline:
             return
         poll = FIRST_POLL_SECONDS if got else min(poll * 2, MAX_POLL_SECONDS)

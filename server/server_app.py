@@ -6,6 +6,7 @@ import io
 import json
 import random
 import time
+import uuid
 from collections.abc import Callable
 from logging import WARNING
 from pathlib import Path
@@ -28,6 +29,7 @@ from server.strategy import TicketStrategy, rng_state_tuple
 
 RoundHook = Callable[[dict[str, Any]], None]
 NODE_WAIT_SECONDS = 300.0
+NEW_NODE_SECONDS = 60.0  # how long a node that joined mid-run gets to say who it is
 
 
 def is_eval_round(sc: dict[str, Any], rnd: int) -> bool:
@@ -53,11 +55,11 @@ class ResumeError(ValueError):
     """A run folder can't be resumed; the message says why."""
 
 
-def save_checkpoint(out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]]) -> None:
+def save_checkpoint(out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str) -> None:
     """Everything needed to continue after the last finished round, written atomically."""
     buf = io.BytesIO()
     torch.save(
-        {"format": CHECKPOINT_FORMAT, "round": len(rounds), "strategy": strategy.state_dict(),
+        {"format": CHECKPOINT_FORMAT, "round": len(rounds), "run_key": run_key, "strategy": strategy.state_dict(),
          "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": json.dumps(rounds)},
         buf,
     )
@@ -88,8 +90,8 @@ def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
 def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int) -> dict[str, Any]:
     """One training round: send, fold replies as they arrive, aggregate; the run-log entry."""
     messages = strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)
-    for reply in stream_replies(grid, messages, sc["round-timeout"]):
-        strategy.fold(reply)
+    for node, reply in stream_replies(grid, messages, sc["round-timeout"]):
+        strategy.fold(reply, node)
     aggregated = strategy.finish_round()
     train = {pid: strategy.train_log[pid] for pid in sorted(strategy.train_log)}
     return {
@@ -101,17 +103,22 @@ def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: 
 
 def _evaluate_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, entry: dict[str, Any]) -> None:
     messages = strategy.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid)
-    strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, sc["round-timeout"])))
+    strategy.aggregate_evaluate(rnd, [reply for _, reply in stream_replies(grid, messages, sc["round-timeout"])])
     entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
     entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
     entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
 
 
 def run_federation(
-    grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, resume: bool = False
+    grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, resume: bool = False,
+    client_state_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Run every round of the scenario on `grid` (or the rounds a killed run had left);
-    metrics.jsonl and a checkpoint are written after every round, the rest at the end."""
+    metrics.jsonl and a checkpoint are written after every round, the rest at the end.
+
+    `client_state_dir`: where clients on this machine (simulation) keep their tickets, so
+    that they are on disk rather than in RAM and a resumed run finds them.
+    """
     t_start = time.perf_counter()
     random.seed(sc["seed"])  # anything in Flower that samples with the global `random`
     torch.manual_seed(sc["seed"])
@@ -119,13 +126,18 @@ def run_federation(
     shape, classes = dataset_info(sc)
     strategy = TicketStrategy(sc, initial_weights(sc, shape, classes))
     rounds: list[dict[str, Any]] = []
+    run_key = uuid.uuid4().hex
     if resume:
         ckpt = load_checkpoint(out)
+        run_key = ckpt["run_key"]
         strategy.load_state_dict(ckpt["strategy"])
         random.setstate(rng_state_tuple(ckpt["python_rng"]))
         torch.set_rng_state(ckpt["torch_rng"])
         rounds = ckpt["rounds"]
         log(WARNING, "fedlth: resuming %s after round %d of %d", out, len(rounds), sc["rounds"])
+    strategy.run_config["run-key"] = run_key
+    if client_state_dir is not None:
+        strategy.run_config["state-dir"] = str(client_state_dir.resolve())
     wait_for_nodes(grid, sc["num-clients"])
     strategy.identify(grid, timeout=sc["round-timeout"])
     if len(strategy.node_of) < sc["num-clients"]:
@@ -137,6 +149,7 @@ def run_federation(
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
     for rnd in range(len(rounds) + 1, sc["rounds"] + 1):
         t0 = time.perf_counter()
+        strategy.identify(grid, timeout=min(sc["round-timeout"], NEW_NODE_SECONDS))  # nodes that (re)joined
         entry = _train_round(grid, sc, strategy, rnd)
         if is_eval_round(sc, rnd):
             _evaluate_round(grid, sc, strategy, rnd, entry)
@@ -145,7 +158,7 @@ def run_federation(
         rounds.append(entry)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        save_checkpoint(out, strategy, rounds)
+        save_checkpoint(out, strategy, rounds, run_key)
         if on_round is not None:
             on_round(entry)
     summary = summarize(sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start)
@@ -169,7 +182,9 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         scenario = sc if sc is not None else resolve(dict(context.run_config), source="run config")
         folder = out or Path(scenario["out-dir"] or default_out_dir("run", scenario["name"] or scenario["algorithm"]))
-        summary = run_federation(grid, scenario, folder, on_round, resume=resume)
+        # only in-process simulation (a given scenario) shares this machine's disk with its clients
+        state_dir = folder / "client-state" if sc is not None else None
+        summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir)
         log(WARNING, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
 
     return server_app

@@ -1,4 +1,12 @@
-"""In-process simulation of a scenario: Flower's simulation engine with our ServerApp and ClientApp."""
+"""In-process simulation of a scenario: Flower's simulation engine with our ServerApp and ClientApp.
+
+Compute knobs (scenario keys): `client-cpus` and `client-gpus` are the Ray resources each
+simulated client reserves, so a machine runs cores / client-cpus clients at once (and
+1 / client-gpus per GPU); `device` says where a client trains; `ray-address` joins a running
+Ray cluster instead of starting a local one. Flower's RayBackend calls ray.init(**init_args)
+only when Ray is not initialized yet, and ray.shutdown() when the run ends (for a cluster
+that was joined, this disconnects the driver and leaves the cluster up).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +18,75 @@ from typing import Any
 from server.server_app import RoundHook, make_server_app
 
 
-def backend_config(sc: dict[str, Any]) -> dict[str, Any]:
-    """Ray resources: one CPU per client, so as many clients run at once as there are cores."""
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"log_to_driver": False, "include_dashboard": False, "logging_level": logging.ERROR},
-    }
+def _local_cpus() -> int:
+    """CPUs a local Ray cluster gets by default: those this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
-def simulate(sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False) -> None:
-    """Run the scenario on `num-clients` simulated SuperNodes; outputs land in `out`."""
+def client_gpus(sc: dict[str, Any], cuda: bool | None = None) -> float:
+    """The GPU share Ray reserves per client: `client-gpus` where clients may use a GPU, else 0.
+
+    A local run uses a GPU only if this machine has one (`cuda`, default: ask torch) and
+    `device` is not cpu; a joined cluster's GPUs can't be seen from here, so its clients get
+    `client-gpus` whenever `device` is not cpu (Flower refuses to start when no node has it).
+    `device = cuda` with no GPU share is refused: Ray hides the GPUs from a client that
+    reserves none (CUDA_VISIBLE_DEVICES=""), so every client would fail; `device = auto` with
+    no share trains on the CPUs, and a warning says so.
+    """
+    if sc["device"] == "cpu":
+        return 0.0
+    if not sc["ray-address"]:
+        if cuda is None:
+            from fedlth.devices import cuda_available
+
+            cuda = cuda_available()
+        if not cuda:
+            if sc["device"] == "cuda":
+                from fedlth.devices import resolve_device
+
+                resolve_device("cuda")  # raises, saying why there is no GPU
+            return 0.0
+    if sc["client-gpus"] <= 0:
+        if sc["device"] == "cuda":
+            raise ValueError(
+                "device = cuda in a simulation needs client-gpus > 0 (e.g. 0.25: four clients share a GPU): "
+                "Ray hides the GPUs from clients that reserve none; or set device = auto or cpu"
+            )
+        if not sc["ray-address"]:
+            logging.getLogger("fedlth").warning(
+                "fedlth: a GPU is present but client-gpus = 0, so clients train on CPUs; set client-gpus (e.g. 0.25) to use it"
+            )
+    return float(sc["client-gpus"])
+
+
+def backend_config(sc: dict[str, Any], cuda: bool | None = None) -> dict[str, Any]:
+    """Flower's Ray backend settings from the scenario's compute keys.
+
+    client_resources: `client-cpus` CPUs and client_gpus(sc) GPUs per client, so as many
+    clients run at once as fit. init_args go to ray.init: with `ray-address` it joins that
+    cluster (`auto`, `host:port`, or `ray://host:10001` for Ray Client) instead of starting one.
+    """
+    cpus = float(sc["client-cpus"])
+    if not sc["ray-address"] and cpus > _local_cpus():
+        raise ValueError(
+            f"client-cpus = {cpus:g} but this machine has {_local_cpus()} CPUs, so no client could run; "
+            f"allowed: 0 < client-cpus <= {_local_cpus()} (or join a bigger cluster with ray-address)"
+        )
+    init_args: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "logging_level": logging.ERROR}
+    if sc["ray-address"]:
+        init_args["address"] = sc["ray-address"]
+    return {"client_resources": {"num_cpus": cpus, "num_gpus": client_gpus(sc, cuda)}, "init_args": init_args}
+
+
+def simulate(
+    sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False
+) -> None:
+    """Run the scenario on `num-clients` simulated SuperNodes; outputs land in `out`
+    (resume: continue the killed run in `out` from its last checkpoint)."""
+    config = backend_config(sc)  # bad compute settings fail here, before Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
 
@@ -28,10 +95,10 @@ def simulate(sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, v
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     run_simulation(
-        server_app=make_server_app(sc, out, on_round),
+        server_app=make_server_app(sc, out, on_round, resume=resume),
         client_app=client_app,
         num_supernodes=sc["num-clients"],
-        backend_config=backend_config(sc),
+        backend_config=config,
         verbose_logging=verbose,
     )
     if not (out / "summary.json").is_file():

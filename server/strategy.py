@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator
+from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
 from fedlth.algorithms import get_algorithm
 from fedlth.masks import Mask, Weights, is_subset
 from fedlth.records import (
@@ -41,6 +41,9 @@ class TicketStrategy(Strategy):
         self.dense_bytes = record_bytes(encode_record(initial, None))
         self.max_update_bytes = sc["max-update-bytes"] or 2 * self.dense_bytes
         self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"])
+        # sent with every message: "run-key" names this run's lineage (a resumed run keeps it),
+        # "state-dir" where simulated clients keep their tickets (fedlth run only)
+        self.run_config: dict[str, str] = {}
         self.open_round(0, [])
         self.rng = random.Random(sc["seed"])
         self.scenario_record = config_to_record(sc)
@@ -55,11 +58,13 @@ class TicketStrategy(Strategy):
     # --- who is who ----------------------------------------------------------------------
 
     def identify(self, grid: Grid, timeout: float) -> None:
-        """Ask every node for its partition id: node ids are random, partition ids are not."""
-        nodes = sorted(grid.get_node_ids())
+        """Ask every node not yet known for its partition id: node ids are random, partition
+        ids are not (a SuperNode restarted without authentication comes back as a new node)."""
+        nodes = sorted(n for n in grid.get_node_ids() if n not in self.pid_of)
+        if not nodes:
+            return
         msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        for reply in stream_replies(grid, msgs, timeout):
-            node = reply.metadata.src_node_id
+        for node, reply in stream_replies(grid, msgs, timeout):
             if reply.has_error():
                 log(WARNING, "node %s did not identify itself: %s", node, reply.error.reason)
                 continue
@@ -87,14 +92,14 @@ class TicketStrategy(Strategy):
         # both ends know the model's shapes: no shape arrays on the wire
         return encode_record(self.global_weights, mask, with_shapes=False)
 
-    def _messages(self, pids: Iterable[int], server_round: int, kind: str, **config: int) -> list[Message]:
+    def _messages(self, pids: Iterable[int], server_round: int, kind: str, **config: int | str) -> list[Message]:
         out = []
         self.sent_bytes = {}
         for pid in pids:
             arrays = self._payload(pid)
             self.sent_bytes[pid] = record_bytes(arrays)
             content = RecordDict(
-                {"arrays": arrays, "config": ConfigRecord({"server-round": server_round, **config}), "scenario": self.scenario_record}
+                {"arrays": arrays, "config": ConfigRecord({"server-round": server_round, **self.run_config, **config}), "scenario": self.scenario_record}
             )
             out.append(Message(content, dst_node_id=self.node_of[pid], message_type=kind))
         return out
@@ -124,9 +129,13 @@ class TicketStrategy(Strategy):
         self._stream = MaskedMeanStream(self.global_weights) if mean else None
         self._kept: list[Update] = []
 
-    def fold(self, reply: Message) -> None:
-        """Validate one reply and fold it in as soon as every lower client id is settled."""
-        node = reply.metadata.src_node_id
+    def fold(self, reply: Message, node: int | None = None) -> None:
+        """Validate one reply (to the instruction sent to `node`; default: its sender) and fold
+        it in as soon as every lower client id is settled."""
+        node = reply.metadata.src_node_id if node is None else node
+        if not reply.has_error() and reply.metadata.src_node_id != node:
+            self._reject(self.pid_of.get(node), node, f"reply sent by node {reply.metadata.src_node_id}, not by node {node}")
+            return
         pid = self.pid_of.get(node)
         if pid is None or pid not in self._expected or pid in self._seen:
             self._reject(pid, node, "reply from a client not sampled this round, or a second reply")
@@ -142,14 +151,15 @@ class TicketStrategy(Strategy):
             self._next += 1
             if update is None:
                 continue
-            if self._stream is not None:
-                try:
-                    self._stream.add(update)
-                except ValueError as exc:
-                    self._reject(pid, self.node_of.get(pid, -1), str(exc))
-                    continue
-            else:
-                self._kept.append(update)
+            try:
+                if self._stream is not None:
+                    self._stream.add(update, client=pid)
+                else:
+                    validate_update(self.global_weights, update, client=pid)  # robust rules fold at the end
+                    self._kept.append(update)
+            except ValueError as exc:
+                self._reject(pid, self.node_of.get(pid, -1), str(exc))
+                continue
             self.accepted.append(pid)
             if self.alg.masked:
                 self.masks[pid] = update.mask

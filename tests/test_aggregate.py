@@ -22,6 +22,7 @@ from fedlth.aggregate import (
     masked_mean,
     masked_median,
     masked_trimmed_mean,
+    validate_update,
 )
 
 SHAPES = {"conv.weight": (3, 2, 2), "conv.bias": (3,), "fc.weight": (4, 5), "fc.bias": (4,)}
@@ -746,3 +747,12 @@ def test_stream_denominator_widens_past_int32_example_counts():
         dtype=torch.float64,
     )
     assert torch.allclose(got, want, rtol=1e-15)
+
+
+@pytest.mark.parametrize("change,match", BAD_CHANGES)
+def test_validate_update_checks_one_update_like_the_rules(change, match):
+    g = torch.Generator().manual_seed(5)
+    previous = _state(g)
+    validate_update(previous, _update(g, 0.5, 3), client=1)  # a good one passes
+    with pytest.raises(ValueError, match=match):
+        validate_update(previous, change(_update(g, 0.5, 3)), client=1)

@@ -1,18 +1,27 @@
-"""A client's ticket lasts: Context.state between rounds, a state file across restarts."""
+"""A client's ticket lasts: Context.state between rounds, a state file across restarts (a node
+process restarted mid-run: the ClientApp's handlers called with a fresh Context and the same
+state-dir), and a damaged or foreign state file means a clean start from the server's copy."""
 
 from __future__ import annotations
 
 import logging
+import time
 
+import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app.metadata import Metadata
+from flwr.supercore.task_identity import TaskIdentity
 
-from clients.client_app import load_state, persist_state_, restore_state, save_state_
-from fedlth.algorithms import ClientState
+from clients.client_app import app, load_state, persist_state_, restore_state, save_state_
+from fedlth.algorithms import ClientState, initial_weights
+from fedlth.client_data import dataset_info
+from fedlth.masks import density
+from fedlth.records import config_to_record, decode_record, encode_record
 from fedlth.scenario import resolve
 from fedlth.state_store import load_state as load_file
+from fedlth.state_store import mask_digest, state_tag
 from fedlth.state_store import save_state as save_file
-from fedlth.state_store import state_tag
 
 
 def _state() -> ClientState:
@@ -47,7 +56,7 @@ def test_a_restarted_node_reads_its_ticket_from_its_state_dir(tmp_path):
     persist_state_(before, sc, _state())
     assert (tmp_path / "ticket-2.pt").is_file()
     after = _context({"partition-id": 2, "state-dir": str(tmp_path)})  # fresh Context: a restart
-    assert _same(restore_state(after, sc), _state())
+    assert _same(restore_state(after, sc)[0], _state())
 
 
 def test_corrupt_or_foreign_state_files_are_ignored_with_a_log_line(tmp_path, caplog):
@@ -61,4 +70,112 @@ def test_corrupt_or_foreign_state_files_are_ignored_with_a_log_line(tmp_path, ca
     with caplog.at_level(logging.WARNING, logger="fedlth"):
         assert load_file(path, state_tag(sc, 0)) is None
     assert "belongs to" in caplog.text
-    assert restore_state(_context({"partition-id": 0, "state-dir": str(tmp_path)}), sc).mask is None
+    assert restore_state(_context({"partition-id": 0, "state-dir": str(tmp_path)}), sc)[0].mask is None
+
+
+# --- a node restarted mid-run, driven through the ClientApp's handlers -------------------
+
+RESTART = {"dataset": "digits", "model": "mlp", "num-clients": 3, "clients-per-round": 3, "algorithm": "lotteryfl",
+           "prune-rate": 0.5, "target-density": 0.05, "acc-threshold": 0.0, "prune-tolerance": 1.0}
+RUN = 5
+
+
+@pytest.fixture
+def task_identity():
+    """Flower builds reply metadata from the running task's identity; give these calls one."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = RUN, 7, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+class Server:
+    """The server's half of one client's ticket: the global weights and the client's mask."""
+
+    def __init__(self, sc):
+        self.sc = sc
+        self.weights = initial_weights(sc, *dataset_info(sc))
+        self.mask = None
+
+    def train(self, context: Context, rnd: int) -> dict:
+        content = RecordDict({
+            "arrays": encode_record(self.weights, self.mask, with_shapes=False),
+            "config": ConfigRecord({"server-round": rnd}), "scenario": config_to_record(self.sc),
+        })
+        md = Metadata(run_id=RUN, message_id=f"train-{rnd}", src_node_id=1, dst_node_id=7, reply_to_message_id="",
+                      group_id=str(rnd), created_at=time.time(), ttl=600.0, message_type=MessageType.TRAIN)
+        reply = app(Message(content, metadata=md), context)
+        assert not reply.has_error(), reply.error
+        shapes = {k: tuple(v.shape) for k, v in self.weights.items()}
+        self.weights, self.mask = decode_record(reply.content["arrays"], shapes)
+        return dict(reply.content["metrics"])
+
+
+def _node(state_dir, run_id: int = RUN) -> Context:
+    """A freshly started node process: an empty Context.state, the node config on disk."""
+    return Context(run_id=run_id, node_id=7, node_config={"partition-id": 0, "state-dir": str(state_dir)},
+                   state=RecordDict(), run_config={})
+
+
+def _file(state_dir) -> dict:
+    return torch.load(state_dir / "ticket-0.pt", weights_only=True)
+
+
+def test_a_restarted_node_goes_on_with_its_ticket(tmp_path, caplog, task_identity):
+    server = Server(resolve(RESTART))
+    assert server.train(_node(tmp_path), 1)["density"] == 0.5
+    before = _file(tmp_path)
+    assert before["rounds"] == 1
+    with caplog.at_level(logging.WARNING, logger="fedlth"):
+        metrics = server.train(_node(tmp_path), 2)  # the process died; a new one starts
+    assert f"(1 rounds trained, density 0.5000, mask {mask_digest(before['mask'])})" in caplog.text
+    assert metrics["density"] == 0.25  # pruned on from its 0.5 ticket, not from scratch
+    after = _file(tmp_path)
+    assert after["rounds"] == 2 and all(not (after["mask"][k] & ~before["mask"][k]).any() for k in before["mask"])
+    assert torch.equal(after["mask"][next(iter(after["mask"]))], server.mask[next(iter(server.mask))])
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "foreign run", "wrong shapes"])
+def test_a_damaged_state_file_restarts_clean_from_the_servers_copy(tmp_path, caplog, task_identity, damage):
+    sc = resolve(RESTART)
+    server = Server(sc)
+    server.train(_node(tmp_path), 1)
+    server.train(_node(tmp_path), 2)
+    path, run_id = tmp_path / "ticket-0.pt", RUN
+    if damage == "corrupt":
+        path.write_bytes(b"\x00garbage" * 100)
+    elif damage == "truncated":  # a crash mid-write can't do this (atomic rename), a full disk might
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "foreign run":
+        run_id = RUN + 1
+    else:
+        blob = _file(tmp_path)
+        blob["mask"] = {k: torch.ones(3, 3, dtype=torch.bool) for k in blob["mask"]}
+        torch.save(blob, path)
+    server_mask = {k: v.clone() for k, v in server.mask.items()}
+    with caplog.at_level(logging.WARNING, logger="fedlth"):
+        metrics = server.train(_node(tmp_path, run_id), 3)
+    expected = {"corrupt": "unreadable state file", "truncated": "unreadable state file",
+                "foreign run": "belongs to", "wrong shapes": "does not fit the model"}[damage]
+    assert expected in caplog.text and "starting from the server's copy" in caplog.text
+    assert "taking the server's copy of its mask" in caplog.text
+    # no crash, and the ticket goes on from the server's copy of the mask (0.25 -> 0.125)
+    assert metrics["density"] == pytest.approx(0.5 * density(server_mask), abs=1e-3)
+    assert _file(tmp_path)["rounds"] == 1  # a clean start
+
+
+def test_a_round_sent_again_after_a_server_resume_starts_from_the_ticket_before_it(tmp_path, caplog, task_identity):
+    """The server died after this client trained round 2 and resumed from its round-1
+    checkpoint: round 2 arrives again and must give the same result, not a second prune."""
+    server = Server(resolve(RESTART))
+    server.train(_node(tmp_path), 1)
+    checkpoint = ({k: v.clone() for k, v in server.weights.items()}, {k: v.clone() for k, v in server.mask.items()})
+    node = _node(tmp_path)
+    first = server.train(node, 2)
+    assert first["density"] == 0.25
+    for again in (node, _node(tmp_path)):  # the same process, and a restarted one
+        server.weights, server.mask = ({k: v.clone() for k, v in t.items()} for t in checkpoint)
+        with caplog.at_level(logging.WARNING, logger="fedlth"):
+            assert server.train(again, 2) == first
+        assert "(1 rounds trained, density 0.5000" in caplog.text
+        assert _file(tmp_path)["rounds"] == 2 and _file(tmp_path)["previous"]["rounds"] == 1

@@ -229,3 +229,10 @@ def test_robust_rules_hold_off_20_percent_adversarial_clients(tmp_path, rule, cl
     sc = _scenario(**ROBUST, aggregation=rule)
     robust, _ = _run(sc, tmp_path, _attack(sc))
     assert _honest_mean(robust) > clean - 0.03
+
+
+@pytest.mark.parametrize("rule", ["median", "trimmed-mean"])
+def test_robust_rules_reject_a_bad_reply_and_aggregate_the_rest(tmp_path, rule):
+    sc = _scenario(**{"num-clients": 3, "clients-per-round": 3, "rounds": 1, "aggregation": rule})
+    _, rounds = _run(sc, tmp_path, {1: _in_round(1, _reweigh(sc, _dtype))})
+    assert rounds[0]["rejected_updates"] == 1 and rounds[0]["aggregated"]

@@ -1,0 +1,141 @@
+"""Benchmark: how many clients train at once (`client-cpus`) and with how many threads each
+(`torch-threads`), on the same scenario.
+
+    python benchmarks/cores.py [--rounds 4] [--repeats 2] [--set KEY=VALUE ...]
+
+Runs `fedlth run scenarios/quickstart.toml --set rounds=R` for each setting; the settings take
+turns run by run so that load from other work on the machine hits them alike. Reports the
+seconds of the train-only rounds after the first (the first round also pays each Ray worker's
+imports and data loading), of the last round (train + evaluation of every client), and of the
+whole command. With a C-core machine, client-cpus = c runs floor(C / c) clients at once.
+
+Writes benchmarks/results/cores.json and cores.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(__file__).resolve().parent / "results"
+SCENARIO = ROOT / "scenarios" / "quickstart.toml"
+RUN_LIMIT_S = 1800
+
+# (client-cpus, torch-threads): the default first.
+SETTINGS = ((1.0, 1), (2.0, 1), (2.0, 2), (1.0, 2))
+
+
+def _load() -> float:
+    try:
+        return float(Path("/proc/loadavg").read_text().split()[0])
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def run_once(cpus: float, threads: int, rounds: int, cache: Path, extra: list[str]) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="fedlth-cores-")) / "run"
+    sets = [f"rounds={rounds}", "eval-every=0", f"client-cpus={cpus:g}", f"torch-threads={threads}", *extra]
+    cmd = [shutil.which("fedlth") or "fedlth", "run", str(SCENARIO), "--out", str(out), "--quiet", *sum((["--set", s] for s in sets), [])]
+    env = dict(os.environ, FEDLTH_CACHE=str(cache))
+    env.setdefault("FLWR_HOME", tempfile.mkdtemp(prefix="flwr-home-"))
+    load = _load()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_LIMIT_S)
+        wall = time.perf_counter() - t0
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+        rounds_s = [json.loads(line)["seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        summary = json.loads((out / "summary.json").read_text())
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    return {
+        "round_seconds": rounds_s, "steady_round_s": statistics.median(rounds_s[1:-1]) if len(rounds_s) > 2 else float("nan"),
+        "last_round_s": rounds_s[-1], "first_round_s": rounds_s[0], "command_s": wall, "load_1min": load,
+        "cpu_s": ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime,
+        "accuracy": summary["personalized_accuracy"]["mean"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=4, help="Rounds per run (>= 3: the middle ones are timed).")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE", help="More scenario overrides.")
+    a = ap.parse_args()
+    cache = Path(tempfile.mkdtemp(prefix="fedlth-cores-cache-"))
+    try:
+        # Data generated and partitioned before any clock starts.
+        subprocess.run(
+            [sys.executable, "-c", "from fedlth.client_data import client_data; from fedlth.scenario import load_scenario; "
+             f"client_data(load_scenario({str(SCENARIO)!r}, {a.extra!r}), 0)"],
+            cwd=ROOT, env=dict(os.environ, FEDLTH_CACHE=str(cache)), check=True, timeout=600,
+        )
+        runs: dict[str, list[dict]] = {f"{c:g},{t}": [] for c, t in SETTINGS}
+        load_start = _load()
+        for _ in range(a.repeats):
+            for cpus, threads in SETTINGS:
+                r = run_once(cpus, threads, a.rounds, cache, a.extra)
+                runs[f"{cpus:g},{threads}"].append(r)
+                print(f"client-cpus={cpus:g} torch-threads={threads}: {json.dumps(r)}", flush=True)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    cores = len(os.sched_getaffinity(0))
+    rows = []
+    for (cpus, threads), key in zip(SETTINGS, runs, strict=True):
+        rs = runs[key]
+        med = {k: statistics.median(r[k] for r in rs) for k in ("steady_round_s", "last_round_s", "first_round_s", "command_s", "cpu_s", "load_1min")}
+        rows.append({"client_cpus": cpus, "torch_threads": threads, "clients_at_once": int(cores // cpus), **med,
+                     "min_steady_round_s": min(r["steady_round_s"] for r in rs), "accuracy": [r["accuracy"] for r in rs], "runs": rs})
+    base = rows[0]
+    md = [
+        "# Cores: clients at once (`client-cpus`) and threads per client (`torch-threads`)",
+        "",
+        f"Command: `python benchmarks/cores.py --rounds {a.rounds} --repeats {a.repeats}"
+        + "".join(f" --set {e}" for e in a.extra) + "`  ",
+        f"Scenario: scenarios/quickstart.toml (20 clients, 5 per round, 2 local epochs, cnn1d on MNIST-1D), {a.rounds} rounds, "
+        "evaluation in the last round only.  ",
+        f"Machine: {machine()}; {cores} cores. 1-min load average at start {load_start:.2f}: other work was running, "
+        "see the load column.",
+        "",
+        "Seconds, median of the repeats (the min in brackets). Steady round = the train-only rounds after the first.",
+        "",
+        "| client-cpus | torch-threads | clients at once | steady round s | vs default | last round (train + eval of 20) s | "
+        "first round s | whole command s | CPU s | load | accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['client_cpus']:g} | {r['torch_threads']} | {r['clients_at_once']} | {r['steady_round_s']:.2f} ({r['min_steady_round_s']:.2f}) | "
+            f"{base['steady_round_s'] / r['steady_round_s']:.2f}× | {r['last_round_s']:.2f} | {r['first_round_s']:.2f} | "
+            f"{r['command_s']:.1f} | {r['cpu_s']:.1f} | {r['load_1min']:.1f} | {', '.join(f'{x:.4f}' for x in r['accuracy'])} |"
+        )
+    md += [
+        "",
+        "5 clients a round on 2 workers take 3 waves instead of 5: the most two-at-once can gain on a round is 5/3 = 1.67×.",
+        "",
+    ]
+    OUT.mkdir(exist_ok=True)
+    (OUT / "cores.json").write_text(json.dumps({"machine": machine(), "cores": cores, "rounds": a.rounds, "extra": a.extra,
+                                                 "load_start": load_start, "rows": rows}, indent=1) + "\n")
+    (OUT / "cores.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""`ray-address`: a run joins a Ray cluster that is already running instead of starting its own.
+
+The test starts a Ray head on loopback (`ray start --head`) in its own short temporary folder,
+runs a 2-client, 1-round scenario against it in a subprocess, then asks the head's GCS which
+jobs and actors it has seen: the run's driver must be one of its jobs and the clients its
+actors. The head is stopped by killing exactly the processes of that folder (and their
+children), never with `ray stop`, which would kill every Ray process on the machine, other
+runs' included. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+START_S, RUN_S, QUERY_S, STOP_S = 90, 180, 60, 5
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("ray") is None, reason="needs the ray command line (pip install ray)"),
+    pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the head's processes through /proc (Linux)"),
+]
+
+SCENARIO = """
+dataset = "digits"
+model = "mlp"
+partition = "iid"
+num-clients = 2
+clients-per-round = 2
+rounds = 1
+local-epochs = 1
+algorithm = "fedavg"
+save-tickets = false
+"""
+
+# Runs in a fresh interpreter: the test process never holds a Ray connection, so the in-process
+# simulations of other tests can't find Ray initialized against this (then stopped) cluster.
+QUERY = """
+import json, logging, sys
+import ray
+import ray._private.state as state
+ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False)
+try:
+    jobs = [{"id": j["JobID"], "driver_pid": j["DriverPid"]} for j in state.jobs()]
+    actors = [{"class": a["ActorClassName"], "job": a["JobID"]} for a in state.actors().values()]
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+finally:
+    ray.shutdown()
+print("STATE " + json.dumps({"jobs": jobs, "actors": actors, "nodes": nodes}))
+"""
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent(pid: int) -> int:
+    try:
+        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after ')'.
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def head_processes(folder: Path) -> set[int]:
+    """The processes whose command line names `folder` (gcs_server, raylet, monitors...) and
+    all their descendants (agents and workers, renamed `ray::...`)."""
+    me, mine = os.getpid(), set()
+    while me > 1:  # never this process or its parents (a command line may name the folder too)
+        mine.add(me)
+        me = _parent(me)
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and int(p.name) not in mine]
+    found = {p for p in pids if str(folder) in _cmdline(p)}
+    while True:
+        more = {p for p in pids if p not in found and _parent(p) in found}
+        if not more:
+            return found
+        found |= more
+
+
+def stop_head(folder: Path) -> None:
+    """SIGTERM the head's processes, then SIGKILL whatever is left STOP_S seconds later."""
+    pids = head_processes(folder)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_S
+        while time.monotonic() < deadline:
+            pids = {p for p in pids if Path(f"/proc/{p}").exists() and _parent(p) != -1 and not _zombie(p)}
+            if not pids:
+                return
+            time.sleep(0.2)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.fixture
+def ray_head():
+    """A 2-CPU Ray head on 127.0.0.1 with its own temp folder and ports; stopped afterwards."""
+    # Short folder: Ray's unix sockets live under it, and socket paths are limited to ~107 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
+    gcs, client, agent, agent_grpc, metrics, env_agent = _free_ports(6)
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    cmd = [
+        "ray", "start", "--head", f"--port={gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
+        "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={folder}",
+        f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={env_agent}",
+    ]
+    try:
+        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=START_S)
+        assert res.returncode == 0, f"ray start failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        stop_head(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cluster_state(address: str) -> dict:
+    res = subprocess.run([sys.executable, "-c", QUERY, address], cwd=ROOT, capture_output=True, text=True, timeout=QUERY_S)
+    line = [x for x in res.stdout.splitlines() if x.startswith("STATE ")]
+    assert res.returncode == 0 and line, f"could not query the cluster:\n{res.stderr[-3000:]}"
+    return json.loads(line[0][len("STATE "):])
+
+
+def test_run_joins_a_running_ray_cluster(tmp_path, ray_head):
+    scenario, out = tmp_path / "s.toml", tmp_path / "run"
+    scenario.write_text(SCENARIO)
+    cmd = [
+        sys.executable, "-c", "from fedlth.cli import main; main()", "run", str(scenario), "--out", str(out), "--quiet",
+        "--set", f"ray-address={ray_head}",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log, _ = proc.communicate(timeout=RUN_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, log[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 1 and set(summary["personalized_accuracy"]["per_client"]) == {"0", "1"}
+
+    # It really ran there: the run's process was a driver (job) of that cluster, and the
+    # simulated clients were actors of that job on it.
+    state = _cluster_state(ray_head)
+    assert len(state["nodes"]) == 1
+    run_jobs = {j["id"] for j in state["jobs"] if j["driver_pid"] == proc.pid}
+    assert len(run_jobs) == 1, state["jobs"]
+    client_actors = [a for a in state["actors"] if a["class"] == "ClientAppActor" and a["job"] in run_jobs]
+    assert len(client_actors) == 2, state["actors"]  # 2 CPUs, 1 CPU per client
