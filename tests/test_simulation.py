@@ -138,6 +138,21 @@ def test_evaluators_in_a_run_and_reevaluation_of_its_saved_tickets(tmp_path):
         int(k): v for k, v in summary["personalized_accuracy"]["per_client"].items()
     }
     assert re["summary"]["pooled_fairness"] == ev["pooled_fairness"]
+    # an exported ticket, loaded without Flower, scores exactly what the run reported
+    import torch
+
+    import fedlth
+    from fedlth.client_data import client_data
+    from fedlth.scenario import load_scenario
+
+    file = tmp_path / "client-0.fltk"
+    exported = CliRunner().invoke(main, ["export", str(out), "--client", "0", "--out", str(file)], catch_exceptions=False)
+    assert exported.exit_code == 0, exported.output
+    model = fedlth.load_ticket(file)
+    data = client_data(load_scenario(out / "scenario.toml"), 0)
+    with torch.no_grad():
+        acc = (model(data.x_test).argmax(1) == data.y_test).sum().item() / len(data.y_test)
+    assert acc == pytest.approx(summary["personalized_accuracy"]["per_client"]["0"], abs=1e-9)
 
 
 def test_evaluate_bad_inputs_exit_2(tmp_path):
