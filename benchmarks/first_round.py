@@ -198,8 +198,8 @@ def run_once(tree: Path, cache: Path, extra: tuple[str, ...] = ()) -> dict:
             proc.kill()
             raise RuntimeError(f"fedlth run did not end within {RUN_LIMIT_S:.0f} s")
         marks["exit_s"] = time.perf_counter() - t0
-        # CPU seconds of the command and every process under it (Ray's included, once reaped):
-        # far less sensitive than wall time to other work on the machine.
+        # CPU seconds of the processes reaped under the command (the driver, Ray's daemons; Ray's
+        # workers may be missing): less sensitive than wall time to other work on the machine.
         marks["cpu_s"] = _children_cpu() - cpu0
         log = proc.stdout.read() if proc.stdout else ""
         if proc.returncode != 0:
@@ -337,6 +337,22 @@ def _table(results: dict, part: str, head: str, rows: list[tuple[str, object]]) 
     return md + [""]
 
 
+NOTES = """## Reading
+
+- `before` is commit c2ff9b6 (`git archive`); `after` is the same tree with only this change's files
+  (fedlth/data.py, fedlth/client_data.py, fedlth/training.py, fedlth/devices.py, server/simulate.py).
+- The cuts: the mnist1d cache file is named by the package's version, so a warm load no longer imports
+  mnist1d (which imports scipy and matplotlib); partitions are cached on disk, so neither the driver's data
+  check nor any Ray worker imports flwr-datasets and Hugging Face datasets or partitions again; digits and
+  arrests are cached as arrays (not used by quickstart). Same accuracy before and after (summary.json).
+- What is left before round 1: Ray's start; each Ray worker's first import of the ClientApp and the
+  driver's imports (torch, flwr, and torchattacks: fedlth/robustness.py imports it at module level,
+  ~1.1 s per process that a lazy import inside the attack code would save).
+- This 2-core machine was shared with other jobs while this ran (load column): the wall times of whole
+  commands moved by 2x from run to run; the steps, the mins and the CPU seconds are the steadier numbers.
+"""
+
+
 def render(results: dict) -> str:
     md = [
         "# Time to first round: `fedlth run scenarios/quickstart.toml --set rounds=1`",
@@ -359,7 +375,7 @@ def render(results: dict) -> str:
         ("  = start-up before round 1 (warm)", lambda r: warm(r, "startup")),
         ("metrics.jsonl created (all nodes identified), warm", lambda r: warm(r, "metrics_created_s")),
         ("process exit, warm", lambda r: warm(r, "exit_s")),
-        ("CPU seconds of the command and its processes (Ray's too), warm", lambda r: warm(r, "cpu_s")),
+        ("CPU s the command's reaped processes used (driver, Ray daemons; Ray workers may be missing), warm", lambda r: warm(r, "cpu_s")),
         ("1-min load average when the warm runs started", lambda r: warm(r, "load_1min")),
         ("first metrics line, cold data cache", lambda r: r["run"]["cold"]["first_line_s"]),
         ("  = start-up before round 1 (cold)", lambda r: r["run"]["cold"]["first_line_s"] - r["run"]["cold"]["round1_seconds"]),
@@ -405,6 +421,8 @@ def render(results: dict) -> str:
     ])
     md += ["## Ray (fresh process, local 2-CPU cluster; min of 3)", ""]
     md += _table(results, "ray", "", [(k, lambda r, k=k: r["ray"][k]) for k in ("import_ray_s", "ray_init_s", "first_actor_reply_s", "shutdown_s")])
+    if {"before", "after"} <= set(results):
+        md.append(NOTES)
     return "\n".join(md)
 
 

@@ -128,6 +128,7 @@ KEYS: dict[str, Key] = {
     "min-clients": _int(1, None, "A round aggregates only if at least this many valid updates arrive; else the global model is kept.", 1),
     "round-timeout": _float(3600.0, "Seconds the server waits for a round's replies; late clients are left out of that round.", 0.0, None, lo_open=True),
     "max-update-bytes": _int(0, None, "Reject replies larger than this many bytes (0: twice the dense model's payload).", 0),
+    "node-wait": _float(0.0, "Deployment: before each round, wait up to this many seconds for every client's node to be online (a restarted device rejoins); 0: don't wait.", 0.0),
     # compute
     "device": _choice("auto", ("auto", "cpu", "cuda"), "Where clients train: auto takes CUDA when present."),
     "client-cpus": _float(1.0, "Simulation: CPUs Ray reserves per client (cores / this = clients at once).", 0.0, None, lo_open=True),

@@ -38,13 +38,16 @@ def is_eval_round(sc: dict[str, Any], rnd: int) -> bool:
     return rnd == sc["rounds"] or (k > 0 and rnd % k == 0)
 
 
-def wait_for_nodes(grid: Grid, n: int, limit: float = NODE_WAIT_SECONDS) -> None:
-    """Block until n nodes are connected, or fail after `limit` seconds."""
+def wait_for_nodes(grid: Grid, n: int, limit: float = NODE_WAIT_SECONDS, strict: bool = True) -> bool:
+    """Block until n nodes are online; after `limit` seconds fail (strict) or return False."""
     deadline = time.monotonic() + limit
     while len(list(grid.get_node_ids())) < n:
         if time.monotonic() > deadline:
+            if not strict:
+                return False
             raise RuntimeError(f"only {len(list(grid.get_node_ids()))} of {n} nodes connected after {limit:.0f} s")
         time.sleep(0.2)
+    return True
 
 
 CHECKPOINT = "checkpoint.pt"
@@ -149,6 +152,9 @@ def run_federation(
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
     for rnd in range(len(rounds) + 1, sc["rounds"] + 1):
         t0 = time.perf_counter()
+        if sc["node-wait"] > 0 and not wait_for_nodes(grid, sc["num-clients"], sc["node-wait"], strict=False):
+            log(WARNING, "round %d: %d of %d nodes online after %.0f s; going on", rnd,
+                len(list(grid.get_node_ids())), sc["num-clients"], sc["node-wait"])
         strategy.identify(grid, timeout=min(sc["round-timeout"], NEW_NODE_SECONDS))  # nodes that (re)joined
         entry = _train_round(grid, sc, strategy, rnd)
         if is_eval_round(sc, rnd):

@@ -261,6 +261,7 @@ classes-per-client = 4
 num-clients = 3
 clients-per-round = 3
 rounds = 3
+node-wait = 120.0  # round 3 waits for the restarted node 0
 local-epochs = 1
 algorithm = "lotteryfl"
 prune-rate = 0.5
