@@ -340,14 +340,16 @@ def _table(results: dict, part: str, head: str, rows: list[tuple[str, object]]) 
 NOTES = """## Reading
 
 - `before` is commit c2ff9b6 (`git archive`); `after` is the same tree with only this change's files
-  (fedlth/data.py, fedlth/client_data.py, fedlth/training.py, fedlth/devices.py, server/simulate.py).
+  (fedlth/data.py, fedlth/client_data.py, fedlth/training.py, fedlth/devices.py, server/simulate.py);
+  `head`, where measured, is commit 13fe43a: `after` plus everything else since c2ff9b6, among it the
+  lazy torchattacks import in fedlth/robustness.py.
 - The cuts: the mnist1d cache file is named by the package's version, so a warm load no longer imports
   mnist1d (which imports scipy and matplotlib); partitions are cached on disk, so neither the driver's data
   check nor any Ray worker imports flwr-datasets and Hugging Face datasets or partitions again; digits and
   arrests are cached as arrays (not used by quickstart). Same accuracy before and after (summary.json).
-- What is left before round 1: Ray's start; each Ray worker's first import of the ClientApp and the
-  driver's imports (torch, flwr, and torchattacks: fedlth/robustness.py imports it at module level,
-  ~1.1 s per process that a lazy import inside the attack code would save).
+- What is left before round 1: Ray's start and each Ray worker's first import of the ClientApp, and the
+  driver's imports (torch, flwr; and in `before`/`after` torchattacks, ~1.1 s per process, which
+  fedlth/robustness.py imports lazily since then).
 - This 2-core machine was shared with other jobs while this ran (load column): the wall times of whole
   commands moved by 2x from run to run; the steps, the mins and the CPU seconds are the steadier numbers.
 """
