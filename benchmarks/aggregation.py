@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 # This checkout first, whatever the editable install points at.
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
-from common import machine, table  # noqa: E402
+from common import machine, results_dir, table  # noqa: E402
 
 from fedlth.aggregate import (  # noqa: E402
     MaskedMeanStream,
@@ -44,7 +44,7 @@ from fedlth.aggregate import (  # noqa: E402
     masked_trimmed_mean,
 )
 
-OUT = Path(__file__).parent / "results"
+OUT = results_dir()
 SHAPES = {
     "fc1.weight": (1024, 784),
     "fc1.bias": (1024,),

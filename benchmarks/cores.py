@@ -27,10 +27,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine  # noqa: E402
+from common import machine, results_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = Path(__file__).resolve().parent / "results"
+OUT = results_dir()
 SCENARIO = ROOT / "scenarios" / "quickstart.toml"
 RUN_LIMIT_S = 1800
 

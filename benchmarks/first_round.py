@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("FEDLTH_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 SCENARIO = Path("scenarios") / "quickstart.toml"  # relative to the tree measured
 PY = sys.executable
 POLL_S = 0.02
@@ -475,7 +475,7 @@ def main() -> None:
     for label in trees:
         res[label]["load_end"] = load_average()
     results.update(res)
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
     (RESULTS / "first_round.md").write_text(render(results))
     print(render(results))

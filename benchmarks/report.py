@@ -58,8 +58,7 @@ BENCHES: dict[str, Bench] = {
     "aggregation": Bench("aggregation.py", "Streaming and robust aggregation", (), ("--repeats", "2"), ("aggregation",)),
     "scale": Bench("scale.py", "Scale: 100 and 1,000 clients", (), ("--rounds", "3"), ("scale",)),
     "cores": Bench("cores.py", "Cores: concurrent clients and torch threads", (), (), ("cores",)),
-    "first_round": Bench("first_round.py", "Time to first round", ("--label", "now"), ("--label", "now", "--repeats", "1"),
-                         ("first_round",)),
+    "first_round": Bench("first_round.py", "Time to first round", (), ("--repeats", "1"), ("first_round",)),
 }
 
 
