@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fedlth.client_data import ClientData
+from fedlth.devices import resolve_device
 from fedlth.evaluators import EvalData, Evaluator, build_evaluators, run_evaluators
 from fedlth.masks import (
     Mask,
@@ -92,11 +93,12 @@ def train_config(sc: dict[str, Any]) -> TrainConfig:
 def _model(ctx: Ctx, weights: Weights) -> nn.Module:
     net = build_model(ctx.sc["model"], ctx.data.input_shape, ctx.data.num_classes)
     net.load_state_dict(weights)
-    return net
+    return net.to(resolve_device(ctx.sc["device"]))
 
 
 def _snapshot(net: nn.Module) -> Weights:
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    # weights leave on the CPU: masks, pruners and the wire live there
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 def _pgd_at(ctx: Ctx):

@@ -222,6 +222,12 @@ def _check_data(sc: dict) -> None:
         raise ScenarioError(str(exc)) from None
     except ValueError as exc:
         raise ScenarioError(f"data settings: {exc}") from None
+    from server.simulate import backend_config
+
+    try:
+        backend_config(sc)  # compute keys (client-cpus, device, client-gpus) that can't work here
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
     if sc["evaluators"]:
         from fedlth.client_data import dataset_info, sensitive_features
         from fedlth.evaluators import DataInfo, build_evaluators

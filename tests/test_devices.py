@@ -257,3 +257,17 @@ def test_embedded_datasets_read_back_from_the_cache_identical(name, tmp_path, mo
             assert a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a), f.name
         else:
             assert a == b and type(a) is type(b), f.name
+
+
+def test_run_refuses_compute_settings_that_cannot_work_here(tmp_path):
+    """One line and exit 2 before any work, like every other bad scenario value."""
+    from click.testing import CliRunner
+
+    from fedlth.cli import main
+
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('dataset = "digits"\nmodel = "mlp"\nnum-clients = 2\nclients-per-round = 2\n')
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(out), "--set", "client-cpus=100000"])
+    assert result.exit_code == 2 and "client-cpus" in result.output and "allowed" in result.output
+    assert not out.exists()
