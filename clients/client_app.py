@@ -180,6 +180,11 @@ def _shapes(ctx: Ctx) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in theta0.items()}
 
 
+def _dtypes(ctx: Ctx) -> dict[str, Any]:
+    theta0 = initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    return {k: v.dtype for k, v in theta0.items()}
+
+
 def _fitting(context: Context, state: ClientState, shapes: dict[str, tuple[int, ...]]) -> ClientState:
     """The state if its tensors fit the model; else a clean start (a ticket for another model
     must not fail every round)."""
@@ -205,12 +210,14 @@ def _received(msg: Message, ctx: Ctx, state: ClientState):
     if rec is None or len(rec) == 0:
         return None, state
     try:
-        weights, mask = decode_record(rec, _shapes(ctx))
+        weights, mask = decode_record(rec, _shapes(ctx), _dtypes(ctx))
     except ValueError as exc:
         raise ValueError(
             f"the server's weights do not decode for this node's model (its data: input shape "
             f"{ctx.data.input_shape}, {ctx.data.num_classes} classes): {exc}"
         ) from exc
+    if get_algorithm(ctx.sc["algorithm"]).server_mask:
+        return weights, replace(state, mask=mask or None)  # the server owns the shared mask
     if state.mask is None and mask:
         log.warning("fedlth: partition %s has no ticket of its own; taking the server's copy of its mask", ctx.partition_id)
         state = replace(state, mask=mask)
@@ -236,7 +243,7 @@ def train(msg: Message, context: Context) -> Message:
     persist_state_(context, sc, reply.state, dict(msg.content["config"]), ctx.server_round, (state, made_in))
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
     has = reply.weights is not None
-    content["arrays"] = encode_record(reply.weights, reply.mask, with_shapes=False) if has else ArrayRecord()
+    content["arrays"] = encode_record(reply.weights, reply.mask, with_shapes=False, wire_dtype=sc["wire-dtype"]) if has else ArrayRecord()
     return Message(content, reply_to=msg)
 
 
@@ -245,8 +252,9 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Score this client's personal model on its own test split."""
     sc, ctx, state, _ = _setup(msg, context, training=False)
     alg, (received, state) = get_algorithm(sc["algorithm"]), _received(msg, ctx, state)
-    content = RecordDict({"metrics": metrics_to_record(evaluate_client(alg, received, state, ctx))})
+    personal = alg.personal(received, state, ctx)  # once: it may fine-tune
+    content = RecordDict({"metrics": metrics_to_record(evaluate_client(alg, received, state, ctx, personal))})
     if int(msg.content["config"].get("send-ticket", 0)):
         # the run keeps every personal ticket, for re-evaluation and export
-        content["ticket"] = encode_record(alg.personal(received, state, ctx), state.mask)
+        content["ticket"] = encode_record(personal[0], state.mask)
     return Message(content, reply_to=msg)

@@ -13,6 +13,7 @@ from torch import nn
 from fedlth.client_data import ClientData
 from fedlth.devices import resolve_device
 from fedlth.evaluators import EvalData, Evaluator, build_evaluators, run_evaluators
+from fedlth.finetune import finetune_select, parse_lrs
 from fedlth.masks import (
     Mask,
     Weights,
@@ -141,6 +142,7 @@ def _step_amount(mask: Mask, rate: float, target: float) -> float:
 
 
 def _metrics(ctx: Ctx, loss: float, mask: Mask | None, **extra: float) -> dict[str, float]:
+    extra.setdefault("epochs", float(ctx.sc["local-epochs"]))
     return {
         "num-examples": float(len(ctx.data.x_train)), "train-loss": loss,
         "density": density(mask) if mask else 1.0, "partition-id": float(ctx.partition_id), **extra,
@@ -157,41 +159,72 @@ def fedavg_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
     return Reply(trained, None, replace(state, rounds=state.rounds + 1), _metrics(ctx, loss, None))
 
 
+def federation_epochs(sc: dict[str, Any]) -> int:
+    """Local epochs an average client trains in the federation: rounds × share sampled × E."""
+    return max(1, round(sc["rounds"] * sc["clients-per-round"] / sc["num-clients"] * sc["local-epochs"]))
+
+
 def local_only_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
-    """Local-only: each client trains its own model from θ0 and never shares it."""
-    start = state.personal or initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
-    trained, loss = local_train(ctx, start, None)
-    return Reply(None, None, replace(state, personal=trained, rounds=state.rounds + 1), _metrics(ctx, loss, None))
+    """Local-only, as the literature trains it: at its first round a client trains its own
+    model from θ0 for `local-total-epochs` (0: the federation's budget) with one optimizer
+    (momentum kept across all epochs) per learning rate of `finetune-lrs`, keeping the
+    validation-best epoch and lr (the same selection every algorithm's fine-tuning gets); it
+    never shares its model.
+    Later rounds leave the model as it is.
+    """
+    if state.personal is not None:
+        return Reply(None, None, replace(state, rounds=state.rounds + 1), _metrics(ctx, float("nan"), None, epochs=0.0))
+    total = ctx.sc["local-total-epochs"] or federation_epochs(ctx.sc)
+    start = initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    trained, sel = _finetune(ctx, start, None, epochs=total)  # the same lr choice as every fine-tuning
+    metrics = _metrics(ctx, float("nan"), None, epochs=float(total), **{"selected-epochs": float(sel.epochs)})
+    return Reply(None, None, replace(state, personal=trained, rounds=state.rounds + 1), metrics)
 
 
-def global_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
+Personal = tuple[Weights, dict[str, float]]
+
+
+def _finetune(ctx: Ctx, start: Weights, mask: Mask | None, *, epochs: int | None = None, lrs: tuple[float, ...] | None = None):
+    """The shared validation-selected fine-tuning (fedlth.finetune) on this client's data."""
+    sc = ctx.sc
+    return finetune_select(
+        lambda w: _model(ctx, w), start, mask or {}, (ctx.data.x_train, ctx.data.y_train), (ctx.data.x_val, ctx.data.y_val),
+        train_config(sc), epochs=sc["finetune-epochs"] if epochs is None else epochs,
+        lrs=parse_lrs(sc["finetune-lrs"], sc["lr"]) if lrs is None else lrs, generator=ctx.generator, select=sc["finetune-select"],
+    )
+
+
+def personal_finetune(ctx: Ctx, start: Weights, mask: Mask | None) -> Personal:
+    """`start` fine-tuned on the client's data, the epoch and lr chosen on validation."""
+    weights, sel = _finetune(ctx, start, mask)
+    return weights, {"finetune-epochs-chosen": float(sel.epochs), "finetune-lr": sel.lr, "finetune-epochs-run": float(sel.epochs_run)}
+
+
+def global_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
     """Evaluate the received global model as is."""
     assert received is not None
-    return received
+    return received, {}
 
 
-def finetuned_global(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
-    """FedAvg + fine-tuning: the global model after `finetune-epochs` on local data."""
+def finetuned_global(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
+    """FedAvg + fine-tuning: the global model fine-tuned locally, epochs and lr chosen on validation."""
     assert received is not None
-    if ctx.sc["finetune-epochs"] == 0:
-        return received
-    return local_train(ctx, received, None, epochs=ctx.sc["finetune-epochs"])[0]
+    return personal_finetune(ctx, received, None)
 
 
-def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Weights:
+def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
     """The client's own model: its last trained ticket, else the global subnet it holds.
 
     With `ticket-eval = finetune` (and a global model received), the final global subnet
-    fine-tuned `finetune-epochs` on local data instead: the ticket counterpart of FedAvg-FT.
+    fine-tuned on local data instead (validation-selected): the ticket counterpart of FedAvg-FT.
     """
     if ctx.sc["ticket-eval"] == "finetune" and received is not None:
-        start = apply_mask(received, state.mask) if state.mask else received
-        return local_train(ctx, start, state.mask, epochs=ctx.sc["finetune-epochs"])[0]
+        return personal_finetune(ctx, apply_mask(received, state.mask) if state.mask else received, state.mask)
     if state.personal is not None:
-        return state.personal
+        return state.personal, {}
     if received is None:
-        return initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
-    return apply_mask(received, state.mask) if state.mask else received
+        return initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes), {}
+    return (apply_mask(received, state.mask) if state.mask else received), {}
 
 
 # --- LotteryFL ---------------------------------------------------------------------------
@@ -307,6 +340,28 @@ def subfedavg_hybrid_train(received: Weights | None, state: ClientState, ctx: Ct
     return _subfedavg(received, state, ctx, hybrid=True)
 
 
+# --- shared ticket -------------------------------------------------------------------------
+
+
+def shared_ticket_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """shared-ticket: train the subnet the server sent, inside the shared mask it came with.
+
+    The server owns the mask (fedlth.shared_ticket: dense warm-up, then gradual magnitude
+    pruning of the aggregated model to `target-density`); the client never widens it.
+    """
+    assert received is not None, "shared-ticket needs the global model"
+    mask = state.mask
+    trained, loss = local_train(ctx, apply_mask(received, mask) if mask else received, mask)
+    return Reply(trained, mask, replace(state, rounds=state.rounds + 1), _metrics(ctx, loss, mask))
+
+
+def shared_ticket_personal(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
+    """The client's ticket: the final shared subnet fine-tuned on its own data inside the
+    shared mask, epochs and learning rate chosen on its validation split."""
+    assert received is not None
+    return personal_finetune(ctx, apply_mask(received, state.mask) if state.mask else received, state.mask)
+
+
 # --- registry -------------------------------------------------------------------------------
 
 
@@ -321,16 +376,22 @@ class Algorithm:
     uploads: bool  # False: clients never send weights (nothing to aggregate)
     has_global: bool  # the aggregated global model is itself a model worth scoring
     help: str
+    server_mask: bool = False  # the server prunes one shared mask (fedlth.shared_ticket) and sends it
 
 
 ALGORITHMS: dict[str, Algorithm] = {
     "fedavg": Algorithm("fedavg", fedavg_train, global_model, False, True, True, "Dense FedAvg."),
     "local": Algorithm("local", local_only_train, own_model, False, False, False, "Each client alone, no federation."),
-    "fedavg-ft": Algorithm("fedavg-ft", fedavg_train, finetuned_global, False, True, True, "FedAvg, then local fine-tuning before evaluation."),
-    "lotteryfl": Algorithm("lotteryfl", lotteryfl_train, own_model, True, True, False, "LotteryFL with sound rules (prune own trained weights, no rewind, validated prunes)."),
+    "fedavg-ft": Algorithm("fedavg-ft", fedavg_train, finetuned_global, False, True, True, "FedAvg, then local fine-tuning (up to finetune-epochs, validation-selected) before evaluation."),
+    "lotteryfl": Algorithm("lotteryfl", lotteryfl_train, own_model, True, True, False, "LotteryFL with sound rules (prune own trained weights, no rewind, validated prunes); with its defaults this is Sub-FedAvg's rule without the mask-distance test."),
     "lotteryfl-faithful": Algorithm("lotteryfl-faithful", lotteryfl_faithful_train, own_model, True, True, False, "LotteryFL as published (gate on the received subnet, rewind kept weights to θ0)."),
     "subfedavg": Algorithm("subfedavg", subfedavg_train, own_model, True, True, False, "Sub-FedAvg, unstructured."),
     "subfedavg-hybrid": Algorithm("subfedavg-hybrid", subfedavg_hybrid_train, own_model, True, True, False, "Sub-FedAvg, hybrid: conv channels by BN scale + FC magnitude."),
+    "shared-ticket": Algorithm(
+        "shared-ticket", shared_ticket_train, shared_ticket_personal, False, True, False,
+        "Dense warm-up, then the server prunes the global model gradually to one shared sparse ticket; sparse rounds; each client fine-tunes it (validation-selected).",
+        server_mask=True,
+    ),
 }
 
 
@@ -355,17 +416,19 @@ def scenario_evaluators(sc: dict[str, Any]) -> tuple[Evaluator, ...]:
     return _evaluators(tuple((k, sc[k]) for k in EVALUATOR_KEYS))
 
 
-def evaluate_client(alg: Algorithm, received: Weights | None, state: ClientState, ctx: Ctx) -> dict[str, float]:
-    """Score the client's personal model on its own test split (validation too, for selection),
-    then run the scenario's evaluators on it.
+def evaluate_client(
+    alg: Algorithm, received: Weights | None, state: ClientState, ctx: Ctx, personal: Personal | None = None
+) -> dict[str, float]:
+    """Score the client's personal model (`personal`, else alg.personal's) on its own test
+    split (validation too, for selection), then run the scenario's evaluators on it.
     """
-    weights = alg.personal(received, state, ctx)
+    weights, info = personal if personal is not None else alg.personal(received, state, ctx)
     net = _model(ctx, weights)
     test_loss, test_acc = evaluate(net, ctx.data.x_test, ctx.data.y_test)
     _, val_acc = evaluate(net, ctx.data.x_val, ctx.data.y_val)
     out = {
         "num-examples": float(len(ctx.data.x_test)), "accuracy": test_acc, "loss": test_loss, "val-accuracy": val_acc,
-        "density": density(state.mask) if state.mask else 1.0, "partition-id": float(ctx.partition_id),
+        "density": density(state.mask) if state.mask else 1.0, "partition-id": float(ctx.partition_id), **info,
     }
     if alg.has_global and received is not None:
         out["global-accuracy"] = evaluate(_model(ctx, received), ctx.data.x_test, ctx.data.y_test)[1]

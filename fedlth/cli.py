@@ -95,21 +95,24 @@ def _resumable(run_dir: Path) -> dict:
 
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
-@click.option("--algorithms", default="fedavg,local,fedavg-ft,lotteryfl,subfedavg", show_default=True, help="Comma-separated algorithm names.")
+@click.option("--algorithms", default="local,fedavg-ft,subfedavg,shared-ticket", show_default=True, help="Comma-separated algorithm names; NAME:key=value:... runs a variant (e.g. shared-ticket:server-pruner=random).")
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True, help="Seeds 0..N-1 (the scenario's seed is replaced).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Run several algorithms on the same partitions over seeds; write a table and an overlay plot."""
-    from fedlth.scenario import ALGORITHM_NAMES
+    from fedlth.compare import parse_variant
+    from fedlth.scenario import ALGORITHM_NAMES, resolve
 
     try:
         sc = load_scenario(scenario, overrides)
         algs = [a.strip() for a in algorithms.split(",") if a.strip()]
-        bad = [a for a in algs if a not in ALGORITHM_NAMES]
+        bad = [a for a in algs if parse_variant(a)[0] not in ALGORITHM_NAMES]
         if bad or not algs:
-            raise ScenarioError(f"--algorithms: unknown {bad or 'empty list'}; allowed: {', '.join(ALGORITHM_NAMES)}")
+            raise ScenarioError(f"--algorithms: unknown {bad or 'empty list'}; allowed: {', '.join(ALGORITHM_NAMES)} (each may take NAME:key=value variants)")
+        for a in algs:  # a variant's own keys are checked before any run starts
+            resolve(sc | {"algorithm": parse_variant(a)[0]}, parse_variant(a)[1], source=a)
         out = out or default_out_dir("compare", sc["name"])
         check_out_dir(out)
         _check_data(sc)

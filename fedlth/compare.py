@@ -19,27 +19,49 @@ def _pm(xs: list[float], scale: float = 100.0) -> str:
     return f"{scale * m:.1f} ± {scale * s:.1f}"
 
 
+def parse_variant(spec: str) -> tuple[str, list[str]]:
+    """`NAME[:key=value:key=value]` → the algorithm and its own overrides (a variant such as
+    the random-mask control `shared-ticket:server-pruner=random`)."""
+    name, *overrides = spec.split(":")
+    return name.strip(), [o.strip() for o in overrides if o.strip()]
+
+
+def client_epochs(sc: dict[str, Any], rounds: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """Local epochs an average client trained in the run: in federated rounds, and in the
+    fine-tuning of its personal model at the last evaluation (every learning rate tried counts)."""
+    train = sum(m.get("epochs", 0.0) for r in rounds for m in r["train"].values())
+    evals = [r for r in rounds if r.get("evaluate")]
+    tune = [m.get("finetune-epochs-run", 0.0) for m in evals[-1]["evaluate"].values()] if evals else []
+    return train / sc["num-clients"], (sum(tune) / len(tune) if tune else 0.0)
+
+
 def compare(
     sc: dict[str, Any], algorithms: Sequence[str], seeds: Sequence[int], out: Path, runner: Runner,
     on_run: Callable[[str, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every (algorithm, seed) with `runner` into out/ALG/seed-S; write table and plot."""
+    """Run every (algorithm variant, seed) with `runner` into out/VARIANT/seed-S; write table and plot."""
+    from fedlth.scenario import resolve
+
     results: dict[str, list[dict[str, Any]]] = {}
     curves: dict[str, list[list[tuple[int, float]]]] = {}
-    for alg in algorithms:
+    for spec in algorithms:
+        alg, overrides = parse_variant(spec)
         for seed in seeds:
             if on_run is not None:
-                on_run(alg, seed)
-            run_dir = out / alg / f"seed-{seed}"
-            runner(sc | {"algorithm": alg, "seed": seed}, run_dir)
-            results.setdefault(alg, []).append(json.loads((run_dir / "summary.json").read_text()))
+                on_run(spec, seed)
+            run_dir = out / spec.replace(":", "_").replace("=", "-") / f"seed-{seed}"
+            run_sc = resolve(sc | {"algorithm": alg, "seed": seed}, overrides, source=spec)
+            runner(run_sc, run_dir)
+            summary = json.loads((run_dir / "summary.json").read_text())
+            rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            summary["client_epochs"] = client_epochs(run_sc, rounds)
+            results.setdefault(spec, []).append(summary)
             curve = []
-            for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-                r = json.loads(line)
+            for r in rounds:
                 if r.get("evaluate"):
                     accs = [m["accuracy"] for m in r["evaluate"].values()]
                     curve.append((r["round"], sum(accs) / len(accs)))
-            curves.setdefault(alg, []).append(curve)
+            curves.setdefault(spec, []).append(curve)
     rows = []
     for alg, runs in results.items():
         acc = [r["personalized_accuracy"]["mean"] for r in runs]
@@ -50,15 +72,19 @@ def compare(
         ratio = [r["upload_ratio_vs_dense_fedavg"] or 0.0 for r in runs]
         wall = [r["wall_seconds"] for r in runs]
         glob = [r["global_accuracy"] for r in runs if r["global_accuracy"] is not None]
+        epochs = [sum(r["client_epochs"]) for r in runs]
         rows.append({
             "algorithm": alg, "personalized": _pm(acc), "worst10": _pm(worst),
             "global": _pm(glob) if glob else "n/a", "density": f"{statistics.fmean(dens):.3f}",
             "upload_mb": f"{statistics.fmean(up):.2f}", "download_mb": f"{statistics.fmean(down):.2f}",
             "upload_vs_fedavg": f"{statistics.fmean(ratio):.2f}", "wall_s": f"{statistics.fmean(wall):.1f}",
-            "raw": {"personalized": acc, "worst10": worst, "density": dens, "upload_mb": up, "download_mb": down, "wall_s": wall},
+            "epochs": f"{statistics.fmean(epochs):.1f}",
+            "raw": {"personalized": acc, "worst10": worst, "density": dens, "upload_mb": up, "download_mb": down, "wall_s": wall,
+                    "upload_ratio": ratio, "download_ratio": [r["bytes"]["download"] / r["bytes"]["dense_fedavg_download"] for r in runs],
+                    "epochs": epochs, "tune_epochs": [r["client_epochs"][1] for r in runs]},
         })
-    header = ["algorithm", "personalized acc. (%)", "worst-10 % (%)", "global acc. (%)", "final density", "upload MB", "download MB", "upload / dense FedAvg", "wall s"]
-    keys = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_vs_fedavg", "wall_s"]
+    header = ["algorithm", "personalized acc. (%)", "worst-10 % (%)", "global acc. (%)", "final density", "upload MB", "download MB", "upload / dense FedAvg", "local epochs / client", "wall s"]
+    keys = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_vs_fedavg", "epochs", "wall_s"]
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
     table = "\n".join(md)

@@ -27,16 +27,22 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-def encode_record(weights: Weights, mask: Mask | None, *, with_shapes: bool = True) -> ArrayRecord:
-    """Weights in the sparse wire format (see fedlth.wire), ready for a Message."""
-    return to_array_record(wire.encode(weights, mask, with_shapes=with_shapes))
+WIRE_DTYPES = {"float32": None, "float16": torch.float16}
+
+
+def encode_record(weights: Weights, mask: Mask | None, *, with_shapes: bool = True, wire_dtype: str = "float32") -> ArrayRecord:
+    """Weights in the sparse wire format (see fedlth.wire), ready for a Message; `wire_dtype`
+    is the scenario key of that name (float16 narrows floating values for transport)."""
+    return to_array_record(wire.encode(weights, mask, with_shapes=with_shapes, value_dtype=WIRE_DTYPES[wire_dtype]))
 
 
 def decode_record(
-    record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]] | None = None
+    record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dtypes: Mapping[str, torch.dtype] | None = None,
 ) -> tuple[Weights, Mask]:
-    """Weights and mask from a sparse-format record; raises wire.WireError when malformed."""
-    return wire.decode(from_array_record(record), shapes)
+    """Weights and mask from a sparse-format record (float16 values widened to `dtypes`);
+    raises wire.WireError when malformed."""
+    return wire.decode(from_array_record(record), shapes, dtypes)
 
 
 def record_bytes(record: ArrayRecord) -> int:

@@ -60,7 +60,7 @@ DATASET_NAMES = ("mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifa
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id")
-ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid")
+ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket")
 
 KEYS: dict[str, Key] = {
     "name": Key(str, "", "A label for the run; defaults to the scenario file's stem."),
@@ -108,8 +108,17 @@ KEYS: dict[str, Key] = {
     "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
     "lotteryfl-prune-from": _choice("trained", ("trained", "received"), "lotteryfl: cut the mask from the client's trained weights, or from the received global ones (published)."),
     "lotteryfl-rewind": Key(bool, False, "lotteryfl: reset kept weights to θ0 after a prune (published: true)."),
-    "ticket-eval": _choice("last", ("last", "finetune"), "Masked algorithms: score each client's last trained ticket, or the final global subnet fine-tuned finetune-epochs locally."),
-    "finetune-epochs": _int(0, None, "fedavg-ft: local fine-tuning epochs before evaluation.", 1),
+    "ticket-eval": _choice("last", ("last", "finetune"), "Masked algorithms: score each client's last trained ticket, or the final global subnet fine-tuned locally (validation-selected, as fedavg-ft)."),
+    "finetune-epochs": _int(0, None, "fedavg-ft, shared-ticket, ticket-eval = finetune: fine-tune the personal model up to this many epochs per learning rate.", 10),
+    "finetune-lrs": Key(str, "", "Comma-separated learning rates tried in fine-tuning, each from the same start (empty: lr); the validation split picks one.", check=lambda t: _lrs_ok(t), allowed="comma-separated numbers > 0"),
+    "finetune-select": _choice("val-best", ("val-best", "last"), "Fine-tuning keeps the epoch (and lr) with the best validation accuracy, or the last epoch (the weak baseline)."),
+    "local-total-epochs": _int(0, None, "local: epochs each client trains alone, with one optimizer (0: the federation's budget, rounds × clients-per-round / num-clients × local-epochs).", 0),
+    "weighting": _choice("examples", ("examples", "uniform"), "How the masked mean weights clients: by their example counts, or equally (Sub-FedAvg's code)."),
+    "prune-start": _int(0, None, "shared-ticket: the shared mask stays dense through this round.", 30),
+    "prune-end": _int(1, None, "shared-ticket: the shared mask reaches target-density after this round (cubic schedule in between).", 50),
+    "server-pruner": _choice("magnitude-global", ("magnitude-global", "magnitude-layer", "random"), "shared-ticket: how the server prunes the aggregated model (random: the random-mask control)."),
+    "ticket-control": _choice("none", ("none", "reinit"), "shared-ticket: reinit = the re-init control (at prune-end, the kept weights restart from a fresh random init)."),
+    "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
     "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
     # evaluators and robust tickets
     "evaluators": Key(str, "", "Comma-separated evaluators run on every client's ticket at evaluation rounds (robustness, fairness, or plug-ins)."),
@@ -137,8 +146,18 @@ KEYS: dict[str, Key] = {
 }
 
 
+def _lrs_ok(text: str) -> bool:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        return False
+    return all(v > 0 and v < float("inf") for v in values)
+
+
 def check_cross(sc: dict[str, Any]) -> None:
     """Rules between keys."""
+    if sc["prune-end"] <= sc["prune-start"]:
+        raise ScenarioError(f"key 'prune-end' is {sc['prune-end']}; allowed: greater than prune-start ({sc['prune-start']})")
     if sc["clients-per-round"] > sc["num-clients"]:
         raise ScenarioError(
             f"key 'clients-per-round' is {sc['clients-per-round']}; allowed: at most num-clients ({sc['num-clients']})"

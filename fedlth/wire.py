@@ -25,8 +25,20 @@ def _to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
         raise WireError(f"{name!r}: dtype {t.dtype} cannot go on the wire") from e
 
 
-def encode(weights: Weights, mask: Mask | None, *, with_shapes: bool = True) -> dict[str, np.ndarray]:
+def _narrow(t: torch.Tensor, value_dtype: torch.dtype | None) -> torch.Tensor:
+    # only wider floats narrow: integer buffers (BatchNorm's counter) and masks stay exact
+    if value_dtype is None or not t.dtype.is_floating_point or t.element_size() <= torch.finfo(value_dtype).bits // 8:
+        return t
+    return t.to(value_dtype)
+
+
+def encode(
+    weights: Weights, mask: Mask | None, *, with_shapes: bool = True, value_dtype: torch.dtype | None = None
+) -> dict[str, np.ndarray]:
     """Flat arrays for the wire; masked tensors send only their kept values.
+
+    `value_dtype` (e.g. torch.float16) narrows every floating tensor for transport; the
+    receiver widens it back (decode's `dtypes`). Pruned positions stay exact zeros either way.
 
     A masked name becomes "<name>@bits" (np.packbits of the row-major mask, uint8),
     "<name>@values" (kept values in row-major order, the tensor's dtype) and "<name>@shape"
@@ -40,6 +52,7 @@ def encode(weights: Weights, mask: Mask | None, *, with_shapes: bool = True) -> 
     for name, w in weights.items():
         if SEP in name:
             raise WireError(f"tensor name {name!r} contains the reserved separator {SEP!r}")
+        w = _narrow(w, value_dtype)
         if name not in mask:
             out[name] = _to_numpy(w, name).copy()
             continue
@@ -99,10 +112,27 @@ def _shape_of(
     return tuple(int(s) for s in arr)
 
 
+def _widen(weights: Weights, dtypes: Mapping[str, torch.dtype] | None) -> Weights:
+    """Floats that travelled narrower than the receiver's model widened back; nothing else changes."""
+    if dtypes is None:
+        return weights
+    out: Weights = {}
+    for name, w in weights.items():
+        want = dtypes.get(name)
+        narrower = want is not None and want.is_floating_point and w.dtype in (torch.float16, torch.bfloat16)
+        out[name] = w.to(want) if narrower and want != w.dtype else w
+    return out
+
+
 def decode(
-    arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]] | None = None
+    arrays: Mapping[str, np.ndarray],
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    dtypes: Mapping[str, torch.dtype] | None = None,
 ) -> tuple[Weights, Mask]:
     """Full tensors (zeros at pruned positions) and the mask of the names that came with bits.
+
+    With `dtypes`, float16 values of a name the receiver holds in a wider float are widened
+    to it (the sender's `value_dtype`); any other dtype arrives as sent, for the caller to check.
 
     With `shapes`, every decoded name must be one of them with that shape, and a masked
     name may omit "<name>@shape". Names are not required to be complete: the caller
@@ -164,7 +194,7 @@ def decode(
                 raise WireError(
                     f"{name!r} has shape {tuple(w.shape)}; expected {tuple(shapes[name])}"
                 )
-    return weights, mask
+    return _widen(weights, dtypes), mask
 
 
 def dense_size_bytes(weights: Weights) -> int:

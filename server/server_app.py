@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from fedlth.algorithms import get_algorithm, initial_weights
+from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.plots import plot_federated
@@ -127,7 +127,9 @@ def run_federation(
     torch.manual_seed(sc["seed"])
     alg = get_algorithm(sc["algorithm"])
     shape, classes = dataset_info(sc)
-    strategy = TicketStrategy(sc, initial_weights(sc, shape, classes))
+    # the re-init control's fresh init: the same model under another seed
+    fresh = initial_weights(sc | {"seed": sc["seed"] + 1}, shape, classes) if sc["ticket-control"] == "reinit" else None
+    strategy = TicketStrategy(sc, initial_weights(sc, shape, classes), model_names(sc, shape, classes), fresh)
     rounds: list[dict[str, Any]] = []
     run_key = uuid.uuid4().hex
     if resume:

@@ -15,7 +15,7 @@ from flwr.supercore import log
 
 from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
 from fedlth.algorithms import get_algorithm
-from fedlth.masks import Mask, Weights, is_subset
+from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
 from fedlth.records import (
     config_to_record,
     decode_record,
@@ -24,17 +24,24 @@ from fedlth.records import (
     record_bytes,
     weights_to_record,
 )
+from fedlth.shared_ticket import density_at, reinit_kept, server_prune
 from server.exchange import stream_replies
 
 
 class TicketStrategy(Strategy):
     """Sends each sampled client global ⊙ its mask and averages each weight over its keepers."""
 
-    def __init__(self, sc: dict[str, Any], initial: Weights) -> None:
+    def __init__(self, sc: dict[str, Any], initial: Weights, prunable: list[str] | None = None, fresh: Weights | None = None) -> None:
         self.sc = sc
         self.alg = get_algorithm(sc["algorithm"])
         self.global_weights = initial
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
+        self.dtypes = {k: v.dtype for k, v in initial.items()}
+        # shared-ticket: the server's one mask (None: still dense), over the prunable weights;
+        # `fresh` is the re-init control's other random init
+        self.prunable = prunable or [k for k, v in initial.items() if k.endswith("weight") and v.dim() > 1]
+        self.shared_mask: Mask | None = None
+        self.fresh = fresh
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
         self.pid_of: dict[int, int] = {}  # Flower node id -> partition id
@@ -88,9 +95,9 @@ class TicketStrategy(Strategy):
         """What client `pid` receives: nothing (local), its subnet, or the dense global."""
         if not self.alg.uploads:
             return ArrayRecord()
-        mask = self.masks.get(pid) if self.alg.masked else None
+        mask = self.shared_mask if self.alg.server_mask else self.masks.get(pid) if self.alg.masked else None
         # both ends know the model's shapes: no shape arrays on the wire
-        return encode_record(self.global_weights, mask, with_shapes=False)
+        return encode_record(self.global_weights, mask, with_shapes=False, wire_dtype=self.sc["wire-dtype"])
 
     def _messages(self, pids: Iterable[int], server_round: int, kind: str, **config: int | str) -> list[Message]:
         out = []
@@ -194,7 +201,7 @@ class TicketStrategy(Strategy):
             return None
         n = int(n)
         try:
-            weights, mask = decode_record(arrays, self.shapes)
+            weights, mask = decode_record(arrays, self.shapes, self.dtypes)
         except ValueError as exc:
             self._reject(pid, node, str(exc))
             return None
@@ -202,7 +209,7 @@ class TicketStrategy(Strategy):
         if reason is not None:
             self._reject(pid, node, reason)
             return None
-        return Update(weights, mask, n)
+        return Update(weights, mask, 1 if self.sc["weighting"] == "uniform" else n)
 
     def _reject(self, pid: int | None, node: int, reason: str) -> None:
         log(WARNING, "round %s: rejected the update of client %s (node %s): %s", self.round, pid, node, reason)
@@ -224,6 +231,10 @@ class TicketStrategy(Strategy):
             old = self.masks.get(pid)
             if old is not None and (old.keys() != mask.keys() or not is_subset(mask, old)):
                 return "mask revives weights it had pruned"
+        # shared-ticket: the mask went out with the subnet this round; the reply may not widen it
+        shared = self.shared_mask if self.alg.server_mask else None
+        if shared is not None and (mask.keys() != shared.keys() or not is_subset(mask, shared)):
+            return "mask revives weights outside the shared ticket"
         return None
 
     def finish_round(self) -> bool:
@@ -245,7 +256,23 @@ class TicketStrategy(Strategy):
         else:
             self.global_weights = self.aggregator(self.global_weights, self._kept)
         self._stream, self._kept = None, []
+        if self.alg.server_mask:
+            self._prune_shared()
         return True
+
+    def _prune_shared(self) -> None:
+        """shared-ticket's server rule: the shared mask follows its schedule after each round."""
+        sc = self.sc
+        target = density_at(self.round, sc["prune-start"], sc["prune-end"], sc["target-density"])
+        if target >= 1.0:
+            return
+        mask = self.shared_mask or ones_mask(self.global_weights, self.prunable)
+        # seeded by (seed, round): the random-mask control draws the same mask on a resumed run
+        gen = torch.Generator().manual_seed(sc["seed"] * 1_000_003 + self.round)
+        self.shared_mask = server_prune(self.global_weights, mask, target, sc["server-pruner"], gen)
+        self.global_weights = apply_mask(self.global_weights, self.shared_mask)
+        if sc["ticket-control"] == "reinit" and self.round == sc["prune-end"] and self.fresh is not None:
+            self.global_weights = reinit_kept(self.shared_mask, self.fresh)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's hook: fold every reply of the round opened by configure_train, then aggregate."""
@@ -259,12 +286,13 @@ class TicketStrategy(Strategy):
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly: global weights, known masks, sampler state."""
-        return {"global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate()}
+        return {"global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate(), "shared_mask": self.shared_mask}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by state_dict()."""
         self.global_weights = state["global"]
         self.masks = state["masks"]
+        self.shared_mask = state.get("shared_mask")
         self.rng.setstate(rng_state_tuple(state["rng"]))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
