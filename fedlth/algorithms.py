@@ -362,6 +362,36 @@ def shared_ticket_personal(received: Weights | None, state: ClientState, ctx: Ct
     return personal_finetune(ctx, apply_mask(received, state.mask) if state.mask else received, state.mask)
 
 
+# --- personal ticket ------------------------------------------------------------------------
+
+
+def sparse_upload_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """personal-ticket's round: train the dense global model, then upload only the
+    `upload-density` share of each prunable layer's weights that changed most (with the mask
+    of where they are); the server's masked mean updates exactly those positions, so the
+    global model stays dense while the uplink is sparse. Biases and norms go dense.
+    """
+    assert received is not None, "personal-ticket needs the global model"
+    trained, loss = local_train(ctx, received, None)
+    ones = _ones(ctx)
+    delta = {k: trained[k] - received[k] for k in ones}
+    keep = get_pruner("magnitude-layer")(delta, ones, 1.0 - ctx.sc["upload-density"])
+    metrics = _metrics(ctx, loss, None, **{"upload-density": density(keep)})
+    return Reply(apply_mask(trained, keep), keep, replace(state, rounds=state.rounds + 1), metrics)
+
+
+def personal_ticket(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
+    """The client's ticket: the global model fine-tuned on local data, pruned to
+    `target-density` by global magnitude, then retrained inside that mask; epochs and learning
+    rate chosen on validation at both stages."""
+    assert received is not None
+    sc = ctx.sc
+    warm, _ = _finetune(ctx, received, None, epochs=sc["ticket-warmup-epochs"], lrs=(sc["lr"],))
+    mask = get_pruner("magnitude-global")(warm, _ones(ctx), 1.0 - sc["target-density"])
+    weights, info = personal_finetune(ctx, apply_mask(warm, mask), mask)
+    return weights, info | {"finetune-epochs-run": info["finetune-epochs-run"] + sc["ticket-warmup-epochs"], "density": density(mask)}
+
+
 # --- registry -------------------------------------------------------------------------------
 
 
@@ -391,6 +421,10 @@ ALGORITHMS: dict[str, Algorithm] = {
         "shared-ticket", shared_ticket_train, shared_ticket_personal, False, True, False,
         "Dense warm-up, then the server prunes the global model gradually to one shared sparse ticket; sparse rounds; each client fine-tunes it (validation-selected).",
         server_mask=True,
+    ),
+    "personal-ticket": Algorithm(
+        "personal-ticket", sparse_upload_train, personal_ticket, False, True, True,
+        "Dense global model trained from sparse uploads (each client sends the upload-density share of weights that changed most); each client's ticket: fine-tune, prune to target-density, retrain (validation-selected).",
     ),
 }
 

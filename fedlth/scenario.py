@@ -60,7 +60,7 @@ DATASET_NAMES = ("mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifa
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id")
-ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket")
+ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket")
 
 KEYS: dict[str, Key] = {
     "name": Key(str, "", "A label for the run; defaults to the scenario file's stem."),
@@ -118,6 +118,8 @@ KEYS: dict[str, Key] = {
     "prune-end": _int(1, None, "shared-ticket: the shared mask reaches target-density after this round (cubic schedule in between).", 50),
     "server-pruner": _choice("magnitude-global", ("magnitude-global", "magnitude-layer", "random"), "shared-ticket: how the server prunes the aggregated model (random: the random-mask control)."),
     "ticket-control": _choice("none", ("none", "reinit"), "shared-ticket: reinit = the re-init control (at prune-end, the kept weights restart from a fresh random init)."),
+    "upload-density": _float(0.3, "personal-ticket: share of each prunable layer's weights a client uploads (those that changed most in its round).", 0.0, 1.0, lo_open=True),
+    "ticket-warmup-epochs": _int(0, None, "personal-ticket: epochs of fine-tuning (validation-best) before a client prunes its ticket.", 5),
     "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
     "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
     # evaluators and robust tickets

@@ -161,3 +161,18 @@ def test_shared_ticket_reaches_its_density_and_never_takes_a_revived_weight(tmp_
     honest = [m["upload_bytes"] for r in rounds[3:] for pid, m in r["train"].items() if pid != "3"]
     assert honest and max(honest) < 0.25 * dense
     assert summary["personalized_accuracy"]["mean"] > 0.5
+
+
+def test_personal_ticket_uploads_a_sparse_share_and_ends_at_its_density(tmp_path):
+    sc = resolve(BASE | {
+        "algorithm": "personal-ticket", "upload-density": 0.25, "target-density": 0.3, "rounds": 3,
+        "wire-dtype": "float16", "finetune-epochs": 2, "ticket-warmup-epochs": 1,
+    })
+    summary = run_federation(LocalGrid(client_app, sc["num-clients"]), sc, tmp_path / "run")
+    rounds = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    per_upload = [m["upload_bytes"] for r in rounds for m in r["train"].values()]
+    dense = rounds[0]["bytes"]["dense_fedavg_upload"] / len(rounds[0]["train"])
+    assert max(per_upload) < 0.2 * dense  # a quarter of the weights, float16, plus 1 bit each
+    assert all(abs(m["upload-density"] - 0.25) < 0.01 for r in rounds for m in r["train"].values())
+    assert all(abs(d - 0.3) < 0.01 for d in summary["density"]["per_client"].values())
+    assert summary["personalized_accuracy"]["mean"] > 0.5
