@@ -213,15 +213,9 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
 
 def _check_data(sc: dict) -> None:
     """Load the data and build the partitions up front, so bad settings fail before any work."""
-    from fedlth.client_data import client_data
-    from fedlth.data import DatasetUnavailableError
+    from fedlth.client_data import check_data_settings
 
-    try:
-        client_data(sc, 0)
-    except DatasetUnavailableError as exc:
-        raise ScenarioError(str(exc)) from None
-    except ValueError as exc:
-        raise ScenarioError(f"data settings: {exc}") from None
+    check_data_settings(sc)
     from server.simulate import backend_config
 
     try:
