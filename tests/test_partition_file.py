@@ -180,6 +180,21 @@ def test_a_bad_file_exits_2_with_one_line_and_writes_nothing(tmp_path, monkeypat
         assert not cache.exists()  # checks that need no data ran before any data was loaded
 
 
+def test_a_real_process_exits_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path = _write(tmp_path / "exp", _client(0, train=[1, 2], val=[2]))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "FEDLTH_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", "from fedlth.cli import main; main()", "run", str(path), "--out", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == "" and done.stderr.count("\n") == 1 and "client 0: index 2 is in both 'train' and 'val'" in done.stderr
+    assert not out.exists() and not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
 def _fake_simulate(sc: dict, out: Path, *args: object, **kwargs: object) -> None:
     """fedlth run/compare's engine swapped for the in-process grid (no Ray on 2 shared cores)."""
     from clients.client_app import app as client_app
@@ -204,6 +219,7 @@ def test_compare_runs_on_the_file_partition_and_records_its_hash(tmp_path, monke
     for run in (out / alg / f"seed-{s}" for alg in ("fedavg", "local") for s in (0, 1)):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["partition_file"] == {"path": str(tmp_path / "exp" / "split.json"), "sha256": digest}
+        assert load_scenario(run / "scenario.toml")["partition-file"] == str(tmp_path / "exp" / "split.json")
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["evaluate"]
         assert {pid: m["num-examples"] for pid, m in last.items()} == sizes  # scored on the file's test rows
 
