@@ -222,6 +222,8 @@ def test_compare_runs_on_the_file_partition_and_records_its_hash(tmp_path, monke
         assert load_scenario(run / "scenario.toml")["partition-file"] == str(tmp_path / "exp" / "split.json")
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["evaluate"]
         assert {pid: m["num-examples"] for pid, m in last.items()} == sizes  # scored on the file's test rows
+    again = CliRunner().invoke(main, ["evaluate", str(out / "fedavg" / "seed-0")], catch_exceptions=False)
+    assert again.exit_code == 0 and "3 tickets" in again.output, again.output  # re-evaluated on the file's rows
 
 
 def test_compare_with_a_bad_file_exits_2(tmp_path):
