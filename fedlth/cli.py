@@ -90,7 +90,11 @@ def _resumable(run_dir: Path) -> dict:
         raise ScenarioError(f"--resume: the run in {str(run_dir)!r} already finished (it has summary.json)")
     if not (run_dir / "checkpoint.pt").is_file():
         raise ScenarioError(f"--resume: {str(run_dir)!r} has no checkpoint.pt: no round of a fedlth run finished there")
-    return load_scenario(run_dir / "scenario.toml")
+    from fedlth.partition_file import check_unchanged
+
+    sc = load_scenario(run_dir / "scenario.toml")
+    check_unchanged(sc, run_dir)
+    return sc
 
 
 @main.command()

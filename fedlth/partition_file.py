@@ -31,6 +31,7 @@ from fedlth.partition import ClientSplit
 from fedlth.scenario import ScenarioError
 
 METHOD = "file"
+RECORD_NAME = "partition-file.json"  # in a run folder: the file's path and hash when the run began
 PARTS = ("train", "val", "test")
 SHAPE = '{"clients": [{"train": [...], "val": [...], "test": [...]}, ...]}'
 _MAX_INDEX = 2**62  # no pool is this large; keeps every index inside int64
@@ -150,6 +151,20 @@ def partition_file_record(sc: dict[str, Any]) -> dict[str, str | None] | None:
     except ScenarioError:
         digest = None  # a deployed server need not hold the file its devices were split by
     return {"path": sc["partition-file"], "sha256": digest}
+
+
+def check_unchanged(sc: dict[str, Any], run_dir: Path) -> None:
+    """A resumed run's partition file still has the content the run began with."""
+    record = run_dir / RECORD_NAME
+    if sc["partition"] != METHOD or not record.is_file():
+        return
+    began = json.loads(record.read_text()).get("sha256")
+    now = file_digest(sc["partition-file"])
+    if began and began != now:
+        raise ScenarioError(
+            f"--resume: {_name(sc['partition-file'])} changed since the run began (sha256 {began[:12]}… now {now[:12]}…); "
+            "restore it to resume, or start a new run"
+        )
 
 
 def partition_document(splits: Sequence[ClientSplit]) -> dict[str, list[dict[str, list[int]]]]:

@@ -20,7 +20,7 @@ from flwr.supercore import log
 from fedlth.algorithms import get_algorithm, initial_weights
 from fedlth.client_data import dataset_info
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from fedlth.partition_file import partition_file_record
+from fedlth.partition_file import RECORD_NAME, partition_file_record
 from fedlth.plots import plot_federated
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
@@ -149,6 +149,8 @@ def run_federation(
         raise RuntimeError(f"{len(strategy.node_of)} of {sc['num-clients']} nodes identified themselves")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "scenario.toml", to_toml(sc))
+    if split_file is not None and not resume:  # a resume checks the file still has this content
+        write_json_atomic(out / RECORD_NAME, split_file)
     metrics_path = out / "metrics.jsonl"
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))

@@ -201,7 +201,8 @@ def _fake_simulate(sc: dict, out: Path, *args: object, **kwargs: object) -> None
     from server.local_grid import LocalGrid
     from server.server_app import run_federation
 
-    run_federation(LocalGrid(client_app, sc["num-clients"]), sc, out, client_state_dir=out / "client-state")
+    run_federation(LocalGrid(client_app, sc["num-clients"]), sc, out, client_state_dir=out / "client-state",
+                   resume=bool(kwargs.get("resume")))
 
 
 def test_compare_runs_on_the_file_partition_and_records_its_hash(tmp_path, monkeypatch):
@@ -262,3 +263,32 @@ def test_deploy_export_data_with_a_bad_file_exits_2_and_writes_nothing(tmp_path)
 def test_structure_checks_need_no_data():
     with pytest.raises(ScenarioError, match="does not exist"):
         read_partition_file("/nonexistent/split.json", 3)
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL after a round."""
+
+
+def test_resume_refuses_a_partition_file_changed_since_the_run_began(tmp_path, monkeypatch):
+    import server.simulate
+    from clients.client_app import app as client_app
+    from server.local_grid import LocalGrid
+    from server.server_app import run_federation
+
+    sc = load_scenario(_write(tmp_path / "exp"))
+    out = tmp_path / "run"
+
+    def kill(entry: dict) -> None:
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        run_federation(LocalGrid(client_app, 3), sc, out, on_round=kill, client_state_dir=out / "client-state")
+    assert json.loads((out / "partition-file.json").read_text())["sha256"] == cd.data_key(sc)[-1]
+    (tmp_path / "exp" / "split.json").write_text(json.dumps(_client(0, test=[1, 2])))
+    result = CliRunner().invoke(main, ["run", "--resume", str(out), "--quiet"])
+    assert result.exit_code == 2 and "changed since the run began" in result.output, result.output
+    assert not (out / "summary.json").exists()
+    (tmp_path / "exp" / "split.json").write_text(json.dumps(SPLIT))  # restored: the resume goes on
+    monkeypatch.setattr(server.simulate, "simulate", _fake_simulate)
+    result = CliRunner().invoke(main, ["run", "--resume", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0 and (out / "summary.json").is_file(), result.output
