@@ -38,11 +38,13 @@ _MAX_INDEX = 2**62  # no pool is this large; keeps every index inside int64
 
 
 def _name(path: str | Path) -> str:
+    """How messages name the file."""
     return f"partition-file {str(path)!r}"
 
 
 @lru_cache(maxsize=8)
 def _digest(path: str, mtime_ns: int, size: int) -> str:
+    """SHA-256 of the file's bytes, cached per (path, mtime, size)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
@@ -56,6 +58,7 @@ def file_digest(path: str | Path) -> str:
 
 
 def _read_json(path: Path) -> Any:
+    """The parsed file; ScenarioError when missing, unreadable or not JSON."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -91,6 +94,7 @@ def _indices(value: Any, where: str) -> np.ndarray:
 
 
 def _client(entry: Any, k: int, name: str) -> ClientSplit:
+    """Client k's entry as a ClientSplit, after its own checks (all but the ranges)."""
     where = f"{name}: client {k}"
     if not isinstance(entry, dict):
         raise ScenarioError(f"{where} must be an object with train, val and test; got {type(entry).__name__}")
