@@ -90,7 +90,11 @@ def _resumable(run_dir: Path) -> dict:
         raise ScenarioError(f"--resume: the run in {str(run_dir)!r} already finished (it has summary.json)")
     if not (run_dir / "checkpoint.pt").is_file():
         raise ScenarioError(f"--resume: {str(run_dir)!r} has no checkpoint.pt: no round of a fedlth run finished there")
-    return load_scenario(run_dir / "scenario.toml")
+    from fedlth.partition_file import check_unchanged
+
+    sc = load_scenario(run_dir / "scenario.toml")
+    check_unchanged(sc, run_dir)
+    return sc
 
 
 @main.command()
@@ -216,15 +220,9 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
 
 def _check_data(sc: dict) -> None:
     """Load the data and build the partitions up front, so bad settings fail before any work."""
-    from fedlth.client_data import client_data
-    from fedlth.data import DatasetUnavailableError
+    from fedlth.client_data import check_data_settings
 
-    try:
-        client_data(sc, 0)
-    except DatasetUnavailableError as exc:
-        raise ScenarioError(str(exc)) from None
-    except ValueError as exc:
-        raise ScenarioError(f"data settings: {exc}") from None
+    check_data_settings(sc)
     from server.simulate import backend_config
 
     try:

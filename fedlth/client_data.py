@@ -26,14 +26,19 @@ import torch
 from torch import Tensor
 
 from fedlth import partition as partition_module
+from fedlth import partition_file
 from fedlth.data import ArrayData, _read_npz, _save_npz_atomic, default_cache_dir, load_dataset
 from fedlth.partition import ClientSplit, partition
+from fedlth.partition_file import load_partition_file, read_partition_file
+from fedlth.scenario import ScenarioError
 
 # The scenario keys that decide a client's data; everything else may change freely.
 DATA_KEYS = (
     "dataset", "data-path", "seed", "partition", "num-clients", "alpha", "classes-per-client",
-    "shards-per-client", "val-fraction",
+    "shards-per-client", "val-fraction", "partition-file",
 )
+# A data key is DATA_KEYS' values and the partition file's content hash ("" without one).
+_KEY_NAMES = (*DATA_KEYS, "partition-file-sha256")
 PARTITION_CACHE_FORMAT = 1
 _PARTS = ("train", "val", "test")
 
@@ -69,6 +74,7 @@ def _scenario_dataset(sc: dict[str, Any]) -> ArrayData:
 def _partition_code() -> str:
     """What partitions depend on besides the data and the keys: our code and the partitioner's."""
     h = hashlib.sha256(Path(partition_module.__file__).read_bytes())
+    h.update(Path(partition_file.__file__).read_bytes())
     for dist in ("flwr-datasets", "datasets"):
         try:
             h.update(f"{dist}={metadata.version(dist)}".encode())
@@ -92,7 +98,7 @@ def _data_fingerprint(data: ArrayData) -> str:
 
 def _partition_file(key: tuple[Any, ...], data: ArrayData) -> Path:
     spec = json.dumps(
-        {"format": PARTITION_CACHE_FORMAT, "keys": dict(zip(DATA_KEYS, key, strict=True)), "code": _partition_code(),
+        {"format": PARTITION_CACHE_FORMAT, "keys": dict(zip(_KEY_NAMES, key, strict=True)), "code": _partition_code(),
          "data": _data_fingerprint(data)},
         sort_keys=True, default=str,
     )
@@ -118,26 +124,56 @@ def _unpack(arrays: dict[str, np.ndarray], n: int) -> tuple[ClientSplit, ...] | 
 
 @lru_cache(maxsize=4)
 def _splits(key: tuple[Any, ...]) -> tuple[ClientSplit, ...]:
-    sc = dict(zip(DATA_KEYS, key, strict=True))
+    sc = dict(zip(_KEY_NAMES, key, strict=True))
     data = _dataset(sc["dataset"], sc["data-path"])
     file = _partition_file(key, data)
     arrays = _read_npz(file, tuple(k for p in _PARTS for k in (p, f"{p}_offsets")))
     cached = _unpack(arrays, sc["num-clients"]) if arrays is not None else None
     if cached is not None:
         return cached
-    splits = partition(
-        data, sc["partition"], sc["num-clients"], seed=sc["seed"], alpha=sc["alpha"],
-        classes_per_client=sc["classes-per-client"], shards_per_client=sc["shards-per-client"],
-        val_fraction=sc["val-fraction"],
-    )
+    splits = _compute_splits(sc, data)
     with contextlib.suppress(OSError):  # a read-only cache only costs the next process the same work
         _save_npz_atomic(file, _pack(splits))
     return tuple(splits)
 
 
+def _compute_splits(sc: dict[str, Any], data: ArrayData) -> tuple[ClientSplit, ...]:
+    """The scenario's partitions, read from its partition file or made by a partitioner."""
+    if sc["partition"] == partition_file.METHOD:
+        return load_partition_file(sc["partition-file"], sc["num-clients"], len(data.y_train), len(data.y_test))
+    return tuple(partition(
+        data, sc["partition"], sc["num-clients"], seed=sc["seed"], alpha=sc["alpha"],
+        classes_per_client=sc["classes-per-client"], shards_per_client=sc["shards-per-client"],
+        val_fraction=sc["val-fraction"],
+    ))
+
+
 def data_key(sc: dict[str, Any]) -> tuple[Any, ...]:
-    """The part of a scenario that fixes the partitions."""
-    return tuple(sc[k] for k in DATA_KEYS)
+    """The part of a scenario that fixes the partitions (with the partition file's content hash)."""
+    digest = partition_file.file_digest(sc["partition-file"]) if sc["partition"] == partition_file.METHOD else ""
+    return (*(sc[k] for k in DATA_KEYS), digest)
+
+
+def scenario_splits(sc: dict[str, Any]) -> tuple[ClientSplit, ...]:
+    """Every client's train / val / test indices under the scenario's partition."""
+    return _splits(data_key(sc))
+
+
+def check_data_settings(sc: dict[str, Any]) -> None:
+    """Partition file (checks that need no data first), then dataset and partitions, up front:
+    bad settings raise ScenarioError before any training, and write no partition cache."""
+    from fedlth.data import DatasetUnavailableError
+
+    if sc["partition"] == partition_file.METHOD:
+        read_partition_file(sc["partition-file"], sc["num-clients"])
+    try:
+        client_data(sc, 0)
+    except ScenarioError:
+        raise
+    except DatasetUnavailableError as exc:
+        raise ScenarioError(str(exc)) from None
+    except ValueError as exc:
+        raise ScenarioError(f"data settings: {exc}") from None
 
 
 def sensitive_features(sc: dict[str, Any]) -> tuple[str, ...]:
@@ -169,4 +205,4 @@ def client_data(sc: dict[str, Any], partition_id: int) -> ClientData:
     n = sc["num-clients"]
     if not 0 <= partition_id < n:
         raise ValueError(f"partition id {partition_id} is out of range; allowed: 0 <= id < {n}")
-    return split_tensors(_scenario_dataset(sc), _splits(data_key(sc))[partition_id])
+    return split_tensors(_scenario_dataset(sc), scenario_splits(sc)[partition_id])

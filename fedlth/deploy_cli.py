@@ -118,7 +118,7 @@ def commands(address: str, nodes: int, certs_dir: Path | None, insecure: bool, n
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
 def export_data(scenario: Path, out: Path, overrides: tuple[str, ...]) -> None:
     """Write every client's partition as OUT/client-<i>.npz, a device's `data-file` (needs the sim extra)."""
-    from fedlth.client_data import client_data
+    from fedlth.client_data import check_data_settings, client_data
     from fedlth.io import OutputError, check_out_dir
     from fedlth.local_data import save_local_data
     from fedlth.scenario import ScenarioError, load_scenario
@@ -126,6 +126,7 @@ def export_data(scenario: Path, out: Path, overrides: tuple[str, ...]) -> None:
     try:
         sc = load_scenario(scenario, overrides)
         check_out_dir(out)
+        check_data_settings(sc)  # a bad partition file or data setting writes nothing
     except (ScenarioError, OutputError) as exc:
         _fail(str(exc))
     for i in range(sc["num-clients"]):

@@ -59,7 +59,7 @@ def _choice(default: str, choices: Iterable[str], help: str) -> Key:
 DATASET_NAMES = ("mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifar10", "femnist", "adult")
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
-PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id")
+PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "file")
 ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket")
 
 KEYS: dict[str, Key] = {
@@ -70,7 +70,8 @@ KEYS: dict[str, Key] = {
     "dataset": _choice("mnist1d", DATASET_NAMES, "Dataset by name."),
     "data-path": Key(str, "", "Folder with local files for datasets that need them (adult)."),
     "val-fraction": _float(0.2, "Share of each training pool held out for validation.", 0.0, 1.0, lo_open=True, hi_open=True),
-    "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients."),
+    "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients (file: as partition-file says)."),
+    "partition-file": Key(str, "", "partition = file: JSON {\"clients\": [{\"train\": [...], \"val\": [...], \"test\": [...]}, ...]}, client k = partition id k; train/val index the train pool, test the test pool. A relative path is read from the scenario file's folder."),
     "num-clients": _int(1, None, "Number of clients (federated runs).", 10),
     "alpha": _float(0.5, "Dirichlet concentration (partition = dirichlet).", 0.0, None, lo_open=True),
     "classes-per-client": _int(1, None, "Labels per client (partition = pathological).", 2),
@@ -160,6 +161,12 @@ def check_cross(sc: dict[str, Any]) -> None:
     """Rules between keys."""
     if sc["prune-end"] <= sc["prune-start"]:
         raise ScenarioError(f"key 'prune-end' is {sc['prune-end']}; allowed: greater than prune-start ({sc['prune-start']})")
+    if (sc["partition"] == "file") != bool(sc["partition-file"]):
+        raise ScenarioError(
+            "key 'partition' is 'file' but 'partition-file' is empty; allowed: a path to the JSON partition file"
+            if sc["partition"] == "file"
+            else f"key 'partition-file' is set but partition is {sc['partition']!r}; allowed: partition = \"file\", or no partition-file"
+        )
     if sc["clients-per-round"] > sc["num-clients"]:
         raise ScenarioError(
             f"key 'clients-per-round' is {sc['clients-per-round']}; allowed: at most num-clients ({sc['num-clients']})"
@@ -232,6 +239,21 @@ def resolve(values: Mapping[str, Any], overrides: Iterable[str] = (), source: st
     return out
 
 
+# Keys naming a file: a relative path in a scenario file is read from that file's folder, one
+# given with --set from the current folder; load_scenario stores them absolute.
+PATH_KEYS = ("partition-file",)
+
+
+def anchor_paths(values: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """`values` with relative PATH_KEYS made absolute from `folder` (and ~ expanded)."""
+    out = dict(values)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value:
+            out[key] = str(folder.absolute() / Path(value).expanduser())
+    return out
+
+
 def load_scenario(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Read, merge and validate a scenario file; raises ScenarioError with one clear message."""
     path = Path(path)
@@ -244,7 +266,8 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, 
     nested = [k for k, v in values.items() if isinstance(v, dict)]
     if nested:
         raise ScenarioError(f"{path}: tables are not allowed ({', '.join(nested)}); use flat kebab-case keys")
-    resolved = resolve(values, overrides, source=str(path))
+    values = anchor_paths(values, path.parent)
+    resolved = anchor_paths(resolve(values, overrides, source=str(path)), Path.cwd())
     if not resolved["name"]:
         resolved["name"] = path.stem
     return resolved

@@ -20,6 +20,7 @@ from flwr.supercore import log
 from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fedlth.partition_file import RECORD_NAME, partition_file_record
 from fedlth.plots import plot_federated
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
@@ -127,6 +128,7 @@ def run_federation(
     torch.manual_seed(sc["seed"])
     alg = get_algorithm(sc["algorithm"])
     shape, classes = dataset_info(sc)
+    split_file = partition_file_record(sc)  # which exact split the run used (file partitions)
     # the re-init control's fresh init: the same model under another seed
     fresh = initial_weights(sc | {"seed": sc["seed"] + 1}, shape, classes) if sc["ticket-control"] == "reinit" else None
     strategy = TicketStrategy(sc, initial_weights(sc, shape, classes), model_names(sc, shape, classes), fresh)
@@ -149,6 +151,8 @@ def run_federation(
         raise RuntimeError(f"{len(strategy.node_of)} of {sc['num-clients']} nodes identified themselves")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "scenario.toml", to_toml(sc))
+    if split_file is not None and not resume:  # a resume checks the file still has this content
+        write_json_atomic(out / RECORD_NAME, split_file)
     metrics_path = out / "metrics.jsonl"
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
@@ -171,6 +175,8 @@ def run_federation(
             on_round(entry)
     summary = summarize(sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start)
     summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
+    if split_file is not None:
+        summary["partition_file"] = split_file
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "report.md", report_markdown(sc, summary))
     torch.save({"global": strategy.global_weights, "masks": strategy.masks}, out / "server_state.pt")

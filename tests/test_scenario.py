@@ -24,12 +24,13 @@ def test_registries_match_the_names_the_validator_allows():
     from fedlth.data import DATASETS
     from fedlth.models import MODELS
     from fedlth.partition import PARTITIONERS
+    from fedlth.partition_file import METHOD
     from fedlth.pruning import PRUNERS
 
     assert set(sc_mod.DATASET_NAMES) == set(DATASETS)
     assert set(sc_mod.MODEL_NAMES) == set(MODELS)
     assert set(sc_mod.PRUNER_NAMES) == set(PRUNERS)
-    assert set(sc_mod.PARTITION_NAMES) == set(PARTITIONERS)
+    assert set(sc_mod.PARTITION_NAMES) == {*PARTITIONERS, METHOD}  # flwr-datasets' and "file"
 
 
 @pytest.mark.parametrize(
