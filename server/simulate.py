@@ -85,7 +85,20 @@ def simulate(
     sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False
 ) -> None:
     """Run the scenario on `num-clients` simulated SuperNodes; outputs land in `out`
-    (resume: continue the killed run in `out` from its last checkpoint)."""
+    (resume: continue the killed run in `out` from its last checkpoint).
+
+    backend = ray: Flower's simulation engine (clients in parallel, Ray clusters);
+    backend = inprocess: the same ServerApp loop and ClientApp, driven in this process through
+    Flower's Grid interface (server.local_grid), one client after another, with no Ray start.
+    """
+    if sc["backend"] == "inprocess":
+        from clients.client_app import app as client_app
+        from server.local_grid import LocalGrid
+        from server.server_app import run_federation
+
+        grid = LocalGrid(client_app, sc["num-clients"])
+        run_federation(grid, sc, out, on_round, resume=resume, client_state_dir=out / "client-state")
+        return
     config = backend_config(sc)  # bad compute settings fail here, before Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
