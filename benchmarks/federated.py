@@ -20,9 +20,11 @@ from common import machine, pm, results_dir  # noqa: E402
 ROOT = Path(__file__).parent.parent
 OUT = results_dir()
 WORKLOADS = {"w1": "scenarios/w1-pathological-mnist1d.toml", "w3": "scenarios/w3-dirichlet-mnist1d.toml"}
-ST = "shared-ticket:wire-dtype=float16"
-# the recommended rule, its two winning-ticket controls, and the strong baselines
-ALL = f"local,fedavg-ft,{ST},{ST}:server-pruner=random,{ST}:ticket-control=reinit"
+PT = "personal-ticket:wire-dtype=float16:target-density=0.3:upload-density=0.5"
+ST = "shared-ticket:wire-dtype=float16:target-density=0.3"
+# the strong baselines, the recommended rule, and the shared-mask rule it was measured against
+ALL = f"local,fedavg-ft,{PT},{ST}"
+CONTROLS = ("random-mask", "reinit")  # re-made from each personal-ticket run's final global model
 GOALS = {"w1": (0.96, 0.80), "w3": (0.87, 0.66)}  # issue 11: mean, worst-10 %
 
 
@@ -47,6 +49,42 @@ def _fedavg_row(rows: dict[str, dict], runs: Path, seeds: list[int]) -> dict | N
     }
 
 
+def _scores(per_client: dict) -> tuple[float, float]:
+    accs = sorted(m["accuracy"] for m in per_client.values())
+    k = max(1, len(accs) // 10)
+    return statistics.fmean(accs), statistics.fmean(accs[:k])
+
+
+def _control_rows(rows: dict[str, dict], runs: Path, seeds: list[int], sc: dict) -> list[dict]:
+    """The winning-ticket controls of personal-ticket on the very same federations: each
+    client's ticket re-made from the run's final global model with a random mask of the same
+    per-layer counts, or with the ticket's mask on a fresh init, retrained alike."""
+    from fedlth.compare import parse_variant
+    from fedlth.reevaluate import repersonalize
+    from fedlth.scenario import resolve
+
+    if PT not in rows:
+        return []
+    alg, overrides = parse_variant(PT)
+    out = []
+    for control in CONTROLS:
+        acc, worst, dens = [], [], []
+        for seed in seeds:
+            run_sc = resolve(sc | {"algorithm": alg, "seed": seed, "ticket-control": control}, overrides)
+            print(f"== {PT} {control} control, seed {seed}", flush=True)
+            per_client = repersonalize(runs / PT.replace(":", "_").replace("=", "-") / f"seed-{seed}", run_sc)
+            m, w = _scores(per_client)
+            acc.append(m)
+            worst.append(w)
+            dens.append(statistics.fmean(x["density"] for x in per_client.values()))
+        base = rows[PT]
+        out.append(base | {
+            "algorithm": f"{PT} — {control} control", "personalized": pm(acc), "worst10": pm(worst), "density": f"{statistics.fmean(dens):.3f}",
+            "raw": base["raw"] | {"personalized": acc, "worst10": worst, "density": dens},
+        })
+    return out
+
+
 def targets(rows: dict[str, dict], workload: str) -> list[str]:
     """Issue 11's targets, each with its measured verdict."""
     goal_mean, goal_worst = GOALS[workload]
@@ -56,7 +94,7 @@ def targets(rows: dict[str, dict], workload: str) -> list[str]:
 
     bases = [b for b in ("local", "fedavg-ft") if b in rows]
     lines = []
-    for alg in [a for a in rows if a.startswith(ST)]:
+    for alg in [a for a in rows if a in (PT, ST)]:
         m, w, d, up = mean(alg, "personalized"), mean(alg, "worst10"), mean(alg, "density"), mean(alg, "upload_ratio")
         beat = all(m > mean(b, "personalized") and w > mean(b, "worst10") for b in bases)
         lines.append(
@@ -73,7 +111,7 @@ def main() -> None:
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="w1")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--algorithms", default=ALL)
-    ap.add_argument("--set", dest="overrides", action="append", default=["eval-every=0"])
+    ap.add_argument("--set", dest="overrides", action="append", default=["eval-every=0", "backend=inprocess"])
     ap.add_argument("--tag", default="", help="Suffix of the result files, for variant runs (e.g. finetune).")
     a = ap.parse_args()
     from fedlth.compare import compare
@@ -89,15 +127,16 @@ def main() -> None:
     res = compare(sc, algs, seeds, runs, lambda s, d: simulate(s, d), on_run=lambda alg, s: print(f"== {alg} seed {s}", flush=True))
     rows = {r["algorithm"]: r for r in res["rows"]}
     fedavg = _fedavg_row(rows, runs, seeds)
+    controls = _control_rows(rows, runs, seeds, sc)
     base_file = OUT / f"federated_{a.workload}.json"
     if a.tag and base_file.is_file():
         # a variant run is judged against the baselines of the main run of the same workload
         for r in json.loads(base_file.read_text())["rows"]:
             rows.setdefault(r["algorithm"], r)
     table = res["table"]
-    if fedavg is not None:
-        keys = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_vs_fedavg", "epochs", "wall_s"]
-        table += "\n| " + " | ".join(str(fedavg[k]) for k in keys) + " |"
+    keys = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_vs_fedavg", "epochs", "wall_s"]
+    for extra in [r for r in (fedavg, *controls) if r is not None]:
+        table += "\n| " + " | ".join(str(extra[k]) for k in keys) + " |"
     cmd = f"python benchmarks/federated.py --workload {a.workload} --seeds {a.seeds} --algorithms {a.algorithms}" + "".join(f" --set {o}" for o in a.overrides) + (f" --tag {a.tag}" if a.tag else "")
     md = [
         f"# Federated tickets on {a.workload.upper()} ({WORKLOADS[a.workload]})",
@@ -121,7 +160,8 @@ def main() -> None:
     ]
     OUT.mkdir(exist_ok=True)
     (OUT / f"federated_{name}.md").write_text("\n".join(md))
-    (OUT / f"federated_{name}.json").write_text(json.dumps({"command": cmd, "rows": res["rows"]}, indent=1))
+    extras = [r for r in (fedavg, *controls) if r is not None]
+    (OUT / f"federated_{name}.json").write_text(json.dumps({"command": cmd, "rows": res["rows"] + extras}, indent=1))
     print("\n".join(md))
 
 

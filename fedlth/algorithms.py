@@ -24,7 +24,7 @@ from fedlth.masks import (
     prunable_names,
 )
 from fedlth.models import bn_pairs, build_model
-from fedlth.pruning import get_pruner
+from fedlth.pruning import get_pruner, random_mask_like
 from fedlth.robustness import pgd_adversarial_examples
 from fedlth.training import TrainConfig, evaluate, train_
 
@@ -383,11 +383,16 @@ def sparse_upload_train(received: Weights | None, state: ClientState, ctx: Ctx) 
 def personal_ticket(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
     """The client's ticket: the global model fine-tuned on local data, pruned to
     `target-density` by global magnitude, then retrained inside that mask; epochs and learning
-    rate chosen on validation at both stages."""
+    rate chosen on validation at both stages. `ticket-control` swaps in the winning-ticket
+    controls: a random mask with the same per-layer counts, or the mask on a fresh init."""
     assert received is not None
     sc = ctx.sc
     warm, _ = _finetune(ctx, received, None, epochs=sc["ticket-warmup-epochs"], lrs=(sc["lr"],))
     mask = get_pruner("magnitude-global")(warm, _ones(ctx), 1.0 - sc["target-density"])
+    if sc["ticket-control"] == "random-mask":  # same count per layer, positions at random
+        mask = random_mask_like(mask, ctx.generator)
+    if sc["ticket-control"] == "reinit":  # same mask, weights from a fresh random init
+        warm = initial_weights(sc | {"seed": sc["seed"] + 1}, ctx.data.input_shape, ctx.data.num_classes)
     weights, info = personal_finetune(ctx, apply_mask(warm, mask), mask)
     return weights, info | {"finetune-epochs-run": info["finetune-epochs-run"] + sc["ticket-warmup-epochs"], "density": density(mask)}
 

@@ -55,3 +55,29 @@ def reevaluate(run_dir: Path, sc: dict[str, Any]) -> dict[str, Any]:
         metrics |= run_evaluators(evaluators, net, EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test))
         per_client[pid] = metrics
     return {"evaluators": sc["evaluators"], "per_client": per_client, "summary": evaluation_summary(per_client)}
+
+
+def repersonalize(run_dir: Path, sc: dict[str, Any]) -> dict[int, dict[str, float]]:
+    """Every client's personal model made again from the run's final global model, exactly as
+    the clients received it (through the wire), under `sc` (the run's scenario with, say,
+    another `ticket-control`): the winning-ticket controls on the very same federation."""
+    import torch
+
+    from fedlth.algorithms import ClientState, evaluate_client, get_algorithm
+    from fedlth.records import decode_record, encode_record
+
+    alg = get_algorithm(sc["algorithm"])
+    if not (alg.has_global or alg.server_mask):
+        raise RunDirError(f"{sc['algorithm']} keeps personal models only on its clients; nothing to re-personalize")
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["strategy"]
+    shared = state.get("shared_mask") if alg.server_mask else None
+    glob = state["global"]
+    received, mask = decode_record(
+        encode_record(glob, shared, with_shapes=False, wire_dtype=sc["wire-dtype"]),
+        {k: tuple(v.shape) for k, v in glob.items()}, {k: v.dtype for k, v in glob.items()},
+    )
+    out: dict[int, dict[str, float]] = {}
+    for pid in range(sc["num-clients"]):
+        ctx = Ctx(sc, client_data(sc, pid), pid, sc["rounds"])  # the last round's generator
+        out[pid] = evaluate_client(alg, received, ClientState(mask=mask or None), ctx)
+    return out

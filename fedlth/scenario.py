@@ -118,7 +118,7 @@ KEYS: dict[str, Key] = {
     "prune-start": _int(0, None, "shared-ticket: the shared mask stays dense through this round.", 30),
     "prune-end": _int(1, None, "shared-ticket: the shared mask reaches target-density after this round (cubic schedule in between).", 50),
     "server-pruner": _choice("magnitude-global", ("magnitude-global", "magnitude-layer", "random"), "shared-ticket: how the server prunes the aggregated model (random: the random-mask control)."),
-    "ticket-control": _choice("none", ("none", "reinit"), "shared-ticket: reinit = the re-init control (at prune-end, the kept weights restart from a fresh random init)."),
+    "ticket-control": _choice("none", ("none", "random-mask", "reinit"), "The winning-ticket controls. personal-ticket: random-mask (same per-layer counts at random positions) or reinit (the ticket's mask on a fresh random init), each retrained like the ticket. shared-ticket: reinit (at prune-end the kept weights restart from a fresh init); its random-mask control is server-pruner = random."),
     "upload-density": _float(0.3, "personal-ticket: share of each prunable layer's weights a client uploads (those that changed most in its round).", 0.0, 1.0, lo_open=True),
     "ticket-warmup-epochs": _int(0, None, "personal-ticket: epochs of fine-tuning (validation-best) before a client prunes its ticket.", 5),
     "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),

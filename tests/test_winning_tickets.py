@@ -176,3 +176,30 @@ def test_personal_ticket_uploads_a_sparse_share_and_ends_at_its_density(tmp_path
     assert all(abs(m["upload-density"] - 0.25) < 0.01 for r in rounds for m in r["train"].values())
     assert all(abs(d - 0.3) < 0.01 for d in summary["density"]["per_client"].values())
     assert summary["personalized_accuracy"]["mean"] > 0.5
+
+
+def test_personal_ticket_controls_keep_the_per_layer_counts():
+    sc = resolve(BASE | {"algorithm": "personal-ticket", "target-density": 0.3, "finetune-epochs": 1, "ticket-warmup-epochs": 1})
+    ctx = Ctx(sc, client_data(sc, 0), 0, 6)
+    glob = initial_weights(sc, *dataset_info(sc))
+    alg = get_algorithm("personal-ticket")
+    out = {c: alg.personal(glob, ClientState(), replace(ctx, sc=sc | {"ticket-control": c}))[0] for c in ("none", "random-mask", "reinit")}
+    names = [k for k in glob if k.endswith("weight") and glob[k].dim() > 1]
+    kept = {c: {k: int((w[k] != 0).sum()) for k in names} for c, w in out.items()}
+    assert kept["none"] == kept["random-mask"] == kept["reinit"]
+    assert any(not torch.equal(out["none"][k] != 0, out["random-mask"][k] != 0) for k in names)
+    assert all(torch.equal(out["none"][k] != 0, out["reinit"][k] != 0) for k in names)
+
+
+def test_repersonalize_reproduces_the_run_then_swaps_in_a_control(tmp_path):
+    from fedlth.reevaluate import repersonalize
+
+    sc = resolve(BASE | {
+        "algorithm": "personal-ticket", "rounds": 2, "wire-dtype": "float16", "finetune-epochs": 2, "ticket-warmup-epochs": 1,
+    })
+    run_federation(LocalGrid(client_app, sc["num-clients"]), sc, tmp_path / "run")
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])["evaluate"]
+    again = repersonalize(tmp_path / "run", sc)
+    assert {pid: m["accuracy"] for pid, m in again.items()} == {int(p): m["accuracy"] for p, m in last.items()}
+    control = repersonalize(tmp_path / "run", sc | {"ticket-control": "random-mask"})
+    assert all(abs(m["density"] - again[p]["density"]) < 1e-9 for p, m in control.items())
