@@ -65,7 +65,6 @@ class TicketStrategy(Strategy):
         # what the last call of each phase saw, for the run log
         self.train_log: dict[int, dict[str, Any]] = {}
         self.eval_log: dict[int, dict[str, Any]] = {}
-        self.rejected: list[dict[str, Any]] = []
         self.eval_missing: list[int] = []  # clients asked to evaluate that sent no valid score
         self._eval_expected: set[int] = set()
         self._send_ticket = False
@@ -197,8 +196,8 @@ class TicketStrategy(Strategy):
         self._advance()
 
     def _advance(self) -> None:
-        """Fold every update whose lower client ids are all settled; the first round's wait for
-        the round's median (see open_round) and are folded once the last client is settled."""
+        """Fold every update whose lower client ids are all settled. Updates held for want of a
+        median (see open_round) are folded, in client-id order, once the last client is settled."""
         while self._next < len(self._expected) and self._expected[self._next] in self._waiting:
             pid = self._expected[self._next]
             update = self._waiting.pop(pid)
@@ -208,17 +207,18 @@ class TicketStrategy(Strategy):
         if self._held and self._next == len(self._expected):
             self._reference = statistics.median(self.declared.values())
             for pid, update in self._held:
-                self._fold_update(pid, update)
+                self.train_log[pid]["weight"] = self._fold_update(pid, update)
             self._held = []
 
     def _accept(self, pid: int, update: Update) -> None:
         """Fold (or hold) one update, or reject it; an accepted one's metrics and mask are kept."""
+        weight = None
         try:
             if self._reference is None and self.sc["example-cap"] > 0:
                 validate_update(self.global_weights, update, client=pid)
                 self._held.append((pid, update))
             else:
-                self._fold_update(pid, update)
+                weight = self._fold_update(pid, update)
         except ValueError as exc:
             metrics = self._metrics.pop(pid, {})
             self._reject(pid, self.node_of.get(pid, -1), str(exc), nbytes=metrics.get("upload_bytes", 0),
@@ -227,22 +227,25 @@ class TicketStrategy(Strategy):
         self.accepted.append(pid)
         self.declared.setdefault(pid, update.num_examples)
         self.train_log[pid] = self._metrics.pop(pid)
+        if weight is not None:
+            self.train_log[pid]["weight"] = weight
         if self.alg.masked:
             self.masks[pid] = update.mask
 
-    def _fold_update(self, pid: int, update: Update) -> None:
-        """Add the update, at its bounded weight, to the running mean (or the robust rule's list)."""
+    def _fold_update(self, pid: int, update: Update) -> int:
+        """Add the update, at its bounded weight, to the running mean (or the robust rule's list);
+        the weight it got."""
         n = self.weight_of(pid, update.num_examples)
         if n != update.num_examples:
             log(WARNING, "round %s: client %s declares %s examples; weighted as %s (example-cap)",
                 self.round, pid, update.num_examples, n)
-        self._metrics.get(pid, self.train_log.get(pid, {}))["weight"] = n
         update = Update(update.weights, update.mask, n)
         if self._stream is not None:
             self._stream.add(update, client=pid)
         else:
             validate_update(self.global_weights, update, client=pid)  # robust rules fold at the end
             self._kept.append(update)
+        return n
 
     def weight_of(self, pid: int, n: int) -> int:
         """A client's weight in the mean: `n`, at most its first accepted count and at most
