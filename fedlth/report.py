@@ -10,7 +10,9 @@ from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
 
 # What every client's evaluation reports; anything else comes from an evaluator.
-BASE_EVAL_KEYS = {"num-examples", "accuracy", "loss", "val-accuracy", "density", "partition-id", "global-accuracy", "download_bytes"}
+BASE_EVAL_KEYS = {
+    "num-examples", "accuracy", "loss", "val-accuracy", "density", "partition-id", "global-accuracy", "download_bytes", "weight",
+}
 
 
 def client_stats(values: Mapping[int, float]) -> dict[str, Any]:
@@ -100,8 +102,9 @@ def summarize(
     glob = None
     if has_global and last:
         scored = [m for m in last.values() if m["num-examples"] > 0]  # 0 * NaN would poison the sum
-        n = sum(m["num-examples"] for m in scored)
-        glob = sum(m["global-accuracy"] * m["num-examples"] for m in scored) / n if n else None
+        weight = [m.get("weight", m["num-examples"]) for m in scored]  # bounded by example-cap (older logs: none)
+        n = sum(weight)
+        glob = sum(m["global-accuracy"] * w for m, w in zip(scored, weight, strict=True)) / n if n else None
     totals = {k: 0 for k in ("upload", "download", "rejected", "dense_fedavg_upload", "dense_fedavg_download")}
     for r in rounds:
         for k in totals:

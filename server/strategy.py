@@ -364,6 +364,7 @@ class TicketStrategy(Strategy):
             except ReplyError as exc:
                 self._reject(pid, node, str(exc), kind=EVALUATE, nbytes=payload_bytes(reply))
         self.eval_missing = sorted(self._eval_expected - set(self.eval_log))
+        self._bound_eval_weights()
         if self.eval_missing:
             log(WARNING, "round %s: no valid evaluation from clients %s; scores are over %d of %d clients",
                 server_round, self.eval_missing, len(self.eval_log), len(self._eval_expected))
@@ -371,6 +372,15 @@ class TicketStrategy(Strategy):
             return None
         accs = [m["accuracy"] for m in self.eval_log.values()]
         return MetricRecord({"accuracy-mean": sum(accs) / len(accs)})
+
+    def _bound_eval_weights(self) -> None:
+        """Each score's weight in example-weighted summaries (global accuracy): its test count, at
+        most example-cap × the median count of this evaluation (all replies are in by now)."""
+        counts = [m["num-examples"] for m in self.eval_log.values() if m["num-examples"] > 0]
+        cap = self.sc["example-cap"]
+        bound = math.floor(cap * statistics.median(counts)) if counts and cap > 0 else None
+        for m in self.eval_log.values():
+            m["weight"] = m["num-examples"] if bound is None else min(m["num-examples"], max(1, bound))
 
     def _score(self, server_round: int, pid: int | None, node: int, reply: Message) -> None:
         """File one evaluation reply; ReplyError when any part of it fails a check."""

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from flwr.app import Array, Context, Error, Message, RecordDict
 
@@ -17,11 +18,14 @@ from clients.client_app import app as client_app
 from fedlth.aggregate import Update, masked_mean
 from fedlth.algorithms import initial_weights
 from fedlth.client_data import dataset_info
+from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.records import decode_record, encode_record
 from fedlth.scenario import resolve
 from fedlth.tickets import load_ticket_file, ticket_path
 from server.local_grid import LocalGrid, Tamper
+from server.replies import EVALUATE, TRAIN, ReplyError, check_metrics
 from server.server_app import run_federation
+from server.strategy import TicketStrategy
 
 BASE = {
     "dataset": "digits", "model": "mlp", "partition": "iid", "num-clients": 3, "clients-per-round": 3,
@@ -347,3 +351,58 @@ def test_query_reply_with_an_out_of_range_partition_is_refused(tmp_path):
     _, rounds = _run(sc, tmp_path, {3: _only("query", _set_metric("partition-id", 7))}, nodes=4)
     (rej,) = rounds[0]["rejected"]
     assert rej["kind"] == "query" and "allowed: 0 .. 2" in rej["reason"]
+
+
+# --- the checks themselves, without a federation ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("metrics", "words"),
+    [
+        ({"partition-id": 0, "num-examples": True}, "expected a number"),
+        ({"partition-id": 0, "num-examples": 2.5}, "'num-examples' is 2.5"),
+        ({"partition-id": -1, "num-examples": 1}, "'partition-id' is -1"),
+        ({"partition-id": 0, "num-examples": 2**41}, "'num-examples'"),
+        ({"partition-id": 0, "num-examples": 1, "gate-accuracy": 1.5}, "'gate-accuracy' is 1.5"),
+        ({"partition-id": 0, "num-examples": 1, "anything": float("inf")}, "not ±Inf"),
+        ({"partition-id": 0, "num-examples": 1, f"{COUNTS_PREFIX}.fair.sex.a.tp": 0.5}, "a whole number"),
+        ({"num-examples": 1}, "lacks partition-id"),
+    ],
+)
+def test_train_metrics_are_checked_one_by_one(metrics, words):
+    with pytest.raises(ReplyError) as err:
+        check_metrics(metrics, TRAIN)
+    assert words in str(err.value)
+
+
+def test_honest_metrics_pass_nan_scores_included_where_there_is_nothing_to_score():
+    check_metrics({"partition-id": 3, "num-examples": 100, "train-loss": float("inf"), "pruned": 1, "density": 0.5}, TRAIN)
+    check_metrics({"partition-id": 3, "num-examples": 0, "accuracy": float("nan"), "density": 1.0,
+                   "loss": float("nan"), "robustness.clean_accuracy": float("nan")}, EVALUATE)
+    with pytest.raises(ReplyError, match="with num-examples = 0"):
+        check_metrics({"partition-id": 3, "num-examples": 0, "accuracy": 1.0, "density": 1.0}, EVALUATE)
+
+
+def test_a_global_accuracy_claimed_over_a_trillion_test_samples_weighs_like_example_cap_medians(tmp_path):
+    sc = _scenario(algorithm="fedavg", **{"save-tickets": False})
+    tamper = {2: _only("evaluate", _both(_set_metric("num-examples", LIE), _set_metric("global-accuracy", 1.0)))}
+    summary, rounds = _run(sc, tmp_path, tamper)
+    ev = rounds[0]["evaluate"]
+    median = statistics.median(m["num-examples"] for m in ev.values())
+    assert ev["2"]["weight"] == int(sc["example-cap"] * median)
+    share = ev["2"]["weight"] / sum(m["weight"] for m in ev.values())
+    others = sum(m["global-accuracy"] * m["weight"] for p, m in ev.items() if p != "2")
+    assert summary["global_accuracy"] == pytest.approx(others / sum(m["weight"] for m in ev.values()) + share)
+    assert share < 0.65
+
+
+def test_the_counts_that_bound_weights_survive_a_checkpoint():
+    sc = _scenario(algorithm="fedavg")
+    strategy = TicketStrategy(sc, initial_weights(sc, *dataset_info(sc)))
+    strategy.declared = {0: 10, 2: 30}
+    again = TicketStrategy(sc, initial_weights(sc, *dataset_info(sc)))
+    again.load_state_dict(strategy.state_dict())
+    assert again.declared == {0: 10, 2: 30}
+    older = {k: v for k, v in strategy.state_dict().items() if k != "declared"}  # a checkpoint from before
+    again.load_state_dict(older)
+    assert again.declared == {}
