@@ -92,7 +92,8 @@ class TicketStrategy(Strategy):
             reason = self._bind(node, reply, online)
             if reason is not None:
                 self._identify_rejected = [r for r in self._identify_rejected if r["node"] != node]
-                self._reject(None, node, reason, kind=QUERY, into=self._identify_rejected, rnd=self.round + 1)
+                self._reject(None, node, reason, kind=QUERY, nbytes=payload_bytes(reply), into=self._identify_rejected,
+                             rnd=self.round + 1)
 
     def _bind(self, node: int, reply: Message, online: set[int]) -> str | None:
         """Bind `node` to the partition its query reply names; why not, or None."""

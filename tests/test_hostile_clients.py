@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, Context, Error, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 
 from clients.client_app import app as client_app
 from fedlth.aggregate import Update, masked_mean
@@ -311,22 +311,32 @@ def test_an_evaluation_that_fails_is_counted_not_averaged_silently(tmp_path):
 
 
 def test_a_node_claiming_a_held_partition_is_refused_and_displaces_nobody(tmp_path):
-    """Nodes 1004 and 1005 join a 3-client federation: one claims partition 0 (held by node 1001),
-    one sends no partition id. Neither is bound; the run equals a run without them."""
+    """Nodes 1004..1006 join a 3-client federation: one claims partition 0 (held by node 1001),
+    one sends no partition id, one sends 4 MB of arrays with its (valid) partition id. None is
+    bound; the run equals a run without them."""
     sc = _scenario(rounds=2, **{"save-tickets": False})
-    tamper = {3: _only("query", _set_metric("partition-id", 0)), 4: _only("query", _drop_metric("partition-id"))}
-    summary, rounds = _run(sc, tmp_path / "hostile", tamper, nodes=5)
+
+    def stuffed(msg: Message, reply: Message) -> Message:
+        reply.content["metrics"]["partition-id"] = 1
+        reply.content["arrays"] = ArrayRecord({"x": Array(np.zeros(1_000_000, dtype=np.float32))})
+        return reply
+
+    tamper = {3: _only("query", _set_metric("partition-id", 0)), 4: _only("query", _drop_metric("partition-id")),
+              5: _only("query", stuffed)}
+    summary, rounds = _run(sc, tmp_path / "hostile", tamper, nodes=6)
     _, clean_rounds = _run(sc, tmp_path / "clean")
-    for entry in rounds:
+    for entry, clean in zip(rounds, clean_rounds, strict=True):
         reasons = {r["node"]: r["reason"] for r in entry["rejected"]}
         assert {r["kind"] for r in entry["rejected"]} == {"query"}
         assert "claims partition 0, which node 1001 holds" in reasons[1004]
         assert "lacks partition-id" in reasons[1005]
-        assert len(entry["rejected"]) == 2  # asked again every round, counted once a round
+        assert "unexpected records in a query reply: ['arrays']" in reasons[1006]
+        assert len(entry["rejected"]) == 3  # asked again every round, counted once a round
+        assert entry["bytes"]["rejected"] >= 4_000_000 and entry["bytes"]["upload"] == clean["bytes"]["upload"]
         assert sorted(entry["train"]) == ["0", "1", "2"]
     assert _same_weights(_global(tmp_path / "hostile"), _global(tmp_path / "clean"))
     assert rounds[-1]["evaluate"] == clean_rounds[-1]["evaluate"]
-    assert summary["rejected_by_kind"] == {"query": 4}
+    assert summary["rejected_by_kind"] == {"query": 6}
 
 
 def test_a_partition_moves_to_a_new_node_only_once_its_node_is_gone(tmp_path):
