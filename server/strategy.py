@@ -369,9 +369,9 @@ class TicketStrategy(Strategy):
         if self.eval_missing:
             log(WARNING, "round %s: no valid evaluation from clients %s; scores are over %d of %d clients",
                 server_round, self.eval_missing, len(self.eval_log), len(self._eval_expected))
-        if not self.eval_log:
+        accs = [m["accuracy"] for m in self.eval_log.values() if not math.isnan(m["accuracy"])]  # NaN: no test data
+        if not accs:
             return None
-        accs = [m["accuracy"] for m in self.eval_log.values()]
         return MetricRecord({"accuracy-mean": sum(accs) / len(accs)})
 
     def _bound_eval_weights(self) -> None:
