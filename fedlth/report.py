@@ -10,7 +10,9 @@ from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
 
 # What every client's evaluation reports; anything else comes from an evaluator.
-BASE_EVAL_KEYS = {"num-examples", "accuracy", "loss", "val-accuracy", "density", "partition-id", "global-accuracy", "download_bytes"}
+BASE_EVAL_KEYS = {
+    "num-examples", "accuracy", "loss", "val-accuracy", "density", "partition-id", "global-accuracy", "download_bytes", "weight",
+}
 
 
 def client_stats(values: Mapping[int, float]) -> dict[str, Any]:
@@ -66,14 +68,22 @@ def evaluation_summary(evaluate: Mapping[Any, Mapping[str, float]]) -> dict[str,
     return out
 
 
-def round_bytes(train: Mapping[int, Mapping[str, Any]], dense_bytes: int) -> dict[str, int]:
-    """Bytes of one training round, and what dense FedAvg would have moved for the same clients."""
+def round_bytes(
+    train: Mapping[int, Mapping[str, Any]], dense_bytes: int, rejected: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, int]:
+    """Bytes of one training round, and what dense FedAvg would have moved for the same clients.
+
+    Uploads count accepted replies only; the payloads of `rejected` replies are counted apart
+    (`rejected`). What the server sent a client whose reply it rejected still counts as download.
+    """
+    sent = [r for r in rejected if "download_bytes" in r]
     n = len(train)
     return {
         "upload": int(sum(m.get("upload_bytes", 0) for m in train.values())),
-        "download": int(sum(m.get("download_bytes", 0) for m in train.values())),
+        "download": int(sum(m.get("download_bytes", 0) for m in train.values()) + sum(r["download_bytes"] for r in sent)),
+        "rejected": int(sum(r.get("bytes", 0) for r in rejected)),
         "dense_fedavg_upload": n * dense_bytes,
-        "dense_fedavg_download": n * dense_bytes,
+        "dense_fedavg_download": (n + len(sent)) * dense_bytes,
     }
 
 
@@ -84,16 +94,21 @@ def summarize(
     evals = [r for r in rounds if r.get("evaluate")]
     last = evals[-1]["evaluate"] if evals else {}
     acc = client_stats({int(pid): m["accuracy"] for pid, m in last.items()})
+    # clients with no valid evaluation reply (silent, failed or rejected) are not in `last`
+    acc["missing_clients"] = max(0, sc["num-clients"] - len(last)) if evals else 0
+    acc["unscored_clients"] += acc["missing_clients"]
+    acc["scored_clients"] = len(last) - (acc["unscored_clients"] - acc["missing_clients"])
     dens = {int(pid): m["density"] for pid, m in last.items()}
     glob = None
     if has_global and last:
         scored = [m for m in last.values() if m["num-examples"] > 0]  # 0 * NaN would poison the sum
-        n = sum(m["num-examples"] for m in scored)
-        glob = sum(m["global-accuracy"] * m["num-examples"] for m in scored) / n if n else None
-    totals = {k: 0 for k in ("upload", "download", "dense_fedavg_upload", "dense_fedavg_download")}
+        weight = [m.get("weight", m["num-examples"]) for m in scored]  # bounded by example-cap (older logs: none)
+        n = sum(weight)
+        glob = sum(m["global-accuracy"] * w for m, w in zip(scored, weight, strict=True)) / n if n else None
+    totals = {k: 0 for k in ("upload", "download", "rejected", "dense_fedavg_upload", "dense_fedavg_download")}
     for r in rounds:
         for k in totals:
-            totals[k] += r["bytes"][k]
+            totals[k] += r["bytes"].get(k, 0)  # logs older than `rejected` lack it
     return {
         "algorithm": sc["algorithm"], "dataset": sc["dataset"], "model": sc["model"], "seed": sc["seed"],
         "rounds": len(rounds), "num_clients": sc["num-clients"], "clients_per_round": sc["clients-per-round"],
@@ -103,9 +118,20 @@ def summarize(
         "bytes": totals,
         "upload_ratio_vs_dense_fedavg": totals["upload"] / totals["dense_fedavg_upload"] if totals["dense_fedavg_upload"] else None,
         "rejected_updates": sum(len(r.get("rejected", [])) for r in rounds),
+        "rejected_by_kind": _by_kind(rounds),
         "evaluation": evaluation_summary(last) if last else None,
         "wall_seconds": wall_seconds,
     }
+
+
+def _by_kind(rounds: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Rejected replies per message kind (query, train, evaluate) over the run."""
+    out: dict[str, int] = {}
+    for r in rounds:
+        for rej in r.get("rejected", []):
+            kind = rej.get("kind", "train")
+            out[kind] = out.get(kind, 0) + 1
+    return out
 
 
 def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
@@ -124,14 +150,15 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| personalized accuracy (mean ± std over clients) | {pct(acc['mean'])} ± {pct(acc['std'])} |",
+        f"| personalized accuracy (mean ± std over {_over(acc, summary['num_clients'])}) | {pct(acc['mean'])} ± {pct(acc['std'])} |",
         f"| worst-10 % clients | {pct(acc['worst10'])} |",
         f"| worst client | {pct(acc['worst'])} |",
         f"| global model accuracy | {pct(summary['global_accuracy'])} |",
         f"| mean density | {summary['density']['mean']:.3f} |" if summary["density"]["mean"] is not None else "| mean density | n/a |",
         f"| upload / download | {b['upload'] / 1e6:.3f} MB / {b['download'] / 1e6:.3f} MB |",
         f"| dense FedAvg upload / download (same clients) | {b['dense_fedavg_upload'] / 1e6:.3f} MB / {b['dense_fedavg_download'] / 1e6:.3f} MB |",
-        f"| rejected updates | {summary['rejected_updates']} |",
+        f"| rejected replies | {summary['rejected_updates']}{_kinds(summary.get('rejected_by_kind') or {})} |",
+        f"| rejected payloads (not in upload) | {b.get('rejected', 0) / 1e6:.3f} MB |",
         f"| wall time | {summary['wall_seconds']:.1f} s |",
         "",
         "Accuracies are each client's personal model on its own test split after the last round; "
@@ -142,6 +169,24 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines + _evaluation_lines(sc, summary.get("evaluation")))
+
+
+def _over(acc: Mapping[str, Any], num_clients: int) -> str:
+    """'all 10 clients', or '8 of 10 clients (1 sent no valid score, 1 had no test data)'."""
+    scored = acc.get("scored_clients", num_clients)
+    if scored == num_clients:
+        return f"all {num_clients} clients"
+    why = []
+    if acc.get("missing_clients"):
+        why.append(f"{acc['missing_clients']} sent no valid score")
+    if acc.get("unscored_clients", 0) - acc.get("missing_clients", 0):
+        why.append(f"{acc['unscored_clients'] - acc.get('missing_clients', 0)} had no test data")
+    return f"{scored} of {num_clients} clients ({', '.join(why)})" if why else f"{scored} of {num_clients} clients"
+
+
+def _kinds(by_kind: Mapping[str, int]) -> str:
+    """' (train 2, evaluate 1)' or ''."""
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(by_kind.items()))})" if by_kind else ""
 
 
 def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None) -> list[str]:

@@ -54,6 +54,11 @@ def _choice(default: str, choices: Iterable[str], help: str) -> Key:
     return Key(str, default, help, choices=tuple(choices))
 
 
+def _off_or_at_least_one(x: float) -> bool:
+    """0 switches a bound off; below 1 it would cut even the median client."""
+    return x == 0 or x >= 1
+
+
 # Names known to the registries are listed here, not imported, so that validating a
 # scenario stays cheap (no torch import) and a registry test keeps the two in step.
 DATASET_NAMES = ("mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifar10", "femnist", "adult")
@@ -140,6 +145,12 @@ KEYS: dict[str, Key] = {
     "min-clients": _int(1, None, "A round aggregates only if at least this many valid updates arrive; else the global model is kept.", 1),
     "round-timeout": _float(3600.0, "Seconds the server waits for a round's replies; late clients are left out of that round.", 0.0, None, lo_open=True),
     "max-update-bytes": _int(0, None, "Reject replies larger than this many bytes (0: twice the dense model's payload).", 0),
+    "example-cap": Key(
+        float, 3.0,
+        "Bounds each client's weight in the mean: its num-examples counts at most as declared in its first accepted "
+        "update, and at most example-cap × the median first-update count of the federation (0: counts as sent, unbounded).",
+        _off_or_at_least_one, "0 (no bound) or a number >= 1",
+    ),
     "node-wait": _float(0.0, "Deployment: before each round, wait up to this many seconds for every client's node to be online (a restarted device rejoins); 0: don't wait.", 0.0),
     # compute
     "device": _choice("auto", ("auto", "cpu", "cuda"), "Where clients train: auto takes CUDA when present."),

@@ -101,14 +101,19 @@ def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: 
     return {
         "round": rnd, "train": train, "rejected": list(strategy.rejected),
         "rejected_updates": len(strategy.rejected), "dropped": list(strategy.dropped), "aggregated": aggregated,
-        "bytes": round_bytes(train, strategy.dense_bytes), "evaluate": None,
+        "bytes": round_bytes(train, strategy.dense_bytes, strategy.rejected), "evaluate": None,
     }
 
 
 def _evaluate_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, entry: dict[str, Any]) -> None:
     messages = strategy.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid)
-    strategy.aggregate_evaluate(rnd, [reply for _, reply in stream_replies(grid, messages, sc["round-timeout"])])
+    # each reply is filed under the node the instruction went to, never the partition it names
+    strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, sc["round-timeout"])))
     entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
+    entry["eval_missing"] = list(strategy.eval_missing)
+    entry["rejected"] = list(strategy.rejected)  # the round's refusals, evaluation replies included
+    entry["rejected_updates"] = len(strategy.rejected)
+    entry["bytes"]["rejected"] = sum(r["bytes"] for r in strategy.rejected)
     entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
     entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import statistics
 from collections.abc import Iterable, Sequence
 from logging import WARNING
 from typing import Any
@@ -18,14 +20,24 @@ from fedlth.algorithms import get_algorithm
 from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
 from fedlth.records import (
     config_to_record,
-    decode_record,
     encode_record,
-    metrics_from_record,
     record_bytes,
     weights_to_record,
 )
 from fedlth.shared_ticket import density_at, reinit_kept, server_prune
 from server.exchange import stream_replies
+from server.replies import (
+    EVALUATE,
+    QUERY,
+    TRAIN,
+    ReplyError,
+    claimed_partition,
+    decode_payload,
+    payload_bytes,
+    reply_metrics,
+)
+
+Reply = Message | tuple[int, Message]  # a bare reply, or (the node its instruction went to, the reply)
 
 
 class TicketStrategy(Strategy):
@@ -51,13 +63,18 @@ class TicketStrategy(Strategy):
         # sent with every message: "run-key" names this run's lineage (a resumed run keeps it),
         # "state-dir" where simulated clients keep their tickets (fedlth run only)
         self.run_config: dict[str, str] = {}
+        # partition id -> num-examples of its first accepted update: its weight never grows past it
+        self.declared: dict[int, int] = {}
+        self._identify_rejected: list[dict[str, Any]] = []  # query replies refused before a round opens
         self.open_round(0, [])
         self.rng = random.Random(sc["seed"])
         self.scenario_record = config_to_record(sc)
         # what the last call of each phase saw, for the run log
         self.train_log: dict[int, dict[str, Any]] = {}
         self.eval_log: dict[int, dict[str, Any]] = {}
-        self.rejected: list[dict[str, Any]] = []
+        self.eval_missing: list[int] = []  # clients asked to evaluate that sent no valid score
+        self._eval_expected: set[int] = set()
+        self._send_ticket = False
         self.sent_bytes: dict[int, int] = {}
         self.tickets: dict[int, tuple[Weights, Mask]] = {}  # the personal tickets sent after the last round
         self.ticket_bytes: dict[int, int] = {}
@@ -66,22 +83,45 @@ class TicketStrategy(Strategy):
 
     def identify(self, grid: Grid, timeout: float) -> None:
         """Ask every node not yet known for its partition id: node ids are random, partition
-        ids are not (a SuperNode restarted without authentication comes back as a new node)."""
-        nodes = sorted(n for n in grid.get_node_ids() if n not in self.pid_of)
+        ids are not (a SuperNode restarted without authentication comes back as a new node).
+
+        A partition stays with the first node bound to it while that node is online: another
+        node claiming it is refused (counted in the next round's `rejected`, kind "query"); a
+        node that left (`grid.get_node_ids()` no longer lists it) hands it to the newcomer.
+        """
+        online = set(grid.get_node_ids())
+        nodes = sorted(n for n in online if n not in self.pid_of)
         if not nodes:
             return
         msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes]
-        for node, reply in stream_replies(grid, msgs, timeout):
-            if reply.has_error():
-                log(WARNING, "node %s did not identify itself: %s", node, reply.error.reason)
-                continue
-            pid = int(reply.content["metrics"]["partition-id"])
-            if pid in self.node_of and self.node_of[pid] != node:
-                # a restarted SuperNode registers under a new node id: the newest one answers
-                log(WARNING, "partition %s is held by nodes %s and %s; using %s", pid, self.node_of[pid], node, node)
-                self.pid_of.pop(self.node_of[pid], None)
-            self.node_of[pid] = node
-            self.pid_of[node] = pid
+        replies = sorted(stream_replies(grid, msgs, timeout), key=lambda pair: pair[0])  # first binding: lowest node id
+        for node, reply in replies:
+            reason = self._bind(node, reply, online)
+            if reason is not None:
+                self._identify_rejected = [r for r in self._identify_rejected if r["node"] != node]
+                self._reject(None, node, reason, kind=QUERY, nbytes=payload_bytes(reply), into=self._identify_rejected,
+                             rnd=self.round + 1)
+
+    def _bind(self, node: int, reply: Message, online: set[int]) -> str | None:
+        """Bind `node` to the partition its query reply names; why not, or None."""
+        try:
+            metrics = reply_metrics(reply, QUERY)
+        except ReplyError as exc:
+            return str(exc)
+        if reply.metadata.src_node_id != node:
+            return f"reply sent by node {reply.metadata.src_node_id}, not by node {node}"
+        pid = int(metrics["partition-id"])
+        if pid >= self.sc["num-clients"]:
+            return f"claims partition {pid}; allowed: 0 .. {self.sc['num-clients'] - 1}"
+        held = self.node_of.get(pid)
+        if held is not None and held != node:
+            if held in online:
+                return f"claims partition {pid}, which node {held} holds"
+            log(WARNING, "partition %s moves from node %s (gone) to node %s", pid, held, node)
+            self.pid_of.pop(held, None)
+        self.node_of[pid] = node
+        self.pid_of[node] = pid
+        return None
 
     def sample(self) -> list[int]:
         """This round's clients: a seeded draw from the sorted partition ids."""
@@ -119,104 +159,150 @@ class TicketStrategy(Strategy):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         """Every client scores its personal ticket (and sends it, after the last round)."""
-        send = int(server_round == self.sc["rounds"] and self.sc["save-tickets"])
-        return self._messages(sorted(self.node_of), server_round, MessageType.EVALUATE, **{"send-ticket": send})
+        self._send_ticket = server_round == self.sc["rounds"] and self.sc["save-tickets"]
+        self._eval_expected = set(self.node_of)
+        self.eval_log, self.eval_missing = {}, []
+        return self._messages(sorted(self.node_of), server_round, MessageType.EVALUATE, **{"send-ticket": int(self._send_ticket)})
 
     # --- replies -------------------------------------------------------------------------------
 
     def open_round(self, server_round: int, pids: Iterable[int]) -> None:
         """Expect replies from `pids`; a fresh running sum (mean) or list (robust rules)."""
         self.round = server_round
-        self.train_log, self.rejected, self.accepted, self.dropped = {}, [], [], []
+        self.train_log, self.accepted, self.dropped = {}, [], []
+        self.rejected, self._identify_rejected = self._identify_rejected, []
         self._expected = sorted(pids)
         self._next = 0  # replies are folded in client-id order: sums are bit-reproducible
         self._seen: set[int] = set()
         self._waiting: dict[int, Update | None] = {}  # replied, not yet folded (None: nothing to fold)
+        self._metrics: dict[int, dict[str, Any]] = {}  # checked metrics, logged once the update is accepted
         mean = self.sc["aggregation"] == "mean"
         self._stream = MaskedMeanStream(self.global_weights) if mean else None
         self._kept: list[Update] = []
+        # the median first-update count the weights are bounded by; None: no client known yet,
+        # so this round's updates wait for the round's own median before they are folded
+        self._reference = statistics.median(self.declared.values()) if self.declared else None
+        self._held: list[tuple[int, Update]] = []
 
     def fold(self, reply: Message, node: int | None = None) -> None:
         """Validate one reply (to the instruction sent to `node`; default: its sender) and fold
         it in as soon as every lower client id is settled."""
         node = reply.metadata.src_node_id if node is None else node
-        if not reply.has_error() and reply.metadata.src_node_id != node:
-            self._reject(self.pid_of.get(node), node, f"reply sent by node {reply.metadata.src_node_id}, not by node {node}")
-            return
         pid = self.pid_of.get(node)
+        if not reply.has_error() and reply.metadata.src_node_id != node:
+            self._reject(pid, node, f"reply sent by node {reply.metadata.src_node_id}, not by node {node}", nbytes=payload_bytes(reply))
+            return
         if pid is None or pid not in self._expected or pid in self._seen:
-            self._reject(pid, node, "reply from a client not sampled this round, or a second reply")
+            self._reject(pid, node, "reply from a client not sampled this round, or a second reply", nbytes=payload_bytes(reply))
             return
         self._seen.add(pid)
-        self._waiting[pid] = self._update_of(pid, node, reply)
+        try:
+            self._waiting[pid] = self._update_of(pid, node, reply)
+        except ReplyError as exc:
+            self._reject(pid, node, str(exc), nbytes=payload_bytes(reply), download=self.sent_bytes.get(pid, 0))
+            self._waiting[pid] = None
         self._advance()
 
     def _advance(self) -> None:
+        """Fold every update whose lower client ids are all settled. Updates held for want of a
+        median (see open_round) are folded, in client-id order, once the last client is settled."""
         while self._next < len(self._expected) and self._expected[self._next] in self._waiting:
             pid = self._expected[self._next]
             update = self._waiting.pop(pid)
             self._next += 1
-            if update is None:
-                continue
-            try:
-                if self._stream is not None:
-                    self._stream.add(update, client=pid)
-                else:
-                    validate_update(self.global_weights, update, client=pid)  # robust rules fold at the end
-                    self._kept.append(update)
-            except ValueError as exc:
-                self._reject(pid, self.node_of.get(pid, -1), str(exc))
-                continue
-            self.accepted.append(pid)
-            if self.alg.masked:
-                self.masks[pid] = update.mask
+            if update is not None:
+                self._accept(pid, update)
+        if self._held and self._next == len(self._expected):
+            self._reference = statistics.median(self.declared.values())
+            for pid, update in self._held:
+                self.train_log[pid]["weight"] = self._fold_update(pid, update)
+            self._held = []
+
+    def _accept(self, pid: int, update: Update) -> None:
+        """Fold (or hold) one update, or reject it; an accepted one's metrics and mask are kept."""
+        weight = None
+        try:
+            if self._reference is None and self.sc["example-cap"] > 0:
+                validate_update(self.global_weights, update, client=pid)
+                self._held.append((pid, update))
+            else:
+                weight = self._fold_update(pid, update)
+        except ValueError as exc:
+            metrics = self._metrics.pop(pid, {})
+            self._reject(pid, self.node_of.get(pid, -1), str(exc), nbytes=metrics.get("upload_bytes", 0),
+                         download=self.sent_bytes.get(pid, 0))
+            return
+        self.accepted.append(pid)
+        self.declared.setdefault(pid, update.num_examples)
+        self.train_log[pid] = self._metrics.pop(pid)
+        if weight is not None:
+            self.train_log[pid]["weight"] = weight
+        if self.alg.masked:
+            self.masks[pid] = update.mask
+
+    def _fold_update(self, pid: int, update: Update) -> int:
+        """Add the update, at its bounded weight, to the running mean (or the robust rule's list);
+        the weight it got."""
+        n = self.weight_of(pid, update.num_examples)
+        if n != update.num_examples:
+            log(WARNING, "round %s: client %s declares %s examples; weighted as %s (example-cap)",
+                self.round, pid, update.num_examples, n)
+        update = Update(update.weights, update.mask, n)
+        if self._stream is not None:
+            self._stream.add(update, client=pid)
+        else:
+            validate_update(self.global_weights, update, client=pid)  # robust rules fold at the end
+            self._kept.append(update)
+        return n
+
+    def weight_of(self, pid: int, n: int) -> int:
+        """A client's weight in the mean: `n`, at most its first accepted count and at most
+        example-cap × the median first count (see the scenario key)."""
+        if self.sc["weighting"] == "uniform":
+            return 1
+        cap = self.sc["example-cap"]
+        if cap <= 0:
+            return n
+        bound = min(n, self.declared.get(pid, n))
+        if self._reference is not None:
+            bound = min(bound, max(1, math.floor(cap * self._reference)))
+        return bound
 
     def _update_of(self, pid: int, node: int, reply: Message) -> Update | None:
-        """The reply as an Update, or None (rejected with a logged reason, or nothing uploaded)."""
-        if reply.has_error():
-            self._reject(pid, node, f"client error: {reply.error.reason}")
-            return None
-        if "metrics" not in reply.content.metric_records:
-            self._reject(pid, node, "no metrics")
-            return None
-        metrics = metrics_from_record(reply.content["metrics"])
-        if int(metrics.get("partition-id", -1)) != pid:
-            self._reject(pid, node, f"claims partition {metrics.get('partition-id')} but node {node} holds {pid}")
-            return None
+        """The reply as an Update, None when the algorithm uploads nothing; ReplyError when it
+        fails a check (every metric, the partition it claims, the payload)."""
+        metrics = reply_metrics(reply, TRAIN)
+        claimed_partition(metrics, pid, node)
         arrays = reply.content.array_records.get("arrays")
         metrics["upload_bytes"] = record_bytes(arrays) if arrays is not None else 0
         metrics["download_bytes"] = self.sent_bytes.get(pid, 0)
-        self.train_log[pid] = metrics
         if not self.alg.uploads:
+            self.train_log[pid] = metrics
             return None
-        if arrays is None or len(arrays) == 0:
-            self._reject(pid, node, "no weights in the reply")
-            return None
-        if metrics["upload_bytes"] > self.max_update_bytes:
-            self._reject(pid, node, f"payload of {metrics['upload_bytes']} bytes exceeds the limit of {self.max_update_bytes}")
-            return None
-        n = metrics.get("num-examples")
-        if not isinstance(n, int | float) or isinstance(n, bool) or not float(n).is_integer() or n <= 0:
-            self._reject(pid, node, f"num-examples must be a whole number > 0; got {n!r}")
-            return None
-        n = int(n)
-        try:
-            weights, mask = decode_record(arrays, self.shapes, self.dtypes)
-        except ValueError as exc:
-            self._reject(pid, node, str(exc))
-            return None
+        n = metrics["num-examples"]
+        if n <= 0:
+            raise ReplyError(f"num-examples must be a whole number > 0; got {n!r}")
+        weights, mask = decode_payload(arrays, self.shapes, self.max_update_bytes, self.dtypes)
         reason = self._check(pid, weights, mask)
         if reason is not None:
-            self._reject(pid, node, reason)
-            return None
-        return Update(weights, mask, 1 if self.sc["weighting"] == "uniform" else n)
+            raise ReplyError(reason)
+        self._metrics[pid] = metrics
+        return Update(weights, mask, int(n))
 
-    def _reject(self, pid: int | None, node: int, reason: str) -> None:
-        log(WARNING, "round %s: rejected the update of client %s (node %s): %s", self.round, pid, node, reason)
-        self.rejected.append({"round": self.round, "client": pid, "reason": reason})
+    def _reject(
+        self, pid: int | None, node: int, reason: str, *, kind: str = TRAIN, nbytes: int = 0, download: int | None = None,
+        into: list[dict[str, Any]] | None = None, rnd: int | None = None,
+    ) -> None:
+        """Log and count a refused reply; its payload bytes are counted apart from uploads."""
+        rnd = self.round if rnd is None else rnd
+        log(WARNING, "round %s: rejected the %s reply of client %s (node %s): %s", rnd, kind, pid, node, reason)
+        entry: dict[str, Any] = {"round": rnd, "kind": kind, "client": pid, "node": node, "reason": reason, "bytes": nbytes}
+        if download is not None:
+            entry["download_bytes"] = download  # sent to a sampled client: still a real download
+        (self.rejected if into is None else into).append(entry)
 
-    def _check(self, pid: int, weights: Weights, mask: Mask) -> str | None:
-        """Why an update can't be aggregated, or None."""
+    def _check(self, pid: int, weights: Weights, mask: Mask, need_mask: bool = True) -> str | None:
+        """Why an update (or a ticket: `need_mask` False) can't be used, or None."""
         ref = self.global_weights
         if set(weights) != set(ref):
             return f"tensor names differ from the model's: {sorted(set(weights) ^ set(ref))}"
@@ -226,9 +312,9 @@ class TicketStrategy(Strategy):
             if w.dtype.is_floating_point and not bool(torch.isfinite(w).all()):
                 return f"tensor {k!r} has NaN or Inf values"
         if self.alg.masked:
-            if not mask:
-                return "no mask"
             old = self.masks.get(pid)
+            if not mask and (need_mask or old is not None):
+                return "no mask"
             if old is not None and (old.keys() != mask.keys() or not is_subset(mask, old)):
                 return "mask revives weights it had pruned"
         # shared-ticket: the mask went out with the subnet this round; the reply may not widen it
@@ -285,8 +371,9 @@ class TicketStrategy(Strategy):
     # --- checkpoints ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue exactly: global weights, known masks, sampler state."""
-        return {"global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate(), "shared_mask": self.shared_mask}
+        """What a resumed run needs to continue exactly: global weights, known masks, sampler state,
+        the example counts that bound each client's weight."""
+        return {"global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate(), "declared": self.declared, "shared_mask": self.shared_mask}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by state_dict()."""
@@ -294,28 +381,59 @@ class TicketStrategy(Strategy):
         self.masks = state["masks"]
         self.shared_mask = state.get("shared_mask")
         self.rng.setstate(rng_state_tuple(state["rng"]))
+        self.declared = {int(k): int(v) for k, v in state.get("declared", {}).items()}  # older checkpoints: none
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Collect every client's scores; the run log turns them into summaries."""
-        self.eval_log = {}
-        for reply in replies:
-            if not reply.has_error() and "ticket" in reply.content.array_records:
-                pid = int(reply.content["metrics"]["partition-id"])
-                try:
-                    self.tickets[pid] = decode_record(reply.content["ticket"], self.shapes)
-                    self.ticket_bytes[pid] = record_bytes(reply.content["ticket"])
-                except ValueError as exc:
-                    log(WARNING, "round %s: client %s sent an unreadable ticket: %s", server_round, pid, exc)
-            if reply.has_error():
-                log(WARNING, "round %s: evaluation failed on node %s: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
-                continue
-            metrics = metrics_from_record(reply.content["metrics"])
-            metrics["download_bytes"] = self.sent_bytes.get(int(metrics["partition-id"]), 0)
-            self.eval_log[int(metrics["partition-id"])] = metrics
-        if not self.eval_log:
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Reply]) -> MetricRecord | None:
+        """Check and file every client's scores (and ticket) under the partition of the node the
+        instruction went to (a pair names it; a bare reply: its sender); the run log turns them
+        into summaries. Clients asked that sent no valid score are listed in `eval_missing`."""
+        for item in replies:
+            node, reply = item if isinstance(item, tuple) else (item.metadata.src_node_id, item)
+            pid = self.pid_of.get(node)
+            try:
+                self._score(server_round, pid, node, reply)
+            except ReplyError as exc:
+                self._reject(pid, node, str(exc), kind=EVALUATE, nbytes=payload_bytes(reply))
+        self.eval_missing = sorted(self._eval_expected - set(self.eval_log))
+        self._bound_eval_weights()
+        if self.eval_missing:
+            log(WARNING, "round %s: no valid evaluation from clients %s; scores are over %d of %d clients",
+                server_round, self.eval_missing, len(self.eval_log), len(self._eval_expected))
+        accs = [m["accuracy"] for m in self.eval_log.values() if not math.isnan(m["accuracy"])]  # NaN: no test data
+        if not accs:
             return None
-        accs = [m["accuracy"] for m in self.eval_log.values()]
         return MetricRecord({"accuracy-mean": sum(accs) / len(accs)})
+
+    def _bound_eval_weights(self) -> None:
+        """Each score's weight in example-weighted summaries (global accuracy): its test count, at
+        most example-cap × the median count of this evaluation (all replies are in by now)."""
+        counts = [m["num-examples"] for m in self.eval_log.values() if m["num-examples"] > 0]
+        cap = self.sc["example-cap"]
+        bound = math.floor(cap * statistics.median(counts)) if counts and cap > 0 else None
+        for m in self.eval_log.values():
+            m["weight"] = m["num-examples"] if bound is None else min(m["num-examples"], max(1, bound))
+
+    def _score(self, server_round: int, pid: int | None, node: int, reply: Message) -> None:
+        """File one evaluation reply; ReplyError when any part of it fails a check."""
+        if not reply.has_error() and reply.metadata.src_node_id != node:
+            raise ReplyError(f"reply sent by node {reply.metadata.src_node_id}, not by node {node}")
+        if pid is None or pid not in self._eval_expected or pid in self.eval_log:
+            raise ReplyError("reply from a client not asked to evaluate, or a second reply")
+        required = ("global-accuracy",) if self.alg.has_global else ()
+        metrics = reply_metrics(reply, EVALUATE, required)
+        claimed_partition(metrics, pid, node)
+        record = reply.content.array_records.get("ticket")
+        if self._send_ticket != (record is not None):
+            raise ReplyError("a ticket was asked for and is missing" if self._send_ticket else "a ticket nobody asked for")
+        if record is not None:
+            weights, mask = decode_payload(record, self.shapes, self.max_update_bytes, self.dtypes)
+            reason = self._check(pid, weights, mask, need_mask=False)
+            if reason is not None:
+                raise ReplyError(f"ticket: {reason}")
+            self.tickets[pid] = (weights, mask)
+            self.ticket_bytes[pid] = record_bytes(record)
+        metrics["download_bytes"] = self.sent_bytes.get(pid, 0)
+        self.eval_log[pid] = metrics
 
     def summary(self) -> None:
         """Flower's hook to log the configuration."""
