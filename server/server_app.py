@@ -21,6 +21,7 @@ from fedlth.algorithms import get_algorithm, initial_weights
 from fedlth.client_data import dataset_info
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.plots import plot_federated
+from fedlth.reference import scenario_reference
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from fedlth.tickets import save_tickets
@@ -167,7 +168,10 @@ def run_federation(
         save_checkpoint(out, strategy, rounds, run_key)
         if on_round is not None:
             on_round(entry)
-    summary = summarize(sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start)
+    summary = summarize(
+        sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start,
+        reference=scenario_reference(sc),
+    )
     summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "report.md", report_markdown(sc, summary))
