@@ -64,3 +64,19 @@ def test_summary_and_report_show_the_reference_beside_the_tickets():
     assert "| majority class (constant) | 75.00 % | 80.00 % |" in md
     assert "| logistic regression (sklearn, pooled train pool) | 85.00 % | |" in md
     assert "Reference" not in report_markdown(sc, summarize(sc, rounds, has_global=True, wall_seconds=1.0))
+
+
+def test_study_table_carries_the_reference(tmp_path):
+    import json
+
+    from fedlth.study import study
+
+    def runner(sc: dict, out) -> None:
+        out.mkdir(parents=True)
+        summary = {"personalized_accuracy": {"mean": 0.8, "std": 0.1, "worst10": 0.7}, "density": {"mean": sc["target-density"]},
+                   "reference": {"majority_rate": 0.75, "logistic_regression": 0.85, "local_majority": 0.8}}
+        (out / "summary.json").write_text(json.dumps(summary))
+
+    study({"algorithm": "subfedavg", "dataset": "adult", "name": "s"}, [1.0, 0.2], tmp_path, runner)
+    text = (tmp_path / "study.md").read_text()
+    assert "majority class 0.7500, logistic regression 0.8500" in text
