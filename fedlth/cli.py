@@ -291,6 +291,17 @@ def _print_run_summary(out: Path, quiet: bool) -> None:
         f"upload {s['bytes']['upload'] / 1e6:.2f} MB ({s['upload_ratio_vs_dense_fedavg'] or 0:.2f}x dense FedAvg), "
         f"{s['wall_seconds']:.1f} s -> {out}"
     )
+    ref = s.get("reference")
+    if ref:
+
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{100 * x:.2f} %"
+
+        click.echo(
+            f"  pooled test: tickets {pct(s.get('personalized_accuracy_pooled'))}, global model {pct(s['global_accuracy'])}, "
+            f"majority class {pct(ref['majority_rate'])}, logistic regression {pct(ref['logistic_regression'])}; "
+            f"per-client majority class {pct(ref['local_majority'])} (personalized)"
+        )
 
 
 class _progress:

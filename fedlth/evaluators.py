@@ -128,7 +128,7 @@ class FairnessEvaluator:
         if info.num_classes != 2:
             raise ValueError(f"the fairness evaluator needs a binary task; this dataset has {info.num_classes} classes")
         if not info.sensitive:
-            raise ValueError("the fairness evaluator needs sensitive features; this dataset declares none (try arrests or adult)")
+            raise ValueError("the fairness evaluator needs sensitive features; this dataset declares none (try arrests, adult, compas or german)")
         unknown = [f for f in self.features if f not in info.sensitive]
         if unknown:
             raise ValueError(f"key 'sensitive' names {unknown}; the dataset has: {', '.join(info.sensitive)}")

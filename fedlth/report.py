@@ -87,10 +87,20 @@ def round_bytes(
     }
 
 
+def pooled_accuracy(evaluation: Mapping[Any, Mapping[str, float]], key: str = "accuracy") -> float | None:
+    """Clients' accuracies weighted by their test examples: one score over the union of test splits."""
+    scored = [m for m in evaluation.values() if m["num-examples"] > 0]  # 0 * NaN would poison the sum
+    weight = [m.get("weight", m["num-examples"]) for m in scored]  # bounded by example-cap (older logs: none)
+    n = sum(weight)
+    return sum(m[key] * w for m, w in zip(scored, weight, strict=True)) / n if n else None
+
+
 def summarize(
-    sc: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]], *, has_global: bool, wall_seconds: float
+    sc: Mapping[str, Any], rounds: Sequence[Mapping[str, Any]], *, has_global: bool, wall_seconds: float,
+    reference: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json: the last evaluation's personalized accuracy, densities, total bytes."""
+    """summary.json: the last evaluation's personalized accuracy, densities, total bytes, and the
+    data's reference scores (majority class, logistic regression) when given."""
     evals = [r for r in rounds if r.get("evaluate")]
     last = evals[-1]["evaluate"] if evals else {}
     acc = client_stats({int(pid): m["accuracy"] for pid, m in last.items()})
@@ -99,12 +109,7 @@ def summarize(
     acc["unscored_clients"] += acc["missing_clients"]
     acc["scored_clients"] = len(last) - (acc["unscored_clients"] - acc["missing_clients"])
     dens = {int(pid): m["density"] for pid, m in last.items()}
-    glob = None
-    if has_global and last:
-        scored = [m for m in last.values() if m["num-examples"] > 0]  # 0 * NaN would poison the sum
-        weight = [m.get("weight", m["num-examples"]) for m in scored]  # bounded by example-cap (older logs: none)
-        n = sum(weight)
-        glob = sum(m["global-accuracy"] * w for m, w in zip(scored, weight, strict=True)) / n if n else None
+    glob = pooled_accuracy(last, "global-accuracy") if has_global and last else None
     totals = {k: 0 for k in ("upload", "download", "rejected", "dense_fedavg_upload", "dense_fedavg_download")}
     for r in rounds:
         for k in totals:
@@ -113,6 +118,7 @@ def summarize(
         "algorithm": sc["algorithm"], "dataset": sc["dataset"], "model": sc["model"], "seed": sc["seed"],
         "rounds": len(rounds), "num_clients": sc["num-clients"], "clients_per_round": sc["clients-per-round"],
         "personalized_accuracy": acc,
+        "personalized_accuracy_pooled": pooled_accuracy(last) if last else None,
         "global_accuracy": glob,
         "density": {"mean": sum(dens.values()) / len(dens) if dens else None, "per_client": {str(k): dens[k] for k in sorted(dens)}},
         "bytes": totals,
@@ -120,6 +126,7 @@ def summarize(
         "rejected_updates": sum(len(r.get("rejected", [])) for r in rounds),
         "rejected_by_kind": _by_kind(rounds),
         "evaluation": evaluation_summary(last) if last else None,
+        "reference": dict(reference) if reference else None,
         "wall_seconds": wall_seconds,
     }
 
@@ -168,7 +175,33 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         "![accuracy](accuracy_by_round.png) ![density](density_by_round.png) ![bytes](accuracy_vs_upload.png)",
         "",
     ]
-    return "\n".join(lines + _evaluation_lines(sc, summary.get("evaluation")))
+    return "\n".join(lines + _reference_lines(summary) + _evaluation_lines(sc, summary.get("evaluation")))
+
+
+def _reference_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The ticket beside a constant predictor and a logistic regression on the same data."""
+    ref = summary.get("reference")
+    if not ref:
+        return []
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.2f} %"
+
+    return [
+        "## Reference on the same data",
+        "",
+        "| model | pooled test accuracy | personalized (mean over clients) |",
+        "|---|---|---|",
+        f"| this run's tickets | {pct(summary.get('personalized_accuracy_pooled'))} | {pct(summary['personalized_accuracy']['mean'])} |",
+        f"| this run's global model | {pct(summary['global_accuracy'])} | |",
+        f"| majority class (constant) | {pct(ref.get('majority_rate'))} | {pct(ref.get('local_majority'))} |",
+        f"| logistic regression (sklearn, pooled train pool) | {pct(ref.get('logistic_regression'))} | |",
+        "",
+        "Pooled: every client's test samples together (tickets weighted by test examples). The "
+        "personalized constant predicts each client's own majority class on its own test split: "
+        "under label skew it scores well with nothing learnt.",
+        "",
+    ]
 
 
 def _over(acc: Mapping[str, Any], num_clients: int) -> str:

