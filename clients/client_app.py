@@ -216,9 +216,10 @@ def _received(msg: Message, ctx: Ctx, state: ClientState):
             f"the server's weights do not decode for this node's model (its data: input shape "
             f"{ctx.data.input_shape}, {ctx.data.num_classes} classes): {exc}"
         ) from exc
-    if get_algorithm(ctx.sc["algorithm"]).server_mask:
+    alg = get_algorithm(ctx.sc["algorithm"])
+    if alg.server_mask:
         return weights, replace(state, mask=mask or None)  # the server owns the shared mask
-    if state.mask is None and mask:
+    if alg.masked and state.mask is None and mask:  # (fedper's head mask is no ticket)
         log.warning("fedlth: partition %s has no ticket of its own; taking the server's copy of its mask", ctx.partition_id)
         state = replace(state, mask=mask)
     return weights, state

@@ -115,12 +115,22 @@ def _pgd_at(ctx: Ctx):
     return perturb
 
 
-def local_train(ctx: Ctx, start: Weights, mask: Mask | None, epochs: int | None = None) -> tuple[Weights, float]:
-    """Train a copy of `start` on the client's train split; pruned weights stay 0."""
+def local_train(
+    ctx: Ctx, start: Weights, mask: Mask | None, epochs: int | None = None, *,
+    frozen: frozenset[str] = frozenset(), prox: tuple[float, Weights] | None = None,
+) -> tuple[Weights, float]:
+    """Train a copy of `start` on the client's train split; pruned weights stay 0.
+
+    `frozen` parameters get no gradient (so no step, momentum or weight decay); `prox` is
+    train_'s proximal term.
+    """
     net = _model(ctx, start)
+    for name, p in net.named_parameters():
+        p.requires_grad_(name not in frozen)
     res = train_(
         net, ctx.data.x_train, ctx.data.y_train, mask or {}, train_config(ctx.sc),
         epochs=ctx.sc["local-epochs"] if epochs is None else epochs, generator=ctx.generator, perturb=_pgd_at(ctx),
+        prox=prox,
     )
     return _snapshot(net), res.loss
 
@@ -397,6 +407,92 @@ def personal_ticket(received: Weights | None, state: ClientState, ctx: Ctx) -> P
     return weights, info | {"finetune-epochs-run": info["finetune-epochs-run"] + sc["ticket-warmup-epochs"], "density": density(mask)}
 
 
+# --- personalized baselines: FedPer, FedRep, Ditto ---------------------------------------------
+
+
+def head_names(weights: Weights, prunable: list[str]) -> list[str]:
+    """The head: every tensor of the module that holds the last prunable (conv/linear) weight."""
+    module = prunable[-1].rpartition(".")[0]
+    return [k for k in weights if k.rpartition(".")[0] == module]
+
+
+def head_off(weights: Weights, prunable: list[str]) -> Mask:
+    """A mask that keeps nothing of the head and says nothing of the body: a body-only upload."""
+    return {k: torch.zeros_like(weights[k], dtype=torch.bool) for k in head_names(weights, prunable)}
+
+
+def _head_mask(ctx: Ctx) -> Mask:
+    theta0, names, _ = _init(ctx.sc["model"], ctx.data.input_shape, ctx.data.num_classes, ctx.sc["seed"])
+    return head_off(theta0, list(names))
+
+
+def _with_own_head(received: Weights, state: ClientState, ctx: Ctx) -> Weights:
+    """The received body with this client's head: its last trained one, θ0's before it trained."""
+    own = state.personal if state.personal is not None else initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    head = _head_mask(ctx)
+    return {k: (own[k] if k in head else v).clone() for k, v in received.items()}
+
+
+def _body_reply(ctx: Ctx, state: ClientState, trained: Weights, loss: float, **extra: float) -> Reply:
+    """Upload the body only (the head zeroed and masked off: only its mask bits travel); keep the whole model."""
+    head = _head_mask(ctx)
+    st = replace(state, personal=trained, rounds=state.rounds + 1)
+    return Reply(apply_mask(trained, head), head, st, _metrics(ctx, loss, None, **extra))
+
+
+def fedper_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """FedPer (Arivazhagan et al. 2019): the received body with the client's own head, all
+    trained for `local-epochs`; the body goes up, the head never leaves the client."""
+    assert received is not None, "fedper needs the global body"
+    trained, loss = local_train(ctx, _with_own_head(received, state, ctx), None)
+    return _body_reply(ctx, state, trained, loss)
+
+
+def fedrep_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """FedRep (Collins et al. 2021): the client's head trained `fedrep-head-epochs` with the
+    received body frozen, then the body `local-epochs` with the head frozen; the body goes up."""
+    assert received is not None, "fedrep needs the global body"
+    start = _with_own_head(received, state, ctx)
+    head = frozenset(_head_mask(ctx))
+    body = frozenset(k for k in start if k not in head)
+    head_epochs = ctx.sc["fedrep-head-epochs"]
+    tuned, head_loss = local_train(ctx, start, None, head_epochs, frozen=body)
+    trained, loss = local_train(ctx, tuned, None, frozen=head)
+    return _body_reply(ctx, state, trained, loss, **{"head-loss": head_loss, "epochs": float(head_epochs + ctx.sc["local-epochs"])})
+
+
+def own_head_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
+    """FedPer / FedRep's personal model: the received (final) body with the client's own head."""
+    assert received is not None
+    return _with_own_head(received, state, ctx), {}
+
+
+def ditto_epochs(sc: dict[str, Any]) -> int:
+    """Epochs of Ditto's personal model per round (0 in the scenario: local-epochs)."""
+    return sc["ditto-personal-epochs"] or sc["local-epochs"]
+
+
+def ditto_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """Ditto (Li et al. 2021): train the global model as FedAvg does and send it; then train the
+    personal model v (kept, never sent; the first global model the client receives before
+    its first round) for `ditto-personal-epochs` on the loss + λ/2‖v − w‖², w the received
+    global model, λ = `ditto-lambda`."""
+    assert received is not None, "ditto needs the global model"
+    trained, loss = local_train(ctx, received, None)
+    v0 = state.personal if state.personal is not None else received
+    v, v_loss = local_train(ctx, v0, None, ditto_epochs(ctx.sc), prox=(ctx.sc["ditto-lambda"], received))
+    metrics = _metrics(ctx, loss, None, **{"personal-loss": v_loss, "epochs": float(ctx.sc["local-epochs"] + ditto_epochs(ctx.sc))})
+    return Reply(trained, None, replace(state, personal=v, rounds=state.rounds + 1), metrics)
+
+
+def ditto_personal(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
+    """Ditto's personal model v; a client never sampled has none and holds the global model."""
+    if state.personal is not None:
+        return state.personal, {}
+    assert received is not None
+    return received, {}
+
+
 # --- registry -------------------------------------------------------------------------------
 
 
@@ -412,6 +508,7 @@ class Algorithm:
     has_global: bool  # the aggregated global model is itself a model worth scoring
     help: str
     server_mask: bool = False  # the server prunes one shared mask (fedlth.shared_ticket) and sends it
+    local_head: bool = False  # the head (head_names) stays on the clients: never sent down, never aggregated
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -430,6 +527,20 @@ ALGORITHMS: dict[str, Algorithm] = {
     "personal-ticket": Algorithm(
         "personal-ticket", sparse_upload_train, personal_ticket, False, True, True,
         "Dense global model trained from sparse uploads (each client sends the upload-density share of weights that changed most); each client's ticket: fine-tune, prune to target-density, retrain (validation-selected).",
+    ),
+    "fedper": Algorithm(
+        "fedper", fedper_train, own_head_model, False, True, False,
+        "FedPer: body (all but the last linear layer) averaged, each client's head kept on the client; body and head trained together.",
+        local_head=True,
+    ),
+    "fedrep": Algorithm(
+        "fedrep", fedrep_train, own_head_model, False, True, False,
+        "FedRep: the client's head trained fedrep-head-epochs (body frozen), then the body local-epochs (head frozen); only the body averaged.",
+        local_head=True,
+    ),
+    "ditto": Algorithm(
+        "ditto", ditto_train, ditto_personal, False, True, True,
+        "Ditto: FedAvg global model; each client keeps a personal model trained with λ/2‖v − w‖² toward the received global (ditto-lambda).",
     ),
 }
 

@@ -67,7 +67,7 @@ def repersonalize(run_dir: Path, sc: dict[str, Any]) -> dict[int, dict[str, floa
     from fedlth.records import decode_record, encode_record
 
     alg = get_algorithm(sc["algorithm"])
-    if not (alg.has_global or alg.server_mask):
+    if not (alg.has_global or alg.server_mask) or alg.name == "ditto":  # ditto's v lives in client state
         raise RunDirError(f"{sc['algorithm']} keeps personal models only on its clients; nothing to re-personalize")
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["strategy"]
     shared = state.get("shared_mask") if alg.server_mask else None

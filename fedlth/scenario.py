@@ -67,7 +67,7 @@ DATASET_NAMES = (
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "file")
-ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket")
+ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket", "fedper", "fedrep", "ditto")
 
 KEYS: dict[str, Key] = {
     "name": Key(str, "", "A label for the run; defaults to the scenario file's stem."),
@@ -128,6 +128,9 @@ KEYS: dict[str, Key] = {
     "ticket-control": _choice("none", ("none", "random-mask", "reinit"), "The winning-ticket controls. personal-ticket: random-mask (same per-layer counts at random positions) or reinit (the ticket's mask on a fresh random init), each retrained like the ticket. shared-ticket: reinit (at prune-end the kept weights restart from a fresh init); its random-mask control is server-pruner = random."),
     "upload-density": _float(0.3, "personal-ticket: share of each prunable layer's weights a client uploads (those that changed most in its round).", 0.0, 1.0, lo_open=True),
     "ticket-warmup-epochs": _int(0, None, "personal-ticket: epochs of fine-tuning (validation-best) before a client prunes its ticket.", 5),
+    "fedrep-head-epochs": _int(0, None, "fedrep: epochs a client trains its head (body frozen) each round before local-epochs on the body (head frozen); the paper uses 10.", 10),
+    "ditto-lambda": _float(0.1, "ditto: λ of the personal model's proximal term λ/2‖v − w‖² toward the received global model (the paper picks λ per client on validation from {0.05, 0.1, 0.2} or {0.1, 1, 2}).", 0.0),
+    "ditto-personal-epochs": _int(0, None, "ditto: epochs of the personal model per round (0: local-epochs).", 0),
     "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
     "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
     # evaluators and robust tickets

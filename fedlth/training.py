@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fedlth.devices import module_device
-from fedlth.masks import Mask, apply_mask_, mask_grads_
+from fedlth.masks import Mask, Weights, apply_mask_, mask_grads_
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,15 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adam")
 
 
+def _proximal(model: nn.Module, prox: tuple[float, Weights] | None, dev: torch.device) -> Callable[[], Tensor | float]:
+    """The proximal term λ/2 Σ‖p − w‖² as a function of the model's current parameters (0 when off)."""
+    if prox is None or prox[0] == 0:
+        return lambda: 0.0
+    lam, anchor = prox
+    pairs = [(p, anchor[name].detach().to(dev, p.dtype)) for name, p in model.named_parameters() if name in anchor]
+    return lambda: 0.5 * lam * sum((p - w).pow(2).sum() for p, w in pairs)
+
+
 def train_(
     model: nn.Module,
     x: Tensor,
@@ -77,6 +86,7 @@ def train_(
     on_epoch: Callable[[int, nn.Module], None] | None = None,
     perturb: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
     device: torch.device | str | None = None,
+    prox: tuple[float, Weights] | None = None,
 ) -> TrainResult:
     """Train in place for `epochs`, keeping masked-out weights at exactly 0.
 
@@ -84,6 +94,9 @@ def train_(
     rewind to iteration k resumes the schedule where it was. `on_step(step, model)` runs
     after each step (e.g. to save θ_k), `on_epoch(epoch, model)` after each epoch.
     `perturb(model, x, y)` replaces each batch's inputs before the step (adversarial training).
+    `prox = (λ, w)` adds λ/2 Σ‖p − w[name]‖² over the parameters `w` names (Ditto's pull toward
+    the global model); its gradient is masked like the loss's, so pruned weights stay 0. The
+    reported loss is the data loss alone.
 
     Runs where the model is: `device` given, the model moves there first (and stays); the data
     and the mask follow the model (a no-op on the CPU, so CPU results are exactly as before).
@@ -93,6 +106,7 @@ def train_(
     dev = module_device(model)
     x, y = x.to(dev), y.to(dev)
     mask = {k: m.to(dev) for k, m in mask.items()}
+    penalty = _proximal(model, prox, dev)
     on_cpu = dev.type == "cpu"
     steps_per_epoch = math.ceil(len(x) / cfg.batch_size)
     total = total_steps if total_steps is not None else start_step + epochs * steps_per_epoch
@@ -112,7 +126,7 @@ def train_(
                 xb = perturb(model, xb, yb)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
-            loss.backward()
+            (loss + penalty()).backward()
             mask_grads_(model, mask)
             opt.step()
             # Momentum and weight decay move zeros even with masked gradients: re-mask.

@@ -68,6 +68,8 @@ RULES: dict[str, Rule] = {
     "pruned": (_flag, "0 or 1"),
     "loss": (_loss, "a number >= 0 or NaN"),
     "train-loss": (_loss, "a number >= 0 or NaN"),
+    "head-loss": (_loss, "a number >= 0 or NaN"),
+    "personal-loss": (_loss, "a number >= 0 or NaN"),
 }
 OTHER: Rule = (_not_inf, "a number or NaN, not ±Inf")
 REQUIRED = {

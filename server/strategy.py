@@ -16,7 +16,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
-from fedlth.algorithms import get_algorithm
+from fedlth.algorithms import get_algorithm, head_off
 from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
 from fedlth.records import (
     config_to_record,
@@ -53,6 +53,9 @@ class TicketStrategy(Strategy):
         # `fresh` is the re-init control's other random init
         self.prunable = prunable or [k for k, v in initial.items() if k.endswith("weight") and v.dim() > 1]
         self.shared_mask: Mask | None = None
+        # fedper, fedrep: the head's all-False mask; it goes down as mask bits only and is forced
+        # onto every upload, so the server's head stays θ0 and no client's head is ever averaged
+        self.head: Mask = head_off(initial, self.prunable) if self.alg.local_head else {}
         self.fresh = fresh
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
@@ -136,6 +139,7 @@ class TicketStrategy(Strategy):
         if not self.alg.uploads:
             return ArrayRecord()
         mask = self.shared_mask if self.alg.server_mask else self.masks.get(pid) if self.alg.masked else None
+        mask = self.head or mask
         # both ends know the model's shapes: no shape arrays on the wire
         return encode_record(self.global_weights, mask, with_shapes=False, wire_dtype=self.sc["wire-dtype"])
 
@@ -287,7 +291,7 @@ class TicketStrategy(Strategy):
         if reason is not None:
             raise ReplyError(reason)
         self._metrics[pid] = metrics
-        return Update(weights, mask, int(n))
+        return Update(weights, mask | self.head, int(n))  # a head a client sent anyway is not averaged
 
     def _reject(
         self, pid: int | None, node: int, reason: str, *, kind: str = TRAIN, nbytes: int = 0, download: int | None = None,

@@ -88,7 +88,11 @@ def _check_two_rounds(out: Path, algorithm: str) -> None:
     b = summary["bytes"]
     if algorithm == "local":
         assert b["upload"] == 0 and b["download"] == 0 and summary["global_accuracy"] is None
-    elif algorithm in ("fedavg", "fedavg-ft"):
+    elif algorithm in ("fedper", "fedrep"):
+        # the body both ways (the head as mask bits only); no global model to score
+        assert b["upload"] < b["dense_fedavg_upload"] and b["download"] < b["dense_fedavg_download"]
+        assert summary["global_accuracy"] is None and summary["density"]["mean"] == 1.0
+    elif algorithm in ("fedavg", "fedavg-ft", "ditto"):
         # dense both ways; the wire bytes are exactly dense FedAvg's
         assert b["upload"] == b["dense_fedavg_upload"] and b["download"] == b["dense_fedavg_download"]
         assert 0.0 <= summary["global_accuracy"] <= 1.0
