@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, stop_on_sigint
 from fedlth.io import OutputError, check_out_dir, default_out_dir
 from fedlth.scenario import ScenarioError, load_scenario
 
@@ -77,9 +78,28 @@ def run(
         fail(str(exc))
     from server.simulate import simulate
 
-    with _round_progress(sc, quiet) as on_round:
-        simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None)
+    try:
+        with stop_on_sigint() as stop, _round_progress(sc, quiet) as on_round:
+            simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None, stop=stop)
+    except RunInterrupted:
+        _exit_interrupted(out)
     _print_run_summary(out, quiet)
+
+
+def _exit_interrupted(out: Path) -> None:
+    """Say how far the run got and how to continue it; exit 130."""
+    import shlex
+
+    from server.server_app import CHECKPOINT, ResumeError, load_checkpoint
+
+    try:
+        done = f"after round {load_checkpoint(out)['round']}"
+    except ResumeError:
+        done = "before its first round finished"
+    click.echo(f"fedlth: interrupted {done}; outputs so far are in {out}", err=True)
+    if (out / CHECKPOINT).is_file():
+        click.echo(f"continue with:\n  fedlth run --resume {shlex.quote(str(out))}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
 
 
 def _resumable(run_dir: Path) -> dict:

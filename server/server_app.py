@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -19,12 +20,13 @@ from flwr.supercore import log
 
 from fedlth.algorithms import get_algorithm, initial_weights
 from fedlth.client_data import dataset_info
+from fedlth.interrupt import RunInterrupted
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.plots import plot_federated
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from fedlth.tickets import save_tickets
-from server.exchange import stream_replies
+from server.exchange import StoppableGrid, stream_replies
 from server.strategy import TicketStrategy, rng_state_tuple
 
 RoundHook = Callable[[dict[str, Any]], None]
@@ -179,18 +181,25 @@ def run_federation(
 
 
 def make_server_app(
-    sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None, resume: bool = False
+    sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None, resume: bool = False,
+    stop: threading.Event | None = None,
 ) -> ServerApp:
-    """A ServerApp for a given scenario (fedlth run), or one that reads Flower's run config (flwr run)."""
+    """A ServerApp for a given scenario (fedlth run), or one that reads Flower's run config (flwr run);
+    once `stop` is set, its next use of the grid raises RunInterrupted (Ctrl-C)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        if stop is not None:
+            grid = StoppableGrid(grid, stop)
         scenario = sc if sc is not None else resolve(dict(context.run_config), source="run config")
         folder = out or Path(scenario["out-dir"] or default_out_dir("run", scenario["name"] or scenario["algorithm"]))
         # only in-process simulation (a given scenario) shares this machine's disk with its clients
         state_dir = folder / "client-state" if sc is not None else None
-        summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir)
+        try:
+            summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir)
+        except RunInterrupted:
+            return  # a normal return: Flower then stops at once (simulate() raises it again)
         log(WARNING, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
 
     return server_app

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
+from fedlth.interrupt import RunInterrupted
 from server.server_app import RoundHook, make_server_app
 
 
@@ -82,10 +84,13 @@ def backend_config(sc: dict[str, Any], cuda: bool | None = None) -> dict[str, An
 
 
 def simulate(
-    sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False
+    sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False,
+    stop: threading.Event | None = None,
 ) -> None:
     """Run the scenario on `num-clients` simulated SuperNodes; outputs land in `out`
-    (resume: continue the killed run in `out` from its last checkpoint)."""
+    (resume: continue the killed run in `out` from its last checkpoint). Once `stop` is set
+    the server stops at its next grid call and this raises RunInterrupted (the run folder
+    keeps the checkpoint of the last finished round)."""
     config = backend_config(sc)  # bad compute settings fail here, before Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
@@ -95,11 +100,14 @@ def simulate(
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     run_simulation(
-        server_app=make_server_app(sc, out, on_round, resume=resume),
+        server_app=make_server_app(sc, out, on_round, resume=resume, stop=stop),
         client_app=client_app,
         num_supernodes=sc["num-clients"],
         backend_config=config,
         verbose_logging=verbose,
     )
-    if not (out / "summary.json").is_file():
+    finished = (out / "summary.json").is_file()
+    if stop is not None and stop.is_set() and not finished:
+        raise RunInterrupted(f"interrupted by the user; {out} keeps the last finished round's checkpoint")
+    if not finished:
         raise RuntimeError(f"the simulation ended without writing {out / 'summary.json'}; see the log above")
