@@ -27,6 +27,19 @@ def main() -> None:
 
 
 @main.command()
+@click.argument("pattern", default="")
+def keys(pattern: str) -> None:
+    """List the scenario keys (all, or those matching PATTERN: a glob or part of a name or group)
+    with type, default, allowed values and help, grouped by concern. The full list is valid TOML."""
+    from fedlth.scenario import describe_keys, matching_keys, suggest_key
+
+    found = matching_keys(pattern)
+    if not found:
+        fail(f"no scenario key matches {pattern!r}; {suggest_key(pattern)}")
+    click.echo(describe_keys(found), nl=False)
+
+
+@main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
