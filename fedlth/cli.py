@@ -9,6 +9,7 @@ import click
 
 from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, stop_on_sigint
 from fedlth.io import OutputError, check_out_dir, default_out_dir
+from fedlth.provenance import provenance
 from fedlth.scenario import ScenarioError, load_scenario
 
 EXIT_BAD_INPUT = 2
@@ -48,6 +49,8 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
     """Central lottery-ticket run: IMP with rewinding and both controls."""
     from fedlth.data import DatasetUnavailableError
 
+    prov = provenance(program="fedlth")
+
     try:
         sc = load_scenario(scenario, overrides)
         out = out or default_out_dir("ticket", sc["name"])
@@ -59,7 +62,7 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
             summary = runner.run()
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
         fail(str(exc))
-    write_outputs(out, sc, summary)
+    write_outputs(out, sc, summary | {"provenance": prov})
     _print_ticket_table(summary, out, quiet)
 
 
@@ -75,6 +78,7 @@ def run(
     scenario: Path | None, overrides: tuple[str, ...], out: Path | None, resume_dir: Path | None, quiet: bool, verbose: bool
 ) -> None:
     """Federated run: simulate the scenario's clients in-process on Flower's engine."""
+    prov = provenance(program="fedlth")
     try:
         if resume_dir is not None:
             if scenario is not None or overrides or out is not None:
@@ -93,7 +97,7 @@ def run(
 
     try:
         with stop_on_sigint() as stop, _round_progress(sc, quiet) as on_round:
-            simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None, stop=stop)
+            simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None, stop=stop, prov=prov)
     except RunInterrupted:
         _exit_interrupted(out)
     _print_run_summary(out, quiet)
@@ -137,6 +141,8 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     """Run several algorithms on the same partitions over seeds; write a table and an overlay plot."""
     from fedlth.scenario import ALGORITHM_NAMES
 
+    prov = provenance(program="fedlth")
+
     try:
         sc = load_scenario(scenario, overrides)
         algs = [a.strip() for a in algorithms.split(",") if a.strip()]
@@ -155,7 +161,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
         if not quiet:
             click.echo(f"== {alg}, seed {seed}", err=True)
 
-    res = run_compare(sc, algs, list(range(seeds)), out, lambda s, d: simulate(s, d), on_run=say)
+    res = run_compare(sc, algs, list(range(seeds)), out, lambda s, d: simulate(s, d, prov=prov), on_run=say, prov=prov)
     click.echo(res["table"])
     click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
 
@@ -169,6 +175,8 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
     from fedlth.study import parse_densities
+
+    prov = provenance(program="fedlth")
 
     try:
         sc = load_scenario(scenario, overrides)
@@ -188,7 +196,7 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
         if not quiet:
             click.echo(f"== target density {d:g}", err=True)
 
-    run_study(sc, targets, out, lambda s, d: simulate(s, d), on_run=say)
+    run_study(sc, targets, out, lambda s, d: simulate(s, d, prov=prov), on_run=say, prov=prov)
     click.echo((out / "study.md").read_text())
     click.echo(f"wrote {out}/study.md, study.json, study.png")
 

@@ -23,6 +23,7 @@ from fedlth.client_data import dataset_info
 from fedlth.interrupt import RunInterrupted
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.plots import plot_federated
+from fedlth.provenance import provenance
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from fedlth.tickets import save_tickets
@@ -54,6 +55,7 @@ def wait_for_nodes(grid: Grid, n: int, limit: float = NODE_WAIT_SECONDS, strict:
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fedlth-server-checkpoint-v1"
+PROVENANCE = "provenance.json"  # the record of the command that started the run
 
 
 class ResumeError(ValueError):
@@ -114,17 +116,29 @@ def _evaluate_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rn
     entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
 
 
+def run_provenance(out: Path, resume: bool, prov: dict[str, Any] | None = None) -> dict[str, Any]:
+    """This process's provenance (`prov`, else built now); a resumed run also carries the
+    record of the run it continues, from the folder's provenance.json."""
+    prov = dict(prov or provenance())
+    first = out / PROVENANCE
+    if resume and first.is_file():
+        prov["resumed_from"] = json.loads(first.read_text())
+    return prov
+
+
 def run_federation(
     grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, resume: bool = False,
-    client_state_dir: Path | None = None,
+    client_state_dir: Path | None = None, prov: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every round of the scenario on `grid` (or the rounds a killed run had left);
     metrics.jsonl and a checkpoint are written after every round, the rest at the end.
 
     `client_state_dir`: where clients on this machine (simulation) keep their tickets, so
-    that they are on disk rather than in RAM and a resumed run finds them.
+    that they are on disk rather than in RAM and a resumed run finds them. `prov`: the
+    provenance record (fedlth.provenance) for the outputs; built here when not given.
     """
     t_start = time.perf_counter()
+    prov = run_provenance(out, resume, prov)
     random.seed(sc["seed"])  # anything in Flower that samples with the global `random`
     torch.manual_seed(sc["seed"])
     alg = get_algorithm(sc["algorithm"])
@@ -149,6 +163,8 @@ def run_federation(
         raise RuntimeError(f"{len(strategy.node_of)} of {sc['num-clients']} nodes identified themselves")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "scenario.toml", to_toml(sc))
+    if not resume:
+        write_json_atomic(out / PROVENANCE, prov)
     metrics_path = out / "metrics.jsonl"
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
@@ -171,6 +187,7 @@ def run_federation(
             on_round(entry)
     summary = summarize(sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start)
     summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
+    summary["provenance"] = prov
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "report.md", report_markdown(sc, summary))
     torch.save({"global": strategy.global_weights, "masks": strategy.masks}, out / "server_state.pt")
@@ -182,7 +199,7 @@ def run_federation(
 
 def make_server_app(
     sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None, resume: bool = False,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, prov: dict[str, Any] | None = None,
 ) -> ServerApp:
     """A ServerApp for a given scenario (fedlth run), or one that reads Flower's run config (flwr run);
     once `stop` is set, its next use of the grid raises RunInterrupted (Ctrl-C)."""
@@ -197,7 +214,7 @@ def make_server_app(
         # only in-process simulation (a given scenario) shares this machine's disk with its clients
         state_dir = folder / "client-state" if sc is not None else None
         try:
-            summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir)
+            summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir, prov=prov)
         except RunInterrupted:
             return  # a normal return: Flower then stops at once (simulate() raises it again)
         log(WARNING, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])

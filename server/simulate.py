@@ -85,12 +85,13 @@ def backend_config(sc: dict[str, Any], cuda: bool | None = None) -> dict[str, An
 
 def simulate(
     sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, prov: dict[str, Any] | None = None,
 ) -> None:
     """Run the scenario on `num-clients` simulated SuperNodes; outputs land in `out`
     (resume: continue the killed run in `out` from its last checkpoint). Once `stop` is set
     the server stops at its next grid call and this raises RunInterrupted (the run folder
-    keeps the checkpoint of the last finished round)."""
+    keeps the checkpoint of the last finished round). `prov`: the provenance record for the
+    run's outputs (fedlth.provenance; built by the server when None)."""
     config = backend_config(sc)  # bad compute settings fail here, before Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     from flwr.simulation import run_simulation
@@ -100,7 +101,7 @@ def simulate(
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     run_simulation(
-        server_app=make_server_app(sc, out, on_round, resume=resume, stop=stop),
+        server_app=make_server_app(sc, out, on_round, resume=resume, stop=stop, prov=prov),
         client_app=client_app,
         num_supernodes=sc["num-clients"],
         backend_config=config,

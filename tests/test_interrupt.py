@@ -114,4 +114,6 @@ def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tm
     assert resumed.returncode == 0, resumed.stderr
     rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds == list(range(1, TINY["rounds"] + 1))
-    assert (out / "summary.json").is_file()
+    prov = json.loads((out / "summary.json").read_text())["provenance"]
+    assert prov["command"] == f"fedlth run --resume {out} --quiet"
+    assert prov["resumed_from"]["command"] == f"fedlth run {scenario} --out {out} --quiet"

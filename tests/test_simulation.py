@@ -76,6 +76,7 @@ def test_two_rounds_three_clients_every_algorithm(tmp_path, algorithm):
 def _check_two_rounds(out: Path, algorithm: str) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
+    assert summary["provenance"]["fedlth"] and summary["provenance"]["python"]
     assert summary["algorithm"] == algorithm and summary["rounds"] == 2 and summary["num_clients"] == 3
     acc = summary["personalized_accuracy"]
     assert set(acc["per_client"]) == {"0", "1", "2"}
