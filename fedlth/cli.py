@@ -42,7 +42,7 @@ def keys(pattern: str) -> None:
 
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
@@ -68,21 +68,27 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
 
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--run-config", "run_config", multiple=True, metavar='"KEY=VALUE ..."',
+              help="Flower's form of --set: space-separated pairs, strings TOML-quoted or not.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
               help="Continue a killed run from its last checkpoint (no SCENARIO, --set or --out).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
 def run(
-    scenario: Path | None, overrides: tuple[str, ...], out: Path | None, resume_dir: Path | None, quiet: bool, verbose: bool
+    scenario: Path | None, overrides: tuple[str, ...], run_config: tuple[str, ...], out: Path | None,
+    resume_dir: Path | None, quiet: bool, verbose: bool,
 ) -> None:
     """Federated run: simulate the scenario's clients in-process on Flower's engine."""
     prov = provenance(program="fedlth")
+    overrides = (*overrides, *run_config)
     try:
         if resume_dir is not None:
             if scenario is not None or overrides or out is not None:
-                raise ScenarioError("--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set and --out")
+                raise ScenarioError(
+                    "--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set, --run-config and --out"
+                )
             sc, out = _resumable(resume_dir), resume_dir
         else:
             if scenario is None:
@@ -134,7 +140,7 @@ def _resumable(run_dir: Path) -> dict:
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--algorithms", default="fedavg,local,fedavg-ft,lotteryfl,subfedavg", show_default=True, help="Comma-separated algorithm names.")
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True, help="Seeds 0..N-1 (the scenario's seed is replaced).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
@@ -169,7 +175,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--densities", default="1.0,0.5,0.2,0.1,0.05", show_default=True, help="Target densities (1.0 = dense).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:

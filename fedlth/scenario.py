@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 import textwrap
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -237,8 +238,35 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
+# Flower's --run-config pair: key=value, the value 'quoted', "quoted" or up to a space
+_PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S*)\s*""")
+
+
+def split_pairs(text: str) -> list[str]:
+    """'rounds=3 lr=0.1' -> ['rounds=3', 'lr=0.1'], as Flower's --run-config reads them; text
+    that is not wholly such pairs stays one override, so `name=my run` keeps its space."""
+    pairs, pos = [], 0
+    while pos < len(text):
+        m = _PAIR.match(text, pos)
+        if m is None:
+            return [text]
+        pairs.append(f"{m[1]}={m[2]}")
+        pos = m.end()
+    return pairs or [text]
+
+
+def _unquote(raw: str) -> str:
+    """A TOML string literal ("fedavg", 'fedavg') becomes its text; anything else is kept."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one `key=value` override; the value is read by the key's type."""
+    """Parse one `key=value` override; the value (plain, or TOML-quoted as Flower writes
+    strings) is read by the key's type."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -246,7 +274,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if key not in KEYS:
         raise unknown_key(key, "--set")
     kind = KEYS[key].type
-    raw = raw.strip()
+    raw = _unquote(raw.strip())
     try:
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -264,12 +292,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def resolve(values: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "scenario") -> dict[str, Any]:
-    """Defaults, then `values`, then `--set` overrides; every value validated."""
+    """Defaults, then `values`, then `--set` overrides (each one `key=value` or several
+    space-separated pairs); every value validated."""
     out = defaults()
     for key, value in values.items():
         out[key] = _coerce(key, value, source)
-    for text in overrides:
-        key, value = parse_override(text)
+    for pair in (p for text in overrides for p in split_pairs(text)):
+        key, value = parse_override(pair)
         out[key] = _coerce(key, value, "--set")
     check_cross(out)
     return out

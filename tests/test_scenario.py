@@ -175,3 +175,49 @@ def test_fedlth_keys_without_a_match_exits_2_with_a_suggestion():
     result = CliRunner().invoke(main, ["keys", "roundz"])
     assert result.exit_code == 2
     assert "no scenario key matches 'roundz'; did you mean 'rounds'?" in result.output
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (['algorithm="fedavg"'], {"algorithm": "fedavg"}),
+        (["algorithm='local'"], {"algorithm": "local"}),
+        (["rounds=3 lr=0.1"], {"rounds": 3, "lr": 0.1}),
+        (['name="my run" seed=4 controls=false'], {"name": "my run", "seed": 4, "controls": False}),
+        (["name=my run"], {"name": "my run"}),  # not all pairs: one override, as before
+        (['attack-eps="0.1,0.2"', "attack-eps=0.3"], {"attack-eps": "0.3"}),
+        (['rounds="5"'], {"rounds": 5}),
+    ],
+)
+def test_set_takes_flowers_forms_quoted_values_and_several_pairs(overrides, expected):
+    sc = resolve({}, overrides)
+    assert {k: sc[k] for k in expected} == expected
+
+
+def test_several_pairs_report_the_bad_one():
+    with pytest.raises(ScenarioError, match="unknown key 'round'; did you mean 'rounds'"):
+        resolve({}, ["lr=0.1 round=3"])
+    with pytest.raises(ScenarioError, match="key 'rounds' needs a int"):
+        resolve({}, ['lr=0.1 rounds="many"'])
+
+
+def test_run_accepts_flowers_run_config_form(tmp_path, monkeypatch):
+    """`fedlth run --run-config "k=v k2=v2"` overrides like --set (the simulation is stubbed)."""
+    import server.simulate
+
+    seen = {}
+
+    def fake_simulate(sc, out, *args, **kwargs):
+        seen.update(sc)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(server.simulate, "simulate", fake_simulate)
+    path = tmp_path / "s.toml"
+    path.write_text("dataset = 'digits'\nmodel = 'mlp'\nnum-clients = 2\nclients-per-round = 2\n")
+    args = ["run", str(path), "--out", str(tmp_path / "o"), "--quiet",
+            "--run-config", 'algorithm="fedavg" rounds=3', "--set", "lr=0.1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (seen["algorithm"], seen["rounds"], seen["lr"]) == ("fedavg", 3, 0.1)
+    result = CliRunner().invoke(main, ["run", "--resume", str(tmp_path), "--run-config", "rounds=3"])
+    assert result.exit_code == 2 and "drop SCENARIO, --set, --run-config and --out" in result.output
