@@ -89,7 +89,9 @@ def run(
                 raise ScenarioError(
                     "--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set, --run-config and --out"
                 )
-            sc, out = _resumable(resume_dir), resume_dir
+            (sc, done), out = _resumable(resume_dir), resume_dir
+            if not quiet:
+                click.echo(f"resuming {out} after round {done} of {sc['rounds']}", err=True)
         else:
             if scenario is None:
                 raise ScenarioError("give a SCENARIO file, or --resume RUN_DIR")
@@ -125,15 +127,21 @@ def _exit_interrupted(out: Path) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def _resumable(run_dir: Path) -> dict:
-    """The scenario of a killed run that can be resumed; ScenarioError says why not."""
+def _resumable(run_dir: Path) -> tuple[dict, int]:
+    """The scenario of a killed run that can be resumed and its rounds done; ScenarioError says why not."""
     if not run_dir.is_dir():
         raise ScenarioError(f"--resume: no run folder {str(run_dir)!r}")
     if (run_dir / "summary.json").is_file():
         raise ScenarioError(f"--resume: the run in {str(run_dir)!r} already finished (it has summary.json)")
     if not (run_dir / "checkpoint.pt").is_file():
         raise ScenarioError(f"--resume: {str(run_dir)!r} has no checkpoint.pt: no round of a fedlth run finished there")
-    return load_scenario(run_dir / "scenario.toml")
+    from server.server_app import ResumeError, load_checkpoint
+
+    try:
+        done = load_checkpoint(run_dir)["round"]
+    except ResumeError as exc:
+        raise ScenarioError(f"--resume: {exc}") from None
+    return load_scenario(run_dir / "scenario.toml"), done
 
 
 @main.command()

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +153,7 @@ def run_federation(
         random.setstate(rng_state_tuple(ckpt["python_rng"]))
         torch.set_rng_state(ckpt["torch_rng"])
         rounds = ckpt["rounds"]
-        log(WARNING, "fedlth: resuming %s after round %d of %d", out, len(rounds), sc["rounds"])
+        log(INFO, "fedlth: resuming %s after round %d of %d", out, len(rounds), sc["rounds"])
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
@@ -217,7 +217,7 @@ def make_server_app(
             summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir, prov=prov)
         except RunInterrupted:
             return  # a normal return: Flower then stops at once (simulate() raises it again)
-        log(WARNING, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
+        log(INFO, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
 
     return server_app
 

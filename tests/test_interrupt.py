@@ -25,7 +25,7 @@ from server.server_app import load_checkpoint, run_federation
 ROOT = Path(__file__).parent.parent
 TINY = {
     "dataset": "digits", "model": "mlp", "partition": "iid", "num-clients": 3, "clients-per-round": 3,
-    "rounds": 4, "local-epochs": 1, "algorithm": "subfedavg", "client-cpus": 1.0,
+    "rounds": 3, "local-epochs": 1, "algorithm": "subfedavg", "client-cpus": 1.0,
 }
 
 
@@ -114,6 +114,30 @@ def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tm
     assert resumed.returncode == 0, resumed.stderr
     rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rounds == list(range(1, TINY["rounds"] + 1))
+    for noise in ("DEPRECATED FEATURE", "Tip: In future versions of Ray"):  # --quiet is quiet
+        assert noise not in err + resumed.stderr, noise
+    assert "WARNING" not in resumed.stderr  # the success line is no warning
+    assert resumed.stdout.startswith("subfedavg: personalized accuracy")
     prov = json.loads((out / "summary.json").read_text())["provenance"]
     assert prov["command"] == f"fedlth run --resume {out} --quiet"
     assert prov["resumed_from"]["command"] == f"fedlth run {scenario} --out {out} --quiet"
+
+
+def test_flowers_deprecation_notice_and_rays_tip_are_hidden_other_warnings_kept(caplog):
+    import logging
+    import warnings
+
+    from server.simulate import _third_party_notices_hidden
+
+    flwr_logger = logging.getLogger("flwr")
+    with caplog.at_level(logging.WARNING, logger="flwr"), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with _third_party_notices_hidden(True):
+            flwr_logger.warning("DEPRECATED FEATURE: The `run_simulation` function is deprecated and will be removed")
+            flwr_logger.warning("round 3: client 2 sent no reply")
+            warnings.warn("Tip: In future versions of Ray, Ray will no longer override", FutureWarning, stacklevel=1)
+            warnings.warn("something else", FutureWarning, stacklevel=1)
+        flwr_logger.warning("DEPRECATED FEATURE: The `run_simulation` function is deprecated (outside)")
+    assert "client 2 sent no reply" in caplog.text and "(outside)" in caplog.text
+    assert caplog.text.count("run_simulation") == 1
+    assert [str(w.message) for w in seen] == ["something else"]
