@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, stop_on_sigint
+from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
 from fedlth.io import OutputError, check_out_dir, default_out_dir
 from fedlth.provenance import provenance
 from fedlth.scenario import ScenarioError, load_scenario
@@ -127,6 +129,23 @@ def _exit_interrupted(out: Path) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _runner(prov: dict, stop: threading.Event) -> Callable[[dict, Path], None]:
+    """One simulated run per call for compare and study; none starts after a Ctrl-C."""
+    from server.simulate import simulate
+
+    def run_one(sc: dict, out: Path) -> None:
+        check_stop(stop)
+        simulate(sc, out, prov=prov, stop=stop)
+
+    return run_one
+
+
+def _exit_interrupted_batch(out: Path) -> None:
+    """compare and study stop (exit 130) keeping the runs that finished; they have no --resume."""
+    click.echo(f"fedlth: interrupted; the runs that finished are in {out} (no table: it needs every run)", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def _resumable(run_dir: Path) -> tuple[dict, int]:
     """The scenario of a killed run that can be resumed and its rounds done; ScenarioError says why not."""
     if not run_dir.is_dir():
@@ -169,13 +188,15 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.compare import compare as run_compare
-    from server.simulate import simulate
-
     def say(alg: str, seed: int) -> None:
         if not quiet:
             click.echo(f"== {alg}, seed {seed}", err=True)
 
-    res = run_compare(sc, algs, list(range(seeds)), out, lambda s, d: simulate(s, d, prov=prov), on_run=say, prov=prov)
+    try:
+        with stop_on_sigint() as stop:
+            res = run_compare(sc, algs, list(range(seeds)), out, _runner(prov, stop), on_run=say, prov=prov)
+    except RunInterrupted:
+        _exit_interrupted_batch(out)
     click.echo(res["table"])
     click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
 
@@ -204,13 +225,15 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.study import study as run_study
-    from server.simulate import simulate
-
     def say(d: float) -> None:
         if not quiet:
             click.echo(f"== target density {d:g}", err=True)
 
-    run_study(sc, targets, out, lambda s, d: simulate(s, d, prov=prov), on_run=say, prov=prov)
+    try:
+        with stop_on_sigint() as stop:
+            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov)
+    except RunInterrupted:
+        _exit_interrupted_batch(out)
     click.echo((out / "study.md").read_text())
     click.echo(f"wrote {out}/study.md, study.json, study.png")
 

@@ -141,3 +141,23 @@ def test_flowers_deprecation_notice_and_rays_tip_are_hidden_other_warnings_kept(
     assert "client 2 sent no reply" in caplog.text and "(outside)" in caplog.text
     assert caplog.text.count("run_simulation") == 1
     assert [str(w.message) for w in seen] == ["something else"]
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "study"])
+def test_an_interrupted_command_exits_130_without_a_traceback(tmp_path, monkeypatch, command):
+    """The CLI's side, with the simulation stubbed: RunInterrupted becomes a message and 130."""
+    from click.testing import CliRunner
+
+    import server.simulate
+    from fedlth.cli import main
+
+    def interrupted(*_args, **_kwargs):
+        raise RunInterrupted("interrupted by the user")
+
+    monkeypatch.setattr(server.simulate, "simulate", interrupted)
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
+    result = CliRunner().invoke(main, [command, str(scenario), "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    assert "fedlth: interrupted" in result.output and "Traceback" not in result.output
+    assert ("--resume" in result.output) == (command == "run" and (tmp_path / "out" / "checkpoint.pt").exists())
