@@ -75,7 +75,7 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
 @click.option("--run-config", "run_config", multiple=True, metavar='"KEY=VALUE ..."',
               help="Flower's form of --set: space-separated pairs, strings TOML-quoted or not.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
-              help="Continue a killed run from its last checkpoint (no SCENARIO, --set or --out).")
+              help="Continue a killed run from its last checkpoint (no SCENARIO, --set, --run-config or --out).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
 def run(
@@ -188,6 +188,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.compare import compare as run_compare
+
     def say(alg: str, seed: int) -> None:
         if not quiet:
             click.echo(f"== {alg}, seed {seed}", err=True)
@@ -225,6 +226,7 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.study import study as run_study
+
     def say(d: float) -> None:
         if not quiet:
             click.echo(f"== target density {d:g}", err=True)
