@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from fedlth import __version__
 from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
 from fedlth.io import OutputError, check_out_dir, default_out_dir
 from fedlth.provenance import provenance
@@ -24,7 +25,7 @@ def fail(message: str) -> None:
 
 
 @click.group()
-@click.version_option(package_name="fedlth")
+@click.version_option(__version__, prog_name="fedlth")
 def main() -> None:
     """Federated and robust lottery tickets on Flower."""
 

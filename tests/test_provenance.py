@@ -34,7 +34,12 @@ def _git(root: Path, *args: str) -> str:
 
 
 def test_version_comes_from_the_package_metadata():
+    from click.testing import CliRunner
+
+    from fedlth.cli import main
+
     assert fedlth.__version__ == version("fedlth")
+    assert CliRunner().invoke(main, ["--version"]).output == f"fedlth, version {fedlth.__version__}\n"
 
 
 def test_record_has_every_field_with_this_process_values():
