@@ -250,11 +250,12 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     from fedlth.io import write_json_atomic
     from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
 
+    prov = provenance(program="fedlth")
     extra = (*overrides, *((f"evaluators={evaluators}",) if evaluators is not None else ()))
     try:
         sc = load_run_scenario(run_dir, extra)
         _check_data(sc)
-        result = reevaluate(run_dir, sc)
+        result = reevaluate(run_dir, sc) | {"provenance": prov}
     except (RunDirError, ScenarioError) as exc:
         fail(str(exc))
     from datetime import datetime

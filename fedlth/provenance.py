@@ -13,6 +13,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from fedlth import __version__
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout, when fedlth runs from one
 
 
@@ -59,8 +61,6 @@ def provenance(
 ) -> dict[str, Any]:
     """The provenance record: fedlth, flwr, torch and Python versions, git commit and dirty flag
     (None outside a git checkout), command line, host name and start time (UTC, ISO 8601)."""
-    from fedlth import __version__
-
     commit, dirty = git_state()
     return {
         "fedlth": __version__,

@@ -109,3 +109,17 @@ def test_comparison_files_record_provenance(tmp_path):
     md = (tmp_path / "comparison.md").read_text()
     assert "## Provenance" in md and "fedlth compare tiny.toml" in md and prov["started"] in md
     assert json.loads((tmp_path / "fedavg" / "seed-0" / "summary.json").read_text())["provenance"] == prov
+
+
+def test_reevaluation_records_provenance(tmp_path):
+    from click.testing import CliRunner
+
+    from fedlth.cli import main
+
+    out = tmp_path / "run"
+    run_federation(LocalGrid(client_app, 3), resolve(TINY), out, client_state_dir=out / "cs")
+    result = CliRunner().invoke(main, ["evaluate", str(out)])
+    assert result.exit_code == 0, result.output
+    (written,) = out.glob("evaluation-*.json")
+    prov = json.loads(written.read_text())["provenance"]
+    assert set(prov) == FIELDS and prov["command"].startswith("fedlth")

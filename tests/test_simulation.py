@@ -205,6 +205,8 @@ def test_study_over_densities_writes_table_and_plot(tmp_path):
     assert rows[0]["density"] == 1.0 and rows[1]["density"] <= 0.55
     assert "sex.demographic_parity_difference" in rows[0]
     assert (out / "study.png").stat().st_size > 1000
+    assert json.loads((out / "study.json").read_text())["provenance"]["flwr"]
+    assert "## Provenance" in (out / "study.md").read_text()
 
 
 def test_study_rejects_bad_densities(tmp_path):
