@@ -24,7 +24,19 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-@click.group()
+class _Commands(click.Group):
+    """fedlth's command group: a Ctrl-C that no command handles exits 130, as shells expect
+    (click's default prints "Aborted!" and exits 1)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\nfedlth: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="fedlth")
 def main() -> None:
     """Federated and robust lottery tickets on Flower."""

@@ -161,3 +161,21 @@ def test_an_interrupted_command_exits_130_without_a_traceback(tmp_path, monkeypa
     assert result.exit_code == EXIT_INTERRUPTED, result.output
     assert "fedlth: interrupted" in result.output and "Traceback" not in result.output
     assert ("--resume" in result.output) == (command == "run" and (tmp_path / "out" / "checkpoint.pt").exists())
+
+
+def test_a_ctrl_c_outside_the_simulation_exits_130_not_aborted(tmp_path, monkeypatch):
+    """E.g. while the data loads, before any thread runs: exit 130 too, not click's "Aborted!" and 1."""
+    from click.testing import CliRunner
+
+    import fedlth.cli
+    from fedlth.cli import main
+
+    def ctrl_c(_sc: dict) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fedlth.cli, "_check_data", ctrl_c)
+    scenario = tmp_path / "tiny.toml"
+    scenario.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
+    result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(tmp_path / "out")])
+    assert result.exit_code == EXIT_INTERRUPTED and "Aborted!" not in result.output
+    assert "fedlth: interrupted" in result.output
