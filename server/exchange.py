@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+from fedlth.interrupt import check_stop
 
 FIRST_POLL_SECONDS = 0.02
 MAX_POLL_SECONDS = 0.5
@@ -35,3 +39,32 @@ def stream_replies(grid: Grid, messages: Iterable[Message], timeout: float) -> I
             return
         poll = FIRST_POLL_SECONDS if got else min(poll * 2, MAX_POLL_SECONDS)
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+class StoppableGrid:
+    """A grid that raises RunInterrupted on its next use once `stop` is set.
+
+    The server polls the grid at least every MAX_POLL_SECONDS while a round runs and between
+    rounds, so a Ctrl-C takes effect within a second, wherever the round loop is waiting.
+    """
+
+    def __init__(self, grid: Grid, stop: threading.Event) -> None:
+        self._grid, self._stop = grid, stop
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Push, unless the run was asked to stop."""
+        check_stop(self._stop)
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Pull, unless the run was asked to stop."""
+        check_stop(self._stop)
+        return self._grid.pull_messages(message_ids)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """The grid's nodes, unless the run was asked to stop."""
+        check_stop(self._stop)
+        return self._grid.get_node_ids()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import random
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from logging import WARNING
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,16 @@ from flwr.supercore import log
 
 from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
+from fedlth.interrupt import RunInterrupted
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.partition_file import RECORD_NAME, partition_file_record
 from fedlth.plots import plot_federated
+from fedlth.provenance import provenance
 from fedlth.reference import scenario_reference
 from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from fedlth.tickets import save_tickets
-from server.exchange import stream_replies
+from server.exchange import StoppableGrid, stream_replies
 from server.strategy import TicketStrategy, rng_state_tuple
 
 RoundHook = Callable[[dict[str, Any]], None]
@@ -54,6 +57,7 @@ def wait_for_nodes(grid: Grid, n: int, limit: float = NODE_WAIT_SECONDS, strict:
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = "fedlth-server-checkpoint-v1"
+PROVENANCE = "provenance.json"  # the record of the command that started the run
 
 
 class ResumeError(ValueError):
@@ -119,17 +123,29 @@ def _evaluate_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rn
     entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
 
 
+def run_provenance(out: Path, resume: bool, prov: dict[str, Any] | None = None) -> dict[str, Any]:
+    """This process's provenance (`prov`, else built now); a resumed run also carries the
+    record of the run it continues, from the folder's provenance.json."""
+    prov = dict(prov or provenance())
+    first = out / PROVENANCE
+    if resume and first.is_file():
+        prov["resumed_from"] = json.loads(first.read_text())
+    return prov
+
+
 def run_federation(
     grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, resume: bool = False,
-    client_state_dir: Path | None = None,
+    client_state_dir: Path | None = None, prov: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every round of the scenario on `grid` (or the rounds a killed run had left);
     metrics.jsonl and a checkpoint are written after every round, the rest at the end.
 
     `client_state_dir`: where clients on this machine (simulation) keep their tickets, so
-    that they are on disk rather than in RAM and a resumed run finds them.
+    that they are on disk rather than in RAM and a resumed run finds them. `prov`: the
+    provenance record (fedlth.provenance) for the outputs; built here when not given.
     """
     t_start = time.perf_counter()
+    prov = run_provenance(out, resume, prov)
     random.seed(sc["seed"])  # anything in Flower that samples with the global `random`
     torch.manual_seed(sc["seed"])
     alg = get_algorithm(sc["algorithm"])
@@ -147,7 +163,7 @@ def run_federation(
         random.setstate(rng_state_tuple(ckpt["python_rng"]))
         torch.set_rng_state(ckpt["torch_rng"])
         rounds = ckpt["rounds"]
-        log(WARNING, "fedlth: resuming %s after round %d of %d", out, len(rounds), sc["rounds"])
+        log(INFO, "fedlth: resuming %s after round %d of %d", out, len(rounds), sc["rounds"])
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
@@ -159,6 +175,8 @@ def run_federation(
     write_text_atomic(out / "scenario.toml", to_toml(sc))
     if split_file is not None and not resume:  # a resume checks the file still has this content
         write_json_atomic(out / RECORD_NAME, split_file)
+    if not resume:
+        write_json_atomic(out / PROVENANCE, prov)
     metrics_path = out / "metrics.jsonl"
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
@@ -186,6 +204,7 @@ def run_federation(
     summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
     if split_file is not None:
         summary["partition_file"] = split_file
+    summary["provenance"] = prov
     write_json_atomic(out / "summary.json", summary)
     write_text_atomic(out / "report.md", report_markdown(sc, summary))
     torch.save({"global": strategy.global_weights, "masks": strategy.masks}, out / "server_state.pt")
@@ -196,19 +215,26 @@ def run_federation(
 
 
 def make_server_app(
-    sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None, resume: bool = False
+    sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None, resume: bool = False,
+    stop: threading.Event | None = None, prov: dict[str, Any] | None = None,
 ) -> ServerApp:
-    """A ServerApp for a given scenario (fedlth run), or one that reads Flower's run config (flwr run)."""
+    """A ServerApp for a given scenario (fedlth run), or one that reads Flower's run config (flwr run);
+    once `stop` is set, its next use of the grid raises RunInterrupted (Ctrl-C)."""
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        if stop is not None:
+            grid = StoppableGrid(grid, stop)
         scenario = sc if sc is not None else resolve(dict(context.run_config), source="run config")
         folder = out or Path(scenario["out-dir"] or default_out_dir("run", scenario["name"] or scenario["algorithm"]))
         # only in-process simulation (a given scenario) shares this machine's disk with its clients
         state_dir = folder / "client-state" if sc is not None else None
-        summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir)
-        log(WARNING, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
+        try:
+            summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir, prov=prov)
+        except RunInterrupted:
+            return  # a normal return: Flower then stops at once (simulate() raises it again)
+        log(INFO, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
 
     return server_app
 

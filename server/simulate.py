@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fedlth.interrupt import RunInterrupted
 from server.server_app import RoundHook, make_server_app
 
 
@@ -81,11 +86,45 @@ def backend_config(sc: dict[str, Any], cuda: bool | None = None) -> dict[str, An
     return {"client_resources": {"num_cpus": cpus, "num_gpus": client_gpus(sc, cuda)}, "init_args": init_args}
 
 
+class _DropMessages(logging.Filter):
+    """Drops log records whose message contains any of the given texts."""
+
+    def __init__(self, *texts: str) -> None:
+        super().__init__()
+        self.texts = texts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(t in record.getMessage() for t in self.texts)
+
+
+@contextmanager
+def _third_party_notices_hidden(hide: bool) -> Iterator[None]:
+    """Hide, for the block, two notices fedlth users can't act on: Flower's deprecation of
+    run_simulation (fedlth calls it; `flwr run` is the other way in) and Ray's FutureWarning
+    about GPU visibility (fedlth relies on today's behaviour: clients that reserve no GPU see none)."""
+    if not hide:
+        yield
+        return
+    flwr_logger = logging.getLogger("flwr")
+    notice = _DropMessages("The `run_simulation` function is deprecated")
+    flwr_logger.addFilter(notice)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
+            yield
+    finally:
+        flwr_logger.removeFilter(notice)
+
+
 def simulate(
-    sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False
+    sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False,
+    stop: threading.Event | None = None, prov: dict[str, Any] | None = None,
 ) -> None:
     """Run the scenario on `num-clients` simulated SuperNodes; outputs land in `out`
-    (resume: continue the killed run in `out` from its last checkpoint).
+    (resume: continue the killed run in `out` from its last checkpoint). Once `stop` is set
+    the server stops at its next grid call and this raises RunInterrupted (the run folder
+    keeps the checkpoint of the last finished round). `prov`: the provenance record for the
+    run's outputs (fedlth.provenance; built by the server when None).
 
     backend = ray: Flower's simulation engine (clients in parallel, Ray clusters);
     backend = inprocess: the same ServerApp loop and ClientApp, driven in this process through
@@ -93,11 +132,13 @@ def simulate(
     """
     if sc["backend"] == "inprocess":
         from clients.client_app import app as client_app
+        from server.exchange import StoppableGrid
         from server.local_grid import LocalGrid
         from server.server_app import run_federation
 
         grid = LocalGrid(client_app, sc["num-clients"])
-        run_federation(grid, sc, out, on_round, resume=resume, client_state_dir=out / "client-state")
+        run_federation(StoppableGrid(grid, stop) if stop is not None else grid, sc, out, on_round, resume=resume,
+                       client_state_dir=out / "client-state", prov=prov)
         return
     config = backend_config(sc)  # bad compute settings fail here, before Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -107,12 +148,16 @@ def simulate(
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    run_simulation(
-        server_app=make_server_app(sc, out, on_round, resume=resume),
-        client_app=client_app,
-        num_supernodes=sc["num-clients"],
-        backend_config=config,
-        verbose_logging=verbose,
-    )
-    if not (out / "summary.json").is_file():
+    with _third_party_notices_hidden(not verbose):
+        run_simulation(
+            server_app=make_server_app(sc, out, on_round, resume=resume, stop=stop, prov=prov),
+            client_app=client_app,
+            num_supernodes=sc["num-clients"],
+            backend_config=config,
+            verbose_logging=verbose,
+        )
+    finished = (out / "summary.json").is_file()
+    if stop is not None and stop.is_set() and not finished:
+        raise RunInterrupted(f"interrupted by the user; {out} keeps the last finished round's checkpoint")
+    if not finished:
         raise RuntimeError(f"the simulation ended without writing {out / 'summary.json'}; see the log above")

@@ -6,7 +6,7 @@ import math
 import random
 import statistics
 from collections.abc import Iterable, Sequence
-from logging import WARNING
+from logging import INFO, WARNING
 from typing import Any
 
 import torch
@@ -441,7 +441,7 @@ class TicketStrategy(Strategy):
 
     def summary(self) -> None:
         """Flower's hook to log the configuration."""
-        log(WARNING, "fedlth strategy: %s, %s clients, %s per round", self.alg.name, self.sc["num-clients"], self.sc["clients-per-round"])
+        log(INFO, "fedlth strategy: %s, %s clients, %s per round", self.alg.name, self.sc["num-clients"], self.sc["clients-per-round"])
 
 
 def rng_state_tuple(state: Sequence[Any]) -> tuple[Any, ...]:

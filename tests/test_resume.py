@@ -40,6 +40,7 @@ def _run(out: Path, resume: bool = False, tamper: dict[int, Tamper] | None = Non
 def _outcome(out: Path) -> tuple[dict, list[dict]]:
     summary = json.loads((out / "summary.json").read_text())
     summary.pop("wall_seconds")
+    summary.pop("provenance")  # who ran it and when: differs between the runs by design
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rounds:
         r.pop("seconds")
@@ -120,3 +121,7 @@ def test_resume_bad_inputs_exit_2_and_touch_nothing(tmp_path):
     both = runner.invoke(main, ["run", str(scenario), "--resume", str(done)])
     assert both.exit_code == 2 and "--resume takes" in both.output
     assert (done / "summary.json").read_text() == "{}" and (done / "checkpoint.pt").read_bytes() == b"x"
+    (done / "summary.json").unlink()
+    (done / "scenario.toml").write_text(to_toml(_sc()))
+    damaged = runner.invoke(main, ["run", "--resume", str(done)])
+    assert damaged.exit_code == 2 and "checkpoint.pt' is unreadable" in damaged.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,112 @@ def test_cli_refuses_a_non_empty_out_dir_and_leaves_it_alone(tmp_path):
     assert "not empty" in result.output
     assert (out / "summary.json").read_text() == "precious"
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda: resolve({}, ["round=5"]), "--set: unknown key 'round'; did you mean 'rounds'?"),
+        (lambda: resolve({"num_clients": 4}), "unknown key 'num_clients'; did you mean 'num-clients'?"),
+        (lambda: resolve({"colour": "red"}), "unknown key 'colour'; `fedlth keys` lists every key"),
+    ],
+)
+def test_unknown_keys_suggest_the_closest_name_instead_of_listing_all(call, needle):
+    with pytest.raises(ScenarioError) as info:
+        call()
+    assert str(info.value).endswith(needle)
+    assert "rewind-iteration" not in str(info.value)  # no dump of every name
+
+
+def test_cli_unknown_key_in_a_file_or_set_suggests_one(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("epochz = 3\n")
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "unknown key 'epochz'; did you mean 'epochs'?" in result.output
+    result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", "round=5", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "fedlth: error: --set: unknown key 'round'; did you mean 'rounds'?" in result.output
+
+
+def test_every_key_has_a_group_and_groups_are_contiguous():
+    groups = [spec.group for spec in KEYS.values()]
+    assert all(groups)
+    order = list(dict.fromkeys(groups))
+    assert groups == sorted(groups, key=order.index)  # each concern is one block in KEYS
+    assert {"data", "federation", "compute"} <= set(order)
+
+
+def test_fedlth_keys_lists_every_key_grouped_and_is_a_valid_scenario():
+    result = CliRunner().invoke(main, ["keys"])
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads(result.output) == sc_mod.defaults()  # every key, at its default
+    heads = [line for line in result.output.splitlines() if line.startswith("# --- ")]
+    assert heads == [f"# --- {g} ---" for g in dict.fromkeys(s.group for s in KEYS.values())]
+    assert 'partition = "iid"  # str; one of iid, dirichlet, pathological, shard, natural-id' in result.output
+    assert "lr = 0.05  # float; a number with 0.0 < x\n    # Learning rate." in result.output
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("attack-*", {"attack-eps", "attack-steps", "attack-samples"}),
+        ("ROUND", {"rounds", "clients-per-round", "round-timeout"}),
+        ("compute", {"device", "client-cpus", "client-gpus", "ray-address"}),
+    ],
+)
+def test_fedlth_keys_pattern_filters_by_name_glob_or_group(pattern, expected):
+    result = CliRunner().invoke(main, ["keys", pattern])
+    assert result.exit_code == 0, result.output
+    assert set(tomllib.loads(result.output)) == expected
+
+
+def test_fedlth_keys_without_a_match_exits_2_with_a_suggestion():
+    result = CliRunner().invoke(main, ["keys", "roundz"])
+    assert result.exit_code == 2
+    assert "no scenario key matches 'roundz'; did you mean 'rounds'?" in result.output
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (['algorithm="fedavg"'], {"algorithm": "fedavg"}),
+        (["algorithm='local'"], {"algorithm": "local"}),
+        (["rounds=3 lr=0.1"], {"rounds": 3, "lr": 0.1}),
+        (['name="my run" seed=4 controls=false'], {"name": "my run", "seed": 4, "controls": False}),
+        (["name=my run"], {"name": "my run"}),  # not all pairs: one override, as before
+        (['attack-eps="0.1,0.2"', "attack-eps=0.3"], {"attack-eps": "0.3"}),
+        (['rounds="5"'], {"rounds": 5}),
+    ],
+)
+def test_set_takes_flowers_forms_quoted_values_and_several_pairs(overrides, expected):
+    sc = resolve({}, overrides)
+    assert {k: sc[k] for k in expected} == expected
+
+
+def test_several_pairs_report_the_bad_one():
+    with pytest.raises(ScenarioError, match="unknown key 'round'; did you mean 'rounds'"):
+        resolve({}, ["lr=0.1 round=3"])
+    with pytest.raises(ScenarioError, match="key 'rounds' needs a int"):
+        resolve({}, ['lr=0.1 rounds="many"'])
+
+
+def test_run_accepts_flowers_run_config_form(tmp_path, monkeypatch):
+    """`fedlth run --run-config "k=v k2=v2"` overrides like --set (the simulation is stubbed)."""
+    import server.simulate
+
+    seen = {}
+
+    def fake_simulate(sc, out, *args, **kwargs):
+        seen.update(sc)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(server.simulate, "simulate", fake_simulate)
+    path = tmp_path / "s.toml"
+    path.write_text("dataset = 'digits'\nmodel = 'mlp'\nnum-clients = 2\nclients-per-round = 2\n")
+    args = ["run", str(path), "--out", str(tmp_path / "o"), "--quiet",
+            "--run-config", 'algorithm="fedavg" rounds=3', "--set", "lr=0.1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (seen["algorithm"], seen["rounds"], seen["lr"]) == ("fedavg", 3, 0.1)
+    result = CliRunner().invoke(main, ["run", "--resume", str(tmp_path), "--run-config", "rounds=3"])
+    assert result.exit_code == 2 and "drop SCENARIO, --set, --run-config and --out" in result.output

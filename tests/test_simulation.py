@@ -76,6 +76,7 @@ def test_two_rounds_three_clients_every_algorithm(tmp_path, algorithm):
 def _check_two_rounds(out: Path, algorithm: str) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS
+    assert summary["provenance"]["fedlth"] and summary["provenance"]["python"]
     assert summary["algorithm"] == algorithm and summary["rounds"] == 2 and summary["num_clients"] == 3
     acc = summary["personalized_accuracy"]
     assert set(acc["per_client"]) == {"0", "1", "2"}
@@ -208,6 +209,8 @@ def test_study_over_densities_writes_table_and_plot(tmp_path):
     assert rows[0]["density"] == 1.0 and rows[1]["density"] <= 0.55
     assert "sex.demographic_parity_difference" in rows[0]
     assert (out / "study.png").stat().st_size > 1000
+    assert json.loads((out / "study.json").read_text())["provenance"]["flwr"]
+    assert "## Provenance" in (out / "study.md").read_text()
 
 
 def test_study_rejects_bad_densities(tmp_path):
