@@ -392,13 +392,13 @@ def sparse_upload_train(received: Weights | None, state: ClientState, ctx: Ctx) 
 
 def personal_ticket(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
     """The client's ticket: the global model fine-tuned on local data, pruned to
-    `target-density` by global magnitude, then retrained inside that mask; epochs and learning
+    `target-density` by `ticket-pruner` (magnitude over all layers, or per layer), then retrained inside that mask; epochs and learning
     rate chosen on validation at both stages. `ticket-control` swaps in the winning-ticket
     controls: a random mask with the same per-layer counts, or the mask on a fresh init."""
     assert received is not None
     sc = ctx.sc
     warm, _ = _finetune(ctx, received, None, epochs=sc["ticket-warmup-epochs"], lrs=(sc["lr"],))
-    mask = get_pruner("magnitude-global")(warm, _ones(ctx), 1.0 - sc["target-density"])
+    mask = get_pruner(sc["ticket-pruner"])(warm, _ones(ctx), 1.0 - sc["target-density"])
     if sc["ticket-control"] == "random-mask":  # same count per layer, positions at random
         mask = random_mask_like(mask, ctx.generator)
     if sc["ticket-control"] == "reinit":  # same mask, weights from a fresh random init

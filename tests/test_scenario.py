@@ -163,7 +163,7 @@ def test_fedlth_keys_lists_every_key_grouped_and_is_a_valid_scenario():
     [
         ("attack-*", {"attack-eps", "attack-steps", "attack-samples"}),
         ("ROUND", {"rounds", "clients-per-round", "round-timeout"}),
-        ("compute", {"device", "client-cpus", "client-gpus", "ray-address"}),
+        ("compute", {"device", "client-cpus", "client-gpus", "backend", "ray-address"}),
     ],
 )
 def test_fedlth_keys_pattern_filters_by_name_glob_or_group(pattern, expected):

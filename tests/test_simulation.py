@@ -67,7 +67,9 @@ def test_two_rounds_three_clients_every_algorithm(tmp_path, algorithm):
     from server.local_grid import LocalGrid
     from server.server_app import run_federation
 
-    sc = resolve({**tomllib.loads(SCENARIO), "algorithm": algorithm})
+    # shared-ticket's server prunes after round 1 here (its default schedule starts at round 30)
+    schedule = {"prune-start": 0, "prune-end": 1} if algorithm == "shared-ticket" else {}
+    sc = resolve({**tomllib.loads(SCENARIO), "algorithm": algorithm, **schedule})
     out = tmp_path / algorithm
     run_federation(LocalGrid(client_app, 3), sc, out, client_state_dir=out / "client-state")
     _check_two_rounds(out, algorithm)
@@ -93,6 +95,17 @@ def _check_two_rounds(out: Path, algorithm: str) -> None:
         # the body both ways (the head as mask bits only); no global model to score
         assert b["upload"] < b["dense_fedavg_upload"] and b["download"] < b["dense_fedavg_download"]
         assert summary["global_accuracy"] is None and summary["density"]["mean"] == 1.0
+    elif algorithm == "personal-ticket":
+        # the dense global model down; up, the upload-density (0.3) share that changed most, with its bits;
+        # each client's ticket is pruned to target-density (0.2) at evaluation
+        assert b["download"] == b["dense_fedavg_download"] and b["upload"] < 0.45 * b["dense_fedavg_upload"]
+        assert 0.0 <= summary["global_accuracy"] <= 1.0
+        assert abs(summary["density"]["mean"] - 0.2) < 0.01
+    elif algorithm == "shared-ticket":
+        # round 1 dense, then the server's shared mask at 0.2 both ways
+        assert abs(summary["density"]["mean"] - 0.2) < 0.01
+        assert rounds[1]["bytes"]["upload"] < 0.4 * rounds[0]["bytes"]["upload"]
+        assert rounds[1]["bytes"]["download"] < 0.4 * rounds[0]["bytes"]["download"]
     elif algorithm in ("fedavg", "fedavg-ft", "ditto"):
         # dense both ways; the wire bytes are exactly dense FedAvg's
         assert b["upload"] == b["dense_fedavg_upload"] and b["download"] == b["dense_fedavg_download"]

@@ -32,7 +32,7 @@ def _run(tmp_path, name, *extra):
 
 
 def _strip_times(summary):
-    drop = {"wall_seconds", "dense_seconds", "seconds", "seconds_with_controls"}
+    drop = {"wall_seconds", "dense_seconds", "seconds", "seconds_with_controls", "provenance"}  # provenance: start time, command
     if isinstance(summary, dict):
         return {k: _strip_times(v) for k, v in summary.items() if k not in drop}
     if isinstance(summary, list):
