@@ -22,10 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from test_deploy import ROOT, SUPERNODE, _free_ports, _kill_group, _ours, _wait
 
+from fedlth.cli import main
 from fedlth.deploy import (
     Certs,
+    DeployError,
+    command_lines,
     gateway_command,
     make_certs,
     make_node_keys,
@@ -37,7 +41,7 @@ from fedlth.deploy import (
 
 STEP = 60.0  # seconds any one step may take before the test fails
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx (apt-get install nginx-light)")
+needs_nginx = pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx (apt-get install nginx-light)")
 
 
 class Deployment:
@@ -147,6 +151,43 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     assert not _ours(marker), "processes left behind"
 
 
+def test_the_recipe_keeps_the_superlink_on_loopback_with_a_database_and_the_gateway_passes_only_the_fleet_api(tmp_path):
+    certs = make_certs(tmp_path / "certs")
+    keys = make_node_keys(tmp_path / "certs", ["node-0"])
+    for path, mode in [(certs.ca_cert, 0o644), (certs.server_cert, 0o644), (keys[0].public, 0o644),
+                       (certs.ca_key, 0o600), (certs.server_key, 0o600), (keys[0].private, 0o600)]:
+        assert path.stat().st_mode & 0o777 == mode, path
+    link = superlink_command(certs=certs, database="s.db")
+    assert link[link.index("--host") + 1] == "127.0.0.1" and link[link.index("--database") + 1] == "s.db"
+    lines = command_lines(address="10.0.0.5:9092", nodes=1, state_root="/s", certs=certs, keys=keys)
+    text = "\n".join(lines)
+    assert "flower-superlink --host 127.0.0.1 --port 9093" in text and "--database superlink.db" in text
+    assert "fedlth deploy gateway gateway --listen 0.0.0.0:9092 --superlink-port 9093" in text
+    assert "nginx -p gateway/ -e error.log -c nginx.conf" in text
+    assert "--address 127.0.0.1:9093" in text and "--superlink 10.0.0.5:9092" in text
+    with pytest.raises(DeployError, match="different ports"):
+        command_lines(address="10.0.0.5:9093", nodes=1, state_root="/s", certs=certs, keys=keys)
+    conf = write_gateway(tmp_path / "gw", listen="0.0.0.0:9092", superlink_port=9093, certs=certs).read_text()
+    assert re.findall(r"location (\S+)", conf) == ["/v1/fleet/", "/"] and "location / { return 403; }" in conf
+    assert "proxy_pass https://127.0.0.1:9093/v1/fleet/;" in conf and "proxy_ssl_verify on;" in conf
+    plain = write_gateway(tmp_path / "plain", listen="127.0.0.1:9092", superlink_port=9093, certs=None).read_text()
+    assert "proxy_pass http://127.0.0.1:9093/v1/fleet/;" in plain and "ssl" not in plain
+    with pytest.raises(DeployError, match="already exist"):
+        write_gateway(tmp_path / "gw", listen="0.0.0.0:9092", certs=certs)
+    with pytest.raises(DeployError, match="may not hold"):
+        write_gateway(tmp_path / "a b", listen="0.0.0.0:9092", certs=None)
+    runner = CliRunner()
+    made = runner.invoke(main, ["deploy", "gateway", str(tmp_path / "cli"), "--certs", str(tmp_path / "certs")])
+    assert made.exit_code == 0 and "nginx -p" in made.output, made.output
+    assert (tmp_path / "cli" / "nginx.conf").read_text().count("ssl_certificate ") == 1
+    neither = runner.invoke(main, ["deploy", "gateway", str(tmp_path / "cli2")])
+    assert neither.exit_code == 2 and "--insecure" in neither.output
+    if shutil.which("nginx"):
+        check = subprocess.run(["nginx", "-t", *gateway_command(tmp_path / "gw" / "nginx.conf")[1:]],
+                               capture_output=True, text=True, timeout=STEP)
+        assert check.returncode == 0, check.stderr
+
+
 def _post(port: int, ca: Path, path: str) -> int:
     """HTTP status of a raw POST (path sent as is) to the gateway, over TLS verified with ca."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=STEP, context=ssl.create_default_context(cafile=str(ca)))
@@ -157,6 +198,7 @@ def _post(port: int, ca: Path, path: str) -> int:
         conn.close()
 
 
+@needs_nginx
 def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(deployment: Deployment):
     dep = deployment
     node, intruder = make_node_keys(dep.root / "keys", ["node-0", "intruder"])
@@ -191,6 +233,7 @@ def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(d
     assert '"POST /v1/fleet/activate-node HTTP/1.1" 200' in (dep.root / "gateway" / "access.log").read_text()
 
 
+@needs_nginx
 def test_a_restarted_superlink_keeps_its_nodes_and_they_reconnect_by_themselves(deployment: Deployment):
     dep = deployment
     (node,) = make_node_keys(dep.root / "keys", ["node-0"])
