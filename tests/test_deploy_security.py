@@ -224,6 +224,11 @@ def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(d
     # nothing reached the SuperLink's Control API: no node was registered, no run started
     assert "/v1/control/" not in dep.log("superlink")
     assert dep.nodes() == {}
+    # a device holding ca.crt and a key nobody registered is refused by the Fleet API as well
+    dep.supernode(intruder.private, 1)
+    intruder_proc = dep.procs.pop("node-1")
+    _wait("the unregistered node to give up", lambda: intruder_proc.poll() is not None, dep.procs, STEP)
+    assert dep.nodes() == {}, dep.log("node-1")[-2000:]
     # the operator, on loopback, registers the real node, which joins through the gateway
     code, out = finish(dep.flwr("supernode", "register", str(node.public), "operator"))
     assert code == 0, out
