@@ -23,9 +23,20 @@ if [ -f "$TRIAL/trial.stamp" ] && [ "$(cat "$TRIAL/trial.stamp")" != "$stamp" ];
        "remove it or set TRIAL= to another folder" >&2
   exit 2
 fi
+if [ ! -f "$TRIAL/trial.stamp" ] && { [ -e "$TRIAL/certs" ] || [ -e "$TRIAL/data" ]; }; then
+  echo "trial.sh: $TRIAL holds files of an unknown earlier trial; remove it or set TRIAL= to another folder" >&2
+  exit 2
+fi
 echo "$stamp" >"$TRIAL/trial.stamp"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done; }
+cleanup() {  # TERM every process group it started, KILL what is still there after 15 s
+  for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done
+  for _ in $(seq 15); do
+    left=0; for p in "${pids[@]}"; do kill -0 -- "-$p" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && return; sleep 1
+  done
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT INT TERM
 wait_port() { for _ in $(seq 60); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 1; done; echo "nothing on port $1" >&2; exit 1; }
 
