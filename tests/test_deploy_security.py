@@ -228,7 +228,8 @@ def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(d
     dep.supernode(intruder.private, 1)
     intruder_proc = dep.procs.pop("node-1")
     _wait("the unregistered node to give up", lambda: intruder_proc.poll() is not None, dep.procs, STEP)
-    assert dep.nodes() == {}, dep.log("node-1")[-2000:]
+    assert "Failed to activate SuperNode" in dep.log("node-1") and dep.nodes() == {}, dep.log("node-1")[-2000:]
+    assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in (dep.root / "gateway" / "access.log").read_text()
     # the operator, on loopback, registers the real node, which joins through the gateway
     code, out = finish(dep.flwr("supernode", "register", str(node.public), "operator"))
     assert code == 0, out
