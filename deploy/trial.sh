@@ -1,41 +1,84 @@
 #!/usr/bin/env bash
 # A trial deployment on one machine, the way devices would run it: a TLS SuperLink with
-# SuperNode authentication, N SuperNodes (each its own process, data file and state folder)
-# and `flwr run`. Usage, from the project folder:
+# SuperNode authentication and a database, on loopback only; an nginx gateway that passes
+# Flower's Fleet API alone (what devices dial); N SuperNodes (each its own process, data file
+# and state folder) and `flwr run`. Needs nginx (apt-get install nginx-light). Usage, from the
+# project folder:
 #   deploy/trial.sh [SCENARIO] [N]          (defaults: scenarios/quickstart.toml, its num-clients)
 # Everything goes to $TRIAL (default /tmp/fedlth-trial); Ctrl-C stops every process it started.
+# Certificates, keys, data files and the database are reused by a later trial with the same
+# scenario file and N, and refused for another one (remove $TRIAL or pick another TRIAL=).
 set -euo pipefail
 SCENARIO=${1:-scenarios/quickstart.toml}
 N=${2:-$(python3 -c "import sys; from fedlth.scenario import load_scenario; print(load_scenario(sys.argv[1])['num-clients'])" "$SCENARIO")}
 TRIAL=${TRIAL:-/tmp/fedlth-trial}
-PORT=${PORT:-9092}
+PORT=${PORT:-9092}            # the gateway: what devices dial (Fleet API only)
+LINK_PORT=$((PORT + 1))       # the SuperLink itself, 127.0.0.1 only (flwr: Control API)
+command -v nginx >/dev/null || { echo "trial.sh: needs nginx (apt-get install nginx-light)" >&2; exit 2; }
 export FLWR_HOME="$TRIAL/flwr-home"
 mkdir -p "$TRIAL/logs" "$FLWR_HOME"
+stamp="scenario-sha256=$(sha256sum <"$SCENARIO" | cut -d' ' -f1) nodes=$N"
+if [ -f "$TRIAL/trial.stamp" ] && [ "$(cat "$TRIAL/trial.stamp")" != "$stamp" ]; then
+  echo "trial.sh: $TRIAL holds an earlier trial ($(cat "$TRIAL/trial.stamp")), not $SCENARIO with $N nodes;" \
+       "remove it or set TRIAL= to another folder" >&2
+  exit 2
+fi
+if [ ! -f "$TRIAL/trial.stamp" ] && { [ -e "$TRIAL/certs" ] || [ -e "$TRIAL/data" ]; }; then
+  echo "trial.sh: $TRIAL holds files of an unknown earlier trial; remove it or set TRIAL= to another folder" >&2
+  exit 2
+fi
+echo "$stamp" >"$TRIAL/trial.stamp"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done; }
+cleanup() {  # TERM every process group it started, KILL what is still there after 15 s
+  for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done
+  for _ in $(seq 15); do
+    left=0; for p in "${pids[@]}"; do kill -0 -- "-$p" 2>/dev/null && left=1; done
+    [ "$left" = 0 ] && return; sleep 1
+  done
+  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT INT TERM
+wait_port() { for _ in $(seq 60); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 1; done; echo "nothing on port $1" >&2; exit 1; }
 
 # 1. a throw-away CA, the SuperLink's certificate and one key pair per SuperNode
 [ -f "$TRIAL/certs/ca.crt" ] || fedlth deploy certs "$TRIAL/certs" --nodes "$N"
 # 2. each SuperNode's own data (a device would already hold its file)
 [ -f "$TRIAL/data/client-0.npz" ] || fedlth deploy export-data "$SCENARIO" "$TRIAL/data"
-# 3. the SuperLink: TLS + SuperNode authentication, apps run with the installed packages
-setsid flower-superlink --host 127.0.0.1 --port "$PORT" \
+# 3. the SuperLink on loopback: TLS + SuperNode authentication, state in a database, apps run
+#    with the installed packages
+setsid flower-superlink --host 127.0.0.1 --port "$LINK_PORT" \
   --ssl-ca-certfile "$TRIAL/certs/ca.crt" --ssl-certfile "$TRIAL/certs/server.pem" \
-  --ssl-keyfile "$TRIAL/certs/server.key" --enable-supernode-auth \
+  --ssl-keyfile "$TRIAL/certs/server.key" --enable-supernode-auth --database "$TRIAL/superlink.db" \
   --disable-runtime-dependency-installation >"$TRIAL/logs/superlink.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 60); do (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 1; done
-# 4. a flwr connection that trusts the CA, then every node's public key registered
-fedlth deploy connection trial --address "127.0.0.1:$PORT" --root-certificates "$TRIAL/certs/ca.crt" --default
-for i in $(seq 0 $((N - 1))); do flwr supernode register "$TRIAL/certs/node-$i.pub" trial; done
-# 5. the SuperNodes: partition id, data file and state folder in --node-config
+wait_port "$LINK_PORT"
+# 4. the gateway devices dial: the Fleet API only (a real deployment listens on 0.0.0.0)
+fedlth deploy gateway "$TRIAL/gateway" --listen "127.0.0.1:$PORT" --superlink-port "$LINK_PORT" \
+  --certs "$TRIAL/certs" --force
+setsid nginx -p "$TRIAL/gateway/" -e error.log -c nginx.conf >"$TRIAL/logs/gateway.log" 2>&1 &
+pids+=($!)
+wait_port "$PORT"
+# 5. the operator's flwr connection (the SuperLink's own port), then every node's public key
+#    registered (the database keeps them: a later trial in this folder finds them there)
+fedlth deploy connection trial --address "127.0.0.1:$LINK_PORT" --root-certificates "$TRIAL/certs/ca.crt" --default
 for i in $(seq 0 $((N - 1))); do
-  setsid flower-supernode --superlink "127.0.0.1:$PORT" --root-certificates "$TRIAL/certs/ca.crt" \
+  out=$(flwr supernode register "$TRIAL/certs/node-$i.pub" trial 2>&1) || grep -qi "already" <<<"$out" \
+    || { echo "$out" >&2; exit 1; }
+done
+# 6. the SuperNodes, through the gateway: partition id, data file and state folder in --node-config.
+#    Each restarts 10 s after it exits, as deploy/fedlth-supernode@.service does: a SuperLink
+#    that remembers a node from an earlier trial (its database) refuses it until the old
+#    heartbeat lapses (up to a minute).
+for i in $(seq 0 $((N - 1))); do
+  setsid bash -c 'while :; do "$@"; sleep 10; done' "node-$i" \
+    flower-supernode --superlink "127.0.0.1:$PORT" --root-certificates "$TRIAL/certs/ca.crt" \
     --auth-supernode-private-key "$TRIAL/certs/node-$i.key" --port $((PORT + 100 + i)) \
     --node-config "partition-id=$i data-file=\"$TRIAL/data/client-$i.npz\" state-dir=\"$TRIAL/state/node-$i\"" \
-    >"$TRIAL/logs/node-$i.log" 2>&1 &
+    >>"$TRIAL/logs/node-$i.log" 2>&1 &
   pids+=($!)
 done
-# 6. the run (outputs: the scenario's out-dir, else runs/ under the ServerApp's folder)
+active() { grep -o 'Activated node_id=[0-9]*' "$TRIAL/logs/superlink.log" | sort -u | wc -l; }
+for _ in $(seq 180); do [ "$(active)" -ge "$N" ] && break; sleep 1; done
+[ "$(active)" -ge "$N" ] || { echo "trial.sh: only $(active) of $N SuperNodes joined; see $TRIAL/logs" >&2; exit 1; }
+# 7. the run (outputs: the scenario's out-dir, else runs/ under the ServerApp's folder)
 flwr run . trial --run-config "$SCENARIO" --stream

@@ -1,11 +1,16 @@
-"""Deployment helpers: trial certificates, SuperNode keys, Flower connections, command lines.
+"""Deployment helpers: trial certificates, SuperNode keys, Flower connections, a Fleet gateway,
+command lines.
 
-Flower 1.42's SuperLink serves its Fleet, Control and Runtime APIs on one HTTPS address
-(`--host`, `--port`, default 127.0.0.1:8000) with `--ssl-ca-certfile/--ssl-certfile/
---ssl-keyfile`; SuperNodes verify it with `--root-certificates` and authenticate with an
-EC private key in OpenSSH format (`--auth-supernode-private-key`) whose public key was
-registered with `flwr supernode register KEY.pub CONNECTION` on a SuperLink started with
-`--enable-supernode-auth`. Everything here only writes files and strings; it starts nothing.
+Flower 1.42's SuperLink serves its Fleet (/v1/fleet/), Control (/v1/control/) and Runtime
+(/v1/runtime/) APIs on one HTTPS address (`--host`, `--port`, default 127.0.0.1:8000) with
+`--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile`, and the open-source Control API has no
+authentication: whoever reaches that address can register node keys and start runs. So the
+SuperLink listens on loopback only, and devices reach a gateway (nginx) that passes the Fleet
+API alone. SuperNodes verify TLS with `--root-certificates` and authenticate with an EC private
+key in OpenSSH format (`--auth-supernode-private-key`) whose public key the operator registered
+with `flwr supernode register KEY.pub CONNECTION` on a SuperLink started with
+`--enable-supernode-auth`. `--database PATH` keeps registered nodes and runs across restarts.
+Everything here only writes files and strings; it starts nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from pathlib import Path
 from fedlth.io import write_bytes_atomic
 
 DEFAULT_HOSTS = ("localhost", "127.0.0.1", "::1")  # the SuperLink's own SuperExec dials these
-DEFAULT_PORT = 9092
+DEFAULT_PORT = 9092  # device-facing: the gateway, Fleet API only
+DEFAULT_CONTROL_PORT = 9093  # the SuperLink itself, on loopback: the operator's (flwr) address
+LOOPBACK = "127.0.0.1"
+FLEET_PATH = "/v1/fleet/"  # the only path prefix a device needs (flwr/superlink/routers/fleet/router.py)
 
 
 class DeployError(ValueError):
@@ -49,6 +57,11 @@ class NodeKey:
 
 def _write_private(path: Path, data: bytes) -> None:
     write_bytes_atomic(path, data, mode=0o600)  # private from its first byte on disk
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    write_bytes_atomic(path, data)
+    os.chmod(path, 0o644)
 
 
 def _refuse_existing(paths: Iterable[Path], force: bool) -> None:
@@ -120,9 +133,9 @@ def make_certs(folder: Path, hosts: Sequence[str] = (), *, days: int = 30, force
     )
     pem, pkcs8 = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
     folder.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(certs.ca_cert, ca.public_bytes(pem))
+    _write_public(certs.ca_cert, ca.public_bytes(pem))
     _write_private(certs.ca_key, ca_key.private_bytes(pem, pkcs8, serialization.NoEncryption()))
-    write_bytes_atomic(certs.server_cert, server.public_bytes(pem))
+    _write_public(certs.server_cert, server.public_bytes(pem))
     _write_private(certs.server_key, key.private_bytes(pem, pkcs8, serialization.NoEncryption()))
     return certs
 
@@ -143,7 +156,7 @@ def make_node_keys(folder: Path, names: Sequence[str], *, force: bool = False) -
         _write_private(k.private, private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()))
         public = private.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        write_bytes_atomic(k.public, public + f" fedlth-{name}\n".encode())
+        _write_public(k.public, public + f" fedlth-{name}\n".encode())
     return keys
 
 
@@ -194,6 +207,83 @@ def write_connection(
     return path
 
 
+GATEWAY_CONF = """\
+# fedlth Fleet gateway (nginx): devices reach Flower's Fleet API ({fleet}) and nothing else.
+# The SuperLink listens on loopback ({upstream}); its Control and Runtime APIs stay there.
+worker_processes 1;
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {folder}/access.log;
+    client_body_temp_path {folder}/client_body;
+    proxy_temp_path {folder}/proxy;
+    fastcgi_temp_path {folder}/fastcgi;
+    uwsgi_temp_path {folder}/uwsgi;
+    scgi_temp_path {folder}/scgi;
+    client_max_body_size 0;
+    server_tokens off;
+    server {{
+        listen {listen}{ssl};
+{tls}        location {fleet} {{
+            proxy_pass {scheme}://{upstream}{fleet};
+{upstream_tls}            proxy_http_version 1.1;
+            proxy_request_buffering off;
+            proxy_buffering off;
+            proxy_read_timeout 1h;
+            proxy_send_timeout 1h;
+        }}
+        location / {{ return 403; }}
+    }}
+}}
+"""
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _conf_path(path: Path) -> str:
+    text = str(Path(path).expanduser().resolve())
+    if any(c.isspace() or c in ";{}\"'$\\" for c in text):
+        raise DeployError(f"{text!r}: a path in the gateway's configuration may not hold spaces, ; {{ }} $ quotes or backslashes")
+    return text
+
+
+def gateway_config(folder: Path, *, listen: str, superlink_port: int, certs: Certs | None) -> str:
+    """nginx configuration that serves only the Fleet API on `listen`, proxied to the loopback SuperLink."""
+    host, port = check_address(listen)
+    tls = upstream_tls = ""
+    if certs is not None:
+        tls = (f"        ssl_certificate {_conf_path(certs.server_cert)};\n"
+               f"        ssl_certificate_key {_conf_path(certs.server_key)};\n        ssl_protocols TLSv1.2 TLSv1.3;\n")
+        upstream_tls = (f"            proxy_ssl_trusted_certificate {_conf_path(certs.ca_cert)};\n"
+                        "            proxy_ssl_verify on;\n            proxy_ssl_name localhost;\n"
+                        "            proxy_ssl_server_name on;\n")
+    return GATEWAY_CONF.format(
+        folder=_conf_path(folder), listen=_host_port(host, port), ssl=" ssl" if certs is not None else "", tls=tls,
+        scheme="https" if certs is not None else "http", upstream=_host_port(LOOPBACK, superlink_port),
+        upstream_tls=upstream_tls, fleet=FLEET_PATH,
+    )
+
+
+def write_gateway(
+    folder: Path, *, listen: str, superlink_port: int = DEFAULT_CONTROL_PORT, certs: Certs | None, force: bool = False,
+) -> Path:
+    """Write <folder>/nginx.conf (see gateway_config); return its path."""
+    conf = Path(folder) / "nginx.conf"
+    _refuse_existing([conf], force)
+    _write_public(conf, gateway_config(folder, listen=listen, superlink_port=superlink_port, certs=certs).encode())
+    return conf
+
+
+def gateway_command(conf: Path) -> list[str]:
+    """nginx in the foreground with the gateway's own folder as prefix (no system files touched)."""
+    conf = Path(conf)
+    return ["nginx", "-p", f"{conf.parent}/", "-e", "error.log", "-c", conf.name]  # -e, -c: relative to -p
+
+
 def _cmd(args: Sequence[str]) -> str:
     return " ".join(shlex.quote(str(a)) for a in args)
 
@@ -207,10 +297,14 @@ def node_config(partition_id: int, state_dir: str | Path, data_file: str | Path 
 
 
 def superlink_command(
-    *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, certs: Certs | None = None, auth: bool = True,
+    *, host: str = LOOPBACK, port: int = DEFAULT_CONTROL_PORT, certs: Certs | None = None, auth: bool = True,
     database: str | Path | None = None,
 ) -> list[str]:
-    """flower-superlink with TLS (certs) and SuperNode authentication, or plain text (certs=None)."""
+    """flower-superlink with TLS (certs) and SuperNode authentication, or plain text (certs=None).
+
+    `host` stays loopback: every API, the unauthenticated Control API included, listens there;
+    devices reach the Fleet API through the gateway. `database` keeps nodes across restarts.
+    """
     cmd = ["flower-superlink", "--host", host, "--port", str(port)]
     if certs is None:
         if auth:
@@ -244,20 +338,39 @@ def supernode_command(
     return cmd
 
 
+def _listen_for(address: str) -> str:
+    host, port = check_address(address)
+    return f"{LOOPBACK}:{port}" if host in DEFAULT_HOSTS else f"0.0.0.0:{port}"
+
+
 def command_lines(
     *, address: str, nodes: int, state_root: str, certs: Certs | None, keys: Sequence[NodeKey] = (),
     data_files: Sequence[str] | None = None, connection: str = "fedlth", scenario: str = "scenarios/quickstart.toml",
+    control_port: int = DEFAULT_CONTROL_PORT, database: str = "superlink.db", gateway_dir: str = "gateway",
 ) -> list[str]:
-    """The commands of a whole deployment, in order, as text a person can paste."""
+    """The commands of a whole deployment, in order, as text a person can paste.
+
+    `address` is where devices reach the gateway (Fleet API only); the SuperLink itself listens
+    on 127.0.0.1:`control_port`, which only the operator (on the server, or through an SSH
+    tunnel) uses for flwr.
+    """
     _, port = check_address(address)
+    if port == control_port:
+        raise DeployError(f"the gateway ({address}) and the SuperLink (127.0.0.1:{control_port}) need different ports")
     auth = bool(keys)
     step = iter(range(1, 10))
-    lines = [f"# {next(step)}. the SuperLink (server machine)", _cmd(superlink_command(port=port, certs=certs, auth=auth))]
-    conn = ["fedlth", "deploy", "connection", connection, "--address", address, "--default"]
+    link = _cmd(superlink_command(port=control_port, certs=certs, auth=auth, database=database))
+    lines = [f"# {next(step)}. the SuperLink (server machine): loopback only, state kept in {database}", link]
+    gateway = ["fedlth", "deploy", "gateway", gateway_dir, "--listen", _listen_for(address), "--superlink-port", str(control_port)]
+    gateway += ["--certs", str(certs.ca_cert.parent)] if certs is not None else ["--insecure"]
+    lines += [f"# {next(step)}. the gateway devices reach: Flower's Fleet API only (nginx; Control/Runtime APIs refused)",
+              _cmd(gateway), _cmd(gateway_command(Path(gateway_dir) / "nginx.conf"))]
+    conn = ["fedlth", "deploy", "connection", connection, "--address", f"{LOOPBACK}:{control_port}", "--default"]
     conn += ["--root-certificates", str(certs.ca_cert)] if certs is not None else ["--insecure"]
-    lines += [f"# {next(step)}. a flwr connection to it in $FLWR_HOME/config.toml (default ~/.flwr)", _cmd(conn)]
+    lines += [f"# {next(step)}. the operator's flwr connection (server machine, or ssh -L {control_port}:127.0.0.1:{control_port})",
+              _cmd(conn)]
     if auth:
-        lines.append(f"# {next(step)}. register every SuperNode's public key")
+        lines.append(f"# {next(step)}. register every SuperNode's public key (once: the database keeps them)")
         lines += [_cmd(["flwr", "supernode", "register", str(k.public), connection]) for k in keys]
     lines.append(f"# {next(step)}. one SuperNode per device (its partition id, data file and state folder)")
     for i in range(nodes):

@@ -9,14 +9,17 @@ from pathlib import Path
 import click
 
 from fedlth.deploy import (
+    DEFAULT_CONTROL_PORT,
     DEFAULT_PORT,
     Certs,
     DeployError,
     NodeKey,
     command_lines,
+    gateway_command,
     make_certs,
     make_node_keys,
     write_connection,
+    write_gateway,
 )
 
 EXIT_BAD_INPUT = 2
@@ -75,9 +78,45 @@ def connection(name: str, address: str, root_certificates: Path | None, insecure
     click.echo(f"wrote [superlink.{name}] to {path}")
 
 
+def _certs_in(folder: Path) -> Certs:
+    return Certs(folder / "ca.crt", folder / "ca.key", folder / "server.pem", folder / "server.key")
+
+
+@deploy.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
+              help="Where devices connect (the Fleet API only).")
+@click.option("--superlink-port", type=click.IntRange(1, 65535), default=DEFAULT_CONTROL_PORT, show_default=True,
+              help="The port of the SuperLink on 127.0.0.1 (flower-superlink --host 127.0.0.1 --port ...).")
+@click.option("--certs", "certs_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with ca.crt, server.pem, server.key (TLS to devices and to the SuperLink).")
+@click.option("--insecure", is_flag=True, help="Plain text on both sides: a trial on a trusted network only.")
+@click.option("--force", is_flag=True, help="Overwrite an existing nginx.conf.")
+def gateway(out: Path, listen: str, superlink_port: int, certs_dir: Path | None, insecure: bool, force: bool) -> None:
+    """Write OUT/nginx.conf: devices reach the SuperLink's Fleet API and nothing else.
+
+    Flower 1.42 serves its Control API (flwr run, flwr supernode register, ...) on the same
+    address as the Fleet API, without authentication; the SuperLink therefore listens on
+    127.0.0.1 and nginx passes only /v1/fleet/ from LISTEN to it (everything else: 403).
+    """
+    if insecure == (certs_dir is not None):
+        _fail("give --certs DIR (TLS) or --insecure (plain text), not both or neither")
+    try:
+        conf = write_gateway(out, listen=listen, superlink_port=superlink_port,
+                             certs=_certs_in(certs_dir) if certs_dir is not None else None, force=force)
+    except DeployError as exc:
+        _fail(str(exc))
+    click.echo(f"wrote {conf}; start it with: {' '.join(gateway_command(conf))}")
+
+
 @deploy.command()
 @click.option("--address", default=f"127.0.0.1:{DEFAULT_PORT}", show_default=True, metavar="HOST:PORT",
-              help="The SuperLink's address as devices see it.")
+              help="The gateway's address as devices see it (Fleet API only).")
+@click.option("--superlink-port", type=click.IntRange(1, 65535), default=DEFAULT_CONTROL_PORT, show_default=True,
+              help="The SuperLink's own port, on 127.0.0.1 (Control API: the operator's flwr only).")
+@click.option("--database", default="superlink.db", show_default=True,
+              help="flower-superlink --database: registered nodes and runs survive a restart.")
+@click.option("--gateway-dir", default="gateway", show_default=True, help="Folder of the gateway's nginx.conf.")
 @click.option("--nodes", type=click.IntRange(1, 10_000), required=True, help="Number of SuperNodes (= num-clients).")
 @click.option("--certs", "certs_dir", type=click.Path(path_type=Path), default=None,
               help="Folder made by `fedlth deploy certs` (ca.crt, server.pem, server.key, node-<i>.key).")
@@ -87,21 +126,22 @@ def connection(name: str, address: str, root_certificates: Path | None, insecure
 @click.option("--data-dir", default=None, help="Devices read <data-dir>/client-<i>.npz (else partition <i> of the scenario's dataset).")
 @click.option("--connection", "conn", default="fedlth", show_default=True, help="Name of the flwr connection.")
 @click.option("--scenario", default="scenarios/quickstart.toml", show_default=True, help="Run config for flwr run.")
-def commands(address: str, nodes: int, certs_dir: Path | None, insecure: bool, no_auth: bool, state_root: str,
-             data_dir: str | None, conn: str, scenario: str) -> None:
+def commands(address: str, superlink_port: int, database: str, gateway_dir: str, nodes: int, certs_dir: Path | None,
+             insecure: bool, no_auth: bool, state_root: str, data_dir: str | None, conn: str, scenario: str) -> None:
     """Print the commands of a deployment, in order, ready to paste."""
     if insecure == (certs_dir is not None):
         _fail("give --certs DIR (TLS, the default way) or --insecure (plain text), not both or neither")
     made = None
     keys: list[NodeKey] = []
     if certs_dir is not None:
-        made = Certs(certs_dir / "ca.crt", certs_dir / "ca.key", certs_dir / "server.pem", certs_dir / "server.key")
+        made = _certs_in(certs_dir)
         if not no_auth:
             keys = [NodeKey(certs_dir / f"node-{i}.key", certs_dir / f"node-{i}.pub") for i in range(nodes)]
     files = [f"{data_dir.rstrip('/')}/client-{i}.npz" for i in range(nodes)] if data_dir else None
     try:
         lines = command_lines(address=address, nodes=nodes, state_root=state_root, certs=made, keys=keys,
-                              data_files=files, connection=conn, scenario=scenario)
+                              data_files=files, connection=conn, scenario=scenario, control_port=superlink_port,
+                              database=database, gateway_dir=gateway_dir)
     except DeployError as exc:
         _fail(str(exc))
     missing = [str(p) for p in ([made.ca_cert, made.server_cert, made.server_key] if made else []) + [k.private for k in keys] if not p.exists()]
