@@ -150,7 +150,7 @@ def main() -> None:
         f"fine-tunes (local-only: the same selection over its whole budget). Personalized accuracy: each client's final personal model on its own test "
         f"split, mean ± std over seeds {seeds} (sample std, ddof 1); worst-10 %: mean of the lowest 10 % of clients. Upload/download: "
         "serialized Flower ArrayRecords of all training rounds (masks included) against dense float32 FedAvg. Local epochs / "
-        "client: federated epochs of an average client plus its final fine-tuning (every lr tried). Wall time includes Ray's start.",
+        "client: federated epochs of an average client plus its final fine-tuning (every lr tried). Wall time: the whole run on the backend named in the command (in-process: no Ray start).",
         "",
         table,
         "",
