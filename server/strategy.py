@@ -252,6 +252,8 @@ class TicketStrategy(Strategy):
             log(WARNING, "round %s: client %s declares %s examples; weighted as %s (example-cap)",
                 self.round, pid, update.num_examples, n)
         update = Update(update.weights, update.mask, n)
+        if self.alg.name == "personal-ticket" and self.sc["sparse-fill"] == "global":
+            update = fill_unsent(update, self.global_weights)
         if self._stream is not None:
             self._stream.add(update, client=pid)
         else:
@@ -442,6 +444,14 @@ class TicketStrategy(Strategy):
     def summary(self) -> None:
         """Flower's hook to log the configuration."""
         log(INFO, "fedlth strategy: %s, %s clients, %s per round", self.alg.name, self.sc["num-clients"], self.sc["clients-per-round"])
+
+
+def fill_unsent(update: Update, global_weights: Weights) -> Update:
+    """A sparse upload as a dense one whose unsent entries are the current global values: the
+    mean then counts a client that did not send a weight as leaving it unchanged (top-k
+    sparsification), instead of averaging only over the clients that sent it."""
+    weights = {k: torch.where(m, update.weights[k], global_weights[k]) for k, m in update.mask.items()}
+    return Update({**update.weights, **weights}, {}, update.num_examples)
 
 
 def rng_state_tuple(state: Sequence[Any]) -> tuple[Any, ...]:

@@ -203,3 +203,17 @@ def test_repersonalize_reproduces_the_run_then_swaps_in_a_control(tmp_path):
     assert {pid: m["accuracy"] for pid, m in again.items()} == {int(p): m["accuracy"] for p, m in last.items()}
     control = repersonalize(tmp_path / "run", sc | {"ticket-control": "random-mask"})
     assert all(abs(m["density"] - again[p]["density"]) < 1e-9 for p, m in control.items())
+
+
+def test_fill_unsent_counts_a_silent_client_as_leaving_the_weight_unchanged():
+    from server.strategy import fill_unsent
+
+    glob = {"w": torch.tensor([1.0, 1.0, 1.0]), "b": torch.tensor([0.0])}
+    up = Update({"w": torch.tensor([3.0, 0.0, 0.0]), "b": torch.tensor([2.0])}, {"w": torch.tensor([True, False, False])}, 5)
+    filled = fill_unsent(up, glob)
+    assert filled.mask == {} and filled.num_examples == 5
+    assert torch.equal(filled.weights["w"], torch.tensor([3.0, 1.0, 1.0])) and torch.equal(filled.weights["b"], torch.tensor([2.0]))
+    s = MaskedMeanStream(glob)
+    s.add(filled, client=0)
+    s.add(Update({"w": torch.tensor([1.0, 1.0, 1.0]), "b": torch.tensor([0.0])}, {}, 5), client=1)
+    assert torch.equal(s.result()["w"], torch.tensor([2.0, 1.0, 1.0]))  # (3 + 1) / 2, the rest unchanged
