@@ -508,6 +508,7 @@ class Algorithm:
     has_global: bool  # the aggregated global model is itself a model worth scoring
     help: str
     server_mask: bool = False  # the server prunes one shared mask (fedlth.shared_ticket) and sends it
+    sparse_upload: bool = False  # uploads are a selection of a dense model (`sparse-fill` says how they fold)
     local_head: bool = False  # the head (head_names) stays on the clients: never sent down, never aggregated
 
 
@@ -527,6 +528,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "personal-ticket": Algorithm(
         "personal-ticket", sparse_upload_train, personal_ticket, False, True, True,
         "Dense global model trained from sparse uploads (each client sends the upload-density share of weights that changed most); each client's ticket: fine-tune, prune to target-density, retrain (validation-selected).",
+        sparse_upload=True,
     ),
     "fedper": Algorithm(
         "fedper", fedper_train, own_head_model, False, True, False,

@@ -252,7 +252,7 @@ class TicketStrategy(Strategy):
             log(WARNING, "round %s: client %s declares %s examples; weighted as %s (example-cap)",
                 self.round, pid, update.num_examples, n)
         update = Update(update.weights, update.mask, n)
-        if self.alg.name == "personal-ticket" and self.sc["sparse-fill"] == "global":
+        if self.alg.sparse_upload and self.sc["sparse-fill"] == "global":
             update = fill_unsent(update, self.global_weights)
         if self._stream is not None:
             self._stream.add(update, client=pid)
