@@ -21,7 +21,14 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlth.algorithms import ClientState, Ctx, evaluate_client, get_algorithm, initial_weights
+from fedlth.algorithms import (
+    ClientState,
+    Ctx,
+    evaluate_client,
+    get_algorithm,
+    initial_weights,
+    model_names,
+)
 from fedlth.client_data import ClientData, client_data
 from fedlth.local_data import local_client_data
 from fedlth.masks import density
@@ -257,5 +264,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     content = RecordDict({"metrics": metrics_to_record(evaluate_client(alg, received, state, ctx, personal))})
     if int(msg.content["config"].get("send-ticket", 0)):
         # the run keeps every personal ticket, for re-evaluation and export
-        content["ticket"] = encode_record(personal[0], state.mask)
+        mask = state.mask
+        if mask is None and alg.sparse_upload:  # personal-ticket prunes at evaluation: the mask is its kept weights
+            mask = {k: personal[0][k] != 0 for k in model_names(sc, ctx.data.input_shape, ctx.data.num_classes)}
+        content["ticket"] = encode_record(personal[0], mask)
     return Message(content, reply_to=msg)

@@ -166,9 +166,13 @@ def test_shared_ticket_reaches_its_density_and_never_takes_a_revived_weight(tmp_
 def test_personal_ticket_uploads_a_sparse_share_and_ends_at_its_density(tmp_path):
     sc = resolve(BASE | {
         "algorithm": "personal-ticket", "upload-density": 0.25, "target-density": 0.3, "rounds": 3,
-        "wire-dtype": "float16", "finetune-epochs": 2, "ticket-warmup-epochs": 1,
+        "wire-dtype": "float16", "finetune-epochs": 2, "ticket-warmup-epochs": 1, "save-tickets": True,
     })
     summary = run_federation(LocalGrid(client_app, sc["num-clients"]), sc, tmp_path / "run")
+    from fedlth.tickets import load_ticket_file, ticket_path
+
+    weights, mask = load_ticket_file(ticket_path(tmp_path / "run" / "tickets", 0))
+    assert abs(density(mask) - 0.3) < 0.01 and all(bool((weights[k][~m] == 0).all()) for k, m in mask.items())
     rounds = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     per_upload = [m["upload_bytes"] for r in rounds for m in r["train"].values()]
     dense = rounds[0]["bytes"]["dense_fedavg_upload"] / len(rounds[0]["train"])
