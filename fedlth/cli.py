@@ -59,8 +59,10 @@ def keys(pattern: str) -> None:
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
+              help="Seeds: 1 runs the scenario's seed; N > 1 runs seeds 0..N-1 (one folder each) and adds mean ± sample std and a 95 % interval over them.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
     """Central lottery-ticket run: IMP with rewinding and both controls."""
     from fedlth.data import DatasetUnavailableError
 
@@ -70,13 +72,21 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
         sc = load_scenario(scenario, overrides)
         out = out or default_out_dir("ticket", sc["name"])
         check_out_dir(out)
-        from fedlth.ticket_run import TicketRun, write_outputs
+        from fedlth.ticket_run import TicketRun, run_ticket_seeds, write_outputs
 
         with _progress(quiet) as say:
-            runner = TicketRun(sc, say)
-            summary = runner.run()
+            if seeds > 1:
+                summaries = run_ticket_seeds(sc, list(range(seeds)), out, say, prov)
+            else:
+                runner = TicketRun(sc, say)
+                summary = runner.run()
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
         fail(str(exc))
+    if seeds > 1:
+        click.echo((out / "report.md").read_text())
+        click.echo(f"wrote {out}/report.md, levels.csv, summary.json, accuracy_vs_density.png and seed-0..{seeds - 1}/ "
+                   f"({sum(s['wall_seconds'] for s in summaries):.1f} s)")
+        return
     write_outputs(out, sc, summary | {"provenance": prov})
     _print_ticket_table(summary, out, quiet)
 
@@ -218,7 +228,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo(res["table"])
-    click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
+    click.echo(f"wrote {out}/comparison.md, comparison.csv, comparison.json, comparison.png")
 
 
 @main.command()
@@ -226,8 +236,10 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 @click.option("--densities", default="1.0,0.5,0.2,0.1,0.05", show_default=True, help="Target densities (1.0 = dense).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
+              help="Seeds: 1 runs the scenario's seed; N > 1 runs seeds 0..N-1 (one folder each) and adds mean ± sample std and a 95 % interval over them.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
     """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
     from fedlth.study import parse_densities
 
@@ -246,17 +258,18 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
         fail(str(exc))
     from fedlth.study import study as run_study
 
-    def say(d: float) -> None:
+    def say(d: float, seed: int) -> None:
         if not quiet:
-            click.echo(f"== target density {d:g}", err=True)
+            click.echo(f"== target density {d:g}, seed {seed}", err=True)
 
     try:
         with stop_on_sigint() as stop:
-            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov)
+            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov,
+                      seeds=list(range(seeds)) if seeds > 1 else None)
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo((out / "study.md").read_text())
-    click.echo(f"wrote {out}/study.md, study.json, study.png")
+    click.echo(f"wrote {out}/study.md, study.csv, study.json, study.png")
 
 
 @main.command("evaluate")

@@ -206,11 +206,11 @@ def run_federation(
         summary["partition_file"] = split_file
     summary["provenance"] = prov
     write_json_atomic(out / "summary.json", summary)
-    write_text_atomic(out / "report.md", report_markdown(sc, summary))
+    figures = plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
+    write_text_atomic(out / "report.md", report_markdown(sc, summary, figures))
     torch.save({"global": strategy.global_weights, "masks": strategy.masks}, out / "server_state.pt")
     if strategy.tickets:
         save_tickets(out / "tickets", strategy.tickets)
-    plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
     return summary
 
 
