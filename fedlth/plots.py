@@ -110,6 +110,24 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def percent_label(x: float, _pos: Any = None) -> str:
+    """A fraction as a plain percent tick: 0.85 -> '85%', 0.975 -> '97.5%' (no float noise)."""
+    return f"{100 * x:.6g}%"
+
+
+def _percent_axis(ax: Any) -> None:
+    """Accuracy fractions labelled in % on the y axis (the data stay fractions)."""
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=8, steps=[1, 2, 5, 10]))  # 1, 2, 5 or 10 points apart
+    ax.yaxis.set_major_formatter(FuncFormatter(percent_label))
+
+
+def _legend_name(key: str) -> str:
+    """A column's human name without its unit: the axis carries it."""
+    return human_name(key).replace(" (%)", "")
+
+
 def _round_axis(ax: Any, xs: Sequence[float]) -> None:
     ticks = integer_ticks(xs)
     ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -132,6 +150,7 @@ def plot_federated(rounds: Sequence[Mapping[str, Any]], title: str, out_dir: Pat
         ax.fill_between(xs, lower, upper, alpha=0.2, label="± std over clients (clipped to [0, 1])")
         ax.set(xlabel="round", ylabel="personalized test accuracy", title=title, ylim=accuracy_limits(lower + upper))
         _round_axis(ax, xs)
+        _percent_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         _save(fig, out_dir / "accuracy_by_round.png")
@@ -144,6 +163,7 @@ def plot_federated(rounds: Sequence[Mapping[str, Any]], title: str, out_dir: Pat
             ax.axvline(dense_total, color="grey", ls="--", lw=1, label=f"dense FedAvg, same clients ({dense_total:.2f} MB)")
         ax.set(xlabel="cumulative upload (MB)", ylabel="personalized test accuracy", title=title,
                ylim=accuracy_limits(means), xlim=(0, 1.05 * max(dense_total, max(up.values()))))
+        _percent_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         _save(fig, out_dir / "accuracy_vs_upload.png")
@@ -207,15 +227,18 @@ def plot_comparison(
     ax.set(xlabel="round", ylabel="personalized test accuracy", ylim=accuracy_limits(all_y))
     ax.set_title(f"{title}\n{n_seeds} seed(s); {band}", fontsize=9)
     _round_axis(ax, all_x)
+    _percent_axis(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    finals_y = [f["accuracy"]["mean"] for f in finals.values() if f["accuracy"]["mean"] is not None]
+    finals_y = [f["accuracy"]["mean"] + sign * (f["accuracy"]["std"] or 0.0) for f in finals.values()
+                if f["accuracy"]["mean"] is not None for sign in (-1, 1)]  # the error bars fit
     ups = [f["upload_mb"]["mean"] for f in finals.values() if f["upload_mb"]["mean"] is not None]
     if dense_upload_mb:
         bx.axvline(dense_upload_mb, color="grey", ls="--", lw=1, label="dense FedAvg upload")
     bx.set(xlabel="total upload per run (MB)", ylabel="final personalized accuracy", ylim=accuracy_limits(finals_y),
            xlim=(0, 1.1 * max([*ups, dense_upload_mb or 0.0, 1e-9])))
     bx.set_title("after the last round (error bars: ± sample std over seeds)", fontsize=9)
+    _percent_axis(bx)
     bx.grid(alpha=0.3)
     bx.legend(fontsize=7)
     _save(fig, path)
@@ -264,7 +287,7 @@ def plot_study(
             if not pts:
                 continue
             xs, means, stds = (list(t) for t in zip(*pts, strict=True))
-            (line,) = ax.plot(xs, means, "o-", ms=4, label=human_name(k))
+            (line,) = ax.plot(xs, means, "o-", ms=4, label=_legend_name(k))
             lo, hi = clamped_band(means, stds, *(bounds or (-math.inf, math.inf)))
             if banded:
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
@@ -279,6 +302,7 @@ def plot_study(
         ax.set(xlabel="density (fraction of weights kept)", ylabel=label)
         if bounds and ys:
             ax.set_ylim(accuracy_limits(ys))
+            _percent_axis(ax)
         elif ys:
             ax.set_ylim(0, max(0.05, 1.1 * max(ys)))
         ax.set_title(title + (f"\n{SEED_BAND}" if banded else ""), fontsize=9)
@@ -335,6 +359,7 @@ def plot_ticket_levels(summary: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     ax.set_xlabel("density (fraction of prunable weights kept)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(accuracy_limits(ys + [dense]))
+    _percent_axis(ax)
     seeds = ", ".join(str(s["seed"]) for s in summaries)
     band = f"; {SEED_BAND}" if len(summaries) > 1 else ""
     ax.set_title(f"{first['model']} on {first['dataset']}, seed{'s' if len(summaries) > 1 else ''} {seeds}{band}", fontsize=9)

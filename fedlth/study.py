@@ -89,11 +89,11 @@ def study(
     rows, per_seed_rows, references = [], {}, {}
     for d in densities:
         runs = []
-        for seed in (seeds if multi else [sc["seed"]]):
+        for seed in (seeds if multi else [sc.get("seed")]):
             if on_run is not None:
                 on_run(d, seed)
             run_dir = out / f"density-{d:g}" / f"seed-{seed}" if multi else out / f"density-{d:g}"
-            runner(sc | {"target-density": d, "seed": seed}, run_dir)
+            runner(sc | {"target-density": d} | ({"seed": seed} if multi else {}), run_dir)
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.append(study_row(d, summary))
             if summary.get("reference"):
@@ -106,8 +106,9 @@ def study(
     table_rows = [{"predictor": "tickets"} | r for r in rows] + refs
     table = Table(["predictor", *keys], table_rows)
     table.write_csv(out / "study.csv")
+    which = "" if sc.get("seed") is None else f" ({sc.get('seed')})"
     spread = (f"Each cell over seeds {list(seeds)}: {SPREAD_NOTE}; accuracy intervals clipped to [0, 100] %. "
-              if multi else f"One seed ({sc['seed']}): no spread over seeds (`--seeds N` gives mean ± std and a 95 % interval). ")
+              if multi else f"One seed{which}: no spread over seeds (`--seeds N` gives mean ± std and a 95 % interval). ")
     md = [f"# Ticket-versus-density study: {sc['algorithm']} on {sc['dataset']}", "", table.markdown(), "",
           spread + "Personalized accuracy: each client's ticket on its own test split, mean over clients; "
           "std over clients: the spread of those client scores within a run (population std, in points). "
@@ -121,7 +122,7 @@ def study(
     md += provenance_markdown(prov) if prov else []
     write_text_atomic(out / "study.md", "\n".join(md) + "\n")
     write_json_atomic(out / "study.json", {
-        "scenario": sc["name"], "seeds": list(seeds) if multi else [sc["seed"]], "spread": SPREAD_NOTE if multi else None,
+        "scenario": sc["name"], "seeds": list(seeds) if multi else [sc.get("seed")], "spread": SPREAD_NOTE if multi else None,
         "rows": rows, "per_seed": per_seed_rows if multi else None, "baselines": refs, "provenance": dict(prov) if prov else None,
     })
     from fedlth.plots import plot_study

@@ -112,7 +112,8 @@ class Table:
     def markdown(self) -> str:
         """A markdown table: human headers, each cell in its column's precision."""
         lines = ["| " + " | ".join(human_name(c) for c in self.columns) + " |", "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(format_cell(c, r.get(c)) for c in self.columns) + " |" for r in self.rows]
+        # a cell a row has no business in (a baseline's density) is blank; a value that is undefined is 'n/a'
+        lines += ["| " + " | ".join(format_cell(c, r[c]) if c in r else "" for c in self.columns) + " |" for r in self.rows]
         return "\n".join(lines)
 
     def csv_columns(self) -> list[str]:

@@ -76,7 +76,14 @@ def test_csv_has_the_markdown_rows_at_full_precision():
 
 
 def test_accuracy_band_is_clamped_and_round_ticks_are_integers():
-    from fedlth.plots import accuracy_limits, clamped_band, integer_ticks, seed_curve
+    from fedlth.plots import (
+        accuracy_limits,
+        clamped_band,
+        integer_ticks,
+        percent_label,
+        plain_log_ticks,
+        seed_curve,
+    )
 
     lo, hi = clamped_band([0.95, 0.5, 0.02], [0.1, 0.1, 0.05])
     assert hi == pytest.approx([1.0, 0.6, 0.07]) and lo == pytest.approx([0.85, 0.4, 0.0])
@@ -86,10 +93,12 @@ def test_accuracy_band_is_clamped_and_round_ticks_are_integers():
         assert all(isinstance(t, int) for t in ticks) and 2 <= len(ticks) <= 8 or len(set(xs)) == 1
         assert min(xs) <= ticks[0] and ticks[-1] <= max(xs)
     assert integer_ticks([1, 2, 3]) == [1, 2, 3]  # never 1.5, 2.5
+    assert [percent_label(x) for x in (0.85, 0.975, 0.3, 1.0)] == ["85%", "97.5%", "30%", "100%"]  # plain, no 3×10⁻¹
     # a 0.002 wobble is drawn on a span of at least 0.2, inside [0, 1]
     a, b = accuracy_limits([0.991, 0.993])
     assert b - a >= 0.2 - 1e-9 and a >= 0.0 and b <= 1.0
     assert accuracy_limits([0.01, 0.02])[0] == 0.0
+    assert plain_log_ticks([1.0, 0.3, 0.05, 0.3]) == ([0.05, 0.3, 1.0], ["0.05", "0.3", "1"])
     rounds, means, lower, upper = seed_curve([[(1, 0.9), (2, 0.99)], [(1, 0.7), (2, 0.97)], [(1, 0.8), (2, 1.0)]])
     assert rounds == [1, 2] and means == pytest.approx([0.8, 0.98667], abs=1e-5)
     assert max(upper) <= 1.0 and min(lower) >= 0.0 and upper[1] == 1.0
@@ -145,7 +154,7 @@ def test_compare_over_seeds_writes_intervals_csv_and_banded_figure(tmp_path):
     sc = resolve({"dataset": "digits", "model": "mlp", "num-clients": 3, "clients-per-round": 3, "rounds": 3})
     res = compare(sc, ["fedavg", "local"], [0, 1, 2], tmp_path, _fake_federated_run)
     md = (tmp_path / "comparison.md").read_text()
-    assert "personalized acc. (%)" in md and "ddof 1" in md and "95 % CI" in md
+    assert "personalized acc. (%)" in md and "ddof 1" in md and "95 % Student-t interval" in md
     st = res["rows"][0]["stats"]["personalized"]
     assert st["mean"] == pytest.approx(0.75) and st["std"] == pytest.approx(0.1)
     half = 4.302652729911275 * 0.1 / math.sqrt(3)
