@@ -99,17 +99,21 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: 
               help="Flower's form of --set: space-separated pairs, strings TOML-quoted or not.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
               help="Continue a killed run from its last checkpoint (no SCENARIO, --set, --run-config or --out).")
+@click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
+              help="1: the scenario's seed; N > 1: seeds 0..N-1, one run folder each (seed-S), and seeds.md/.csv/.json/.png with mean ± sample std and a 95 % interval over them.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
 def run(
     scenario: Path | None, overrides: tuple[str, ...], run_config: tuple[str, ...], out: Path | None,
-    resume_dir: Path | None, quiet: bool, verbose: bool,
+    resume_dir: Path | None, seeds: int, quiet: bool, verbose: bool,
 ) -> None:
     """Federated run: simulate the scenario's clients in-process on Flower's engine."""
     prov = provenance(program="fedlth")
     overrides = (*overrides, *run_config)
     try:
         if resume_dir is not None:
+            if seeds > 1:
+                raise ScenarioError("--resume continues one run; resume each seed's folder (RUN_DIR/seed-S) on its own")
             if scenario is not None or overrides or out is not None:
                 raise ScenarioError(
                     "--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set, --run-config and --out"
@@ -126,6 +130,9 @@ def run(
         _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
+    if seeds > 1:
+        _run_seeds(sc, seeds, out, prov, quiet)
+        return
     from server.simulate import simulate
 
     try:
@@ -134,6 +141,23 @@ def run(
     except RunInterrupted:
         _exit_interrupted(out)
     _print_run_summary(out, quiet)
+
+
+def _run_seeds(sc: dict, seeds: int, out: Path, prov: dict, quiet: bool) -> None:
+    """`fedlth run --seeds N`: the scenario once per seed into out/seed-S, then seeds.md/.csv/.json/.png."""
+    from fedlth.compare import compare as run_compare
+
+    def say(_alg: str, seed: int) -> None:
+        if not quiet:
+            click.echo(f"== seed {seed}", err=True)
+
+    try:
+        with stop_on_sigint() as stop:
+            res = run_compare(sc, [sc["algorithm"]], list(range(seeds)), out, _runner(prov, stop), on_run=say, prov=prov, stem="seeds")
+    except RunInterrupted:
+        _exit_interrupted_batch(out)
+    click.echo(res["table"])
+    click.echo(f"wrote {out}/seeds.md, seeds.csv, seeds.json, seeds.png and seed-0..{seeds - 1}/")
 
 
 def _exit_interrupted(out: Path) -> None:

@@ -40,10 +40,11 @@ def client_epochs(sc: dict[str, Any], rounds: Sequence[dict[str, Any]]) -> tuple
 
 def compare(
     sc: dict[str, Any], algorithms: Sequence[str], seeds: Sequence[int], out: Path, runner: Runner,
-    on_run: Callable[[str, int], None] | None = None, prov: Mapping[str, Any] | None = None,
+    on_run: Callable[[str, int], None] | None = None, prov: Mapping[str, Any] | None = None, stem: str = "comparison",
 ) -> dict[str, Any]:
-    """Run every (algorithm variant, seed) with `runner` into out/VARIANT/seed-S; write table and plot
-    (with `prov`, the provenance record, in comparison.md and comparison.json)."""
+    """Run every (algorithm variant, seed) with `runner` into out/VARIANT/seed-S (one variant with
+    another `stem`, as `fedlth run --seeds`: out/seed-S); write STEM.md, .csv, .json and .png (with
+    `prov`, the provenance record, in the markdown and JSON)."""
     from fedlth.scenario import resolve
 
     results: dict[str, list[dict[str, Any]]] = {}
@@ -53,7 +54,8 @@ def compare(
         for seed in seeds:
             if on_run is not None:
                 on_run(spec, seed)
-            run_dir = out / spec.replace(":", "_").replace("=", "-") / f"seed-{seed}"
+            variant_dir = out if stem != "comparison" and len(algorithms) == 1 else out / spec.replace(":", "_").replace("=", "-")
+            run_dir = variant_dir / f"seed-{seed}"
             run_sc = resolve(sc | {"algorithm": alg, "seed": seed}, overrides, source=spec)
             runner(run_sc, run_dir)
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -70,27 +72,27 @@ def compare(
     columns = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_ratio", "epochs", "wall_s"]
     stat_rows = [{"algorithm": r["algorithm"]} | r["stats"] for r in rows]
     table = Table(columns, stat_rows)
-    table.write_csv(out / "comparison.csv")
+    table.write_csv(out / f"{stem}.csv")
     tail = "\n" + "\n".join(provenance_markdown(prov)) if prov else ""
     md = [
-        f"# Comparison over seeds {list(seeds)}", "",
+        f"# {'Comparison' if stem == 'comparison' else sc['algorithm']} over seeds {list(seeds)}", "",
         f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']}), {sc['clients-per-round']} per round, "
         f"{sc['rounds']} rounds, {sc['local-epochs']} local epochs.", "",
         table.markdown(), "",
         f"Each cell: {SPREAD_NOTE}" + (" (one seed: no spread)" if len(seeds) < 2 else "")
         + "; accuracy intervals clipped to [0, 100] %. Personalized accuracy: each client's personal model on its "
         "own test split, mean over clients, then over seeds; worst-10 %: mean of the lowest tenth of clients.",
-        csv_note("comparison.csv"), "",
-        "![comparison](comparison.png)", "",
+        csv_note(f"{stem}.csv"), "",
+        f"![{stem}]({stem}.png)", "",
     ]
-    write_text_atomic(out / "comparison.md", "\n".join(md) + tail)
-    write_json_atomic(out / "comparison.json", {"seeds": list(seeds), "spread": SPREAD_NOTE, "rows": rows,
+    write_text_atomic(out / f"{stem}.md", "\n".join(md) + tail)
+    write_json_atomic(out / f"{stem}.json", {"seeds": list(seeds), "spread": SPREAD_NOTE, "rows": rows,
                                                 "provenance": dict(prov) if prov else None})
     from fedlth.plots import plot_comparison
 
     finals = {r["algorithm"]: {"accuracy": r["stats"]["personalized"], "upload_mb": r["stats"]["upload_mb"]} for r in rows}
     dense_up = [run["bytes"]["dense_fedavg_upload"] / 1e6 for runs in results.values() for run in runs]
-    plot_comparison(curves, finals, out / "comparison.png", f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']})",
+    plot_comparison(curves, finals, out / f"{stem}.png", f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']})",
                     dense_upload_mb=max(dense_up) if dense_up else None)
     return {"table": table.markdown(), "rows": rows}
 

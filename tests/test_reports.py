@@ -253,3 +253,48 @@ def test_ticket_over_seeds_writes_per_seed_folders_and_an_aggregate(tmp_path):
     cols, rows = _csv_rows((out / "levels.csv").read_text())
     assert [r["level"] for r in rows] == [r[0] for r in _md_rows(md)] == ["0", "1"]
     assert (out / "accuracy_vs_density.png").stat().st_size > 5000 and (out / "seed-1" / "report.md").is_file()
+
+
+def _inprocess_simulate(sc: dict, out: Path, *args: object, **kwargs: object) -> None:
+    """fedlth run's engine swapped for the in-process grid (no Ray on shared cores)."""
+    from clients.client_app import app as client_app
+    from server.local_grid import LocalGrid
+    from server.server_app import run_federation
+
+    run_federation(LocalGrid(client_app, sc["num-clients"]), sc, out, client_state_dir=out / "client-state", prov=kwargs.get("prov"))
+
+
+RUN = """
+dataset = "digits"
+model = "mlp"
+partition = "iid"
+num-clients = 3
+clients-per-round = 3
+rounds = 2
+local-epochs = 1
+eval-every = 1
+algorithm = "fedavg"
+"""
+
+
+def test_run_over_seeds_writes_a_folder_per_seed_and_the_statistics(tmp_path, monkeypatch):
+    import server.simulate
+    from fedlth.cli import main
+
+    monkeypatch.setattr(server.simulate, "simulate", _inprocess_simulate)
+    path = tmp_path / "s.toml"
+    path.write_text(RUN)
+    bad = CliRunner().invoke(main, ["run", "--resume", str(tmp_path), "--seeds", "2"])
+    assert bad.exit_code == 2 and "--resume continues one run" in bad.output
+    out = tmp_path / "r"
+    result = CliRunner().invoke(main, ["run", str(path), "--out", str(out), "--seeds", "2", "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    accs = [json.loads((out / f"seed-{s}" / "summary.json").read_text())["personalized_accuracy"]["mean"] for s in (0, 1)]
+    assert [json.loads((out / f"seed-{s}" / "summary.json").read_text())["seed"] for s in (0, 1)] == [0, 1]
+    row = json.loads((out / "seeds.json").read_text())["rows"][0]
+    assert row["stats"]["personalized"]["mean"] == pytest.approx(sum(accs) / 2)
+    assert row["stats"]["personalized"]["std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    md = (out / "seeds.md").read_text()
+    assert md.startswith("# fedavg over seeds [0, 1]") and "ddof 1" in md and "## Provenance" in md
+    assert [r["algorithm"] for r in _csv_rows((out / "seeds.csv").read_text())[1]] == ["fedavg"]
+    assert (out / "seeds.png").stat().st_size > 5000
