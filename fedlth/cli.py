@@ -467,12 +467,12 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"IMP on {summary['dataset']} / {summary['model']} (seed {summary['seed']})")
-    for col in ("level", "density", "ticket", "re-init", "random mask", "seconds"):
+    for col in ("level", "density", "ticket acc. (%)", "re-init (%)", "random mask (%)", "seconds"):
         table.add_column(col, justify="right")
-    table.add_row("0", "1.000", f"{summary['dense_accuracy']:.4f}", "", "", f"{summary['dense_seconds']:.1f}")
+    table.add_row("0", "1.000", f"{100 * summary['dense_accuracy']:.1f}", "", "", f"{summary['dense_seconds']:.1f}")
 
     def fmt(x: float | None) -> str:
-        return "" if x is None else f"{x:.4f}"
+        return "" if x is None else f"{100 * x:.1f}"
 
     for lv in summary["levels"]:
         table.add_row(
@@ -481,7 +481,7 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
         )
     console = Console()
     console.print(table)
-    console.print(f"wrote {out}/summary.json and {out}/accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
+    console.print(f"wrote {out}/summary.json, report.md, levels.csv and accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
 
 
 from fedlth.deploy_cli import deploy  # noqa: E402  (`fedlth deploy`, kept last)
