@@ -160,7 +160,7 @@ def plot_federated(rounds: Sequence[Mapping[str, Any]], title: str, out_dir: Pat
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([up[x] for x in xs], means, "o-", ms=3, label="this run")
         if dense_total > 0:
-            ax.axvline(dense_total, color="grey", ls="--", lw=1, label=f"dense FedAvg, same clients ({dense_total:.2f} MB)")
+            ax.axvline(dense_total, color="grey", ls="--", lw=1, label=f"dense FedAvg's total upload, same clients ({dense_total:.2f} MB)")
         ax.set(xlabel="cumulative upload (MB)", ylabel="personalized test accuracy", title=title,
                ylim=accuracy_limits(means), xlim=(0, 1.05 * max(dense_total, max(up.values()))))
         _percent_axis(ax)
