@@ -246,9 +246,10 @@ def plot_comparison(
 
 
 def plain_log_ticks(values: Sequence[float]) -> tuple[list[float], list[str]]:
-    """Tick positions and plain labels for a log axis of densities: '0.3', never '3×10⁻¹'."""
+    """Tick positions and plain labels (two significant digits) for a log axis of densities:
+    '0.3', never '3×10⁻¹'."""
     ticks = sorted({round(v, 4) for v in values if v and v > 0})
-    return ticks, [f"{t:g}" for t in ticks]
+    return ticks, [f"{t:.2g}" for t in ticks]  # an achieved 0.3666 reads 0.37
 
 
 def _stat_mean(v: Any) -> float | None:

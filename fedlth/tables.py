@@ -6,7 +6,7 @@ import csv
 import io
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +108,12 @@ class Table:
 
     columns: Sequence[str]
     rows: Sequence[Mapping[str, Any]]
+    headers: Mapping[str, str] = field(default_factory=dict)  # where human_name's word is wrong here
 
     def markdown(self) -> str:
         """A markdown table: human headers, each cell in its column's precision."""
-        lines = ["| " + " | ".join(human_name(c) for c in self.columns) + " |", "|" + "---|" * len(self.columns)]
+        names = [self.headers.get(c) or human_name(c) for c in self.columns]
+        lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(self.columns)]
         # a cell a row has no business in (a baseline's density) is blank; a value that is undefined is 'n/a'
         lines += ["| " + " | ".join(format_cell(c, r[c]) if c in r else "" for c in self.columns) + " |" for r in self.rows]
         return "\n".join(lines)

@@ -204,10 +204,11 @@ def ticket_table(summaries: Sequence[dict[str, Any]]) -> Table:
         for s in summaries
     ]
     n_rows = min(len(rows) for rows in per_seed)
+    headers = {"density": "density"}
     if len(summaries) == 1:
-        return Table(["level", *keys], per_seed[0])
+        return Table(["level", *keys], per_seed[0], headers)
     rows = [{"level": i} | {k: seed_stats([rows[i].get(k) for rows in per_seed]) for k in keys} for i in range(n_rows)]
-    return Table(["level", *keys], rows)
+    return Table(["level", *keys], rows, headers)
 
 
 def _report(sc: dict[str, Any], summaries: Sequence[dict[str, Any]], prov: dict[str, Any] | None) -> tuple[str, Table]:
@@ -219,7 +220,8 @@ def _report(sc: dict[str, Any], summaries: Sequence[dict[str, Any]], prov: dict[
               if len(seeds) > 1 else f"Seed {seeds[0]}; `--seeds N` gives mean ± std and a 95 % interval over seeds.")
     md = [f"# Central lottery ticket: {first['model']} on {first['dataset']}", "",
           f"IMP, pruner {first['pruner']}, rewind {first['rewind']}{', one-shot' if first['one_shot'] else ''}, "
-          f"{sc['imp-levels']} levels of {sc['prune-rate']:g}, {sc['epochs']} epochs per level.", "",
+          f"{sc['imp-levels']} level(s), each pruning {sc['prune-rate']:g} of the remaining weights, "
+          f"{sc['epochs']} epochs per level.", "",
           table.markdown(), "",
           spread + " Test accuracy on the held-out test split; level 0 is the dense net. Re-init: the same mask "
           "from a fresh initialization; random mask: the same per-layer density at random positions.",

@@ -98,7 +98,7 @@ def test_accuracy_band_is_clamped_and_round_ticks_are_integers():
     a, b = accuracy_limits([0.991, 0.993])
     assert b - a >= 0.2 - 1e-9 and a >= 0.0 and b <= 1.0
     assert accuracy_limits([0.01, 0.02])[0] == 0.0
-    assert plain_log_ticks([1.0, 0.3, 0.05, 0.3]) == ([0.05, 0.3, 1.0], ["0.05", "0.3", "1"])
+    assert plain_log_ticks([1.0, 0.3, 0.05, 0.3, 0.36662]) == ([0.05, 0.3, 0.3666, 1.0], ["0.05", "0.3", "0.37", "1"])
     rounds, means, lower, upper = seed_curve([[(1, 0.9), (2, 0.99)], [(1, 0.7), (2, 0.97)], [(1, 0.8), (2, 1.0)]])
     assert rounds == [1, 2] and means == pytest.approx([0.8, 0.98667], abs=1e-5)
     assert max(upper) <= 1.0 and min(lower) >= 0.0 and upper[1] == 1.0
