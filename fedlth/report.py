@@ -9,6 +9,7 @@ from typing import Any
 from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
 from fedlth.provenance import provenance_markdown
+from fedlth.tables import Table
 
 # What every client's evaluation reports; anything else comes from an evaluator.
 BASE_EVAL_KEYS = {
@@ -241,7 +242,7 @@ def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None, ref: 
     the majority-class baseline beside it, as markdown."""
     if not ev:
         return []
-    from fedlth.tables import format_cell, human_name
+    from fedlth.tables import csv_note, format_cell, human_name
 
     def f(x: Any) -> str:
         return "undefined" if x is None else f"{x:.4f}"
@@ -261,7 +262,7 @@ def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None, ref: 
     if ev.get("evaluators_mean"):
         lines += ["## Evaluators (mean over clients)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {human_name(k)} | {format_cell(k, v)} |" for k, v in ev["evaluators_mean"].items()]
-        lines.append("")
+        lines += ["", csv_note("evaluators.csv"), ""]
         if sc.get("attack") == "autoattack":
             from fedlth.robustness import NOTE_AUTOATTACK
 
@@ -283,12 +284,36 @@ def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None, ref: 
             "",
             "A gap near 0 with a positive rate near 0 % or 100 % is a near-constant predictor, not a fair one.",
             "",
-            "| group | n | accuracy | positive rate | TPR | FPR |",
-            "|---|---|---|---|---|---|",
+            group_table(m).markdown(),
+            "",
+            csv_note(f"fairness-{feat}.csv"),
+            "",
         ]
-        lines += [
-            f"| {g} | {r['count']} | {_pct(r['accuracy'])} | {_pct(r['selection_rate'])} | {_pct(r['tpr'])} | {_pct(r['fpr'])} |"
-            for g, r in m["by_group"].items()
-        ]
-        lines.append("")
     return lines
+
+
+def group_table(pooled: Mapping[str, Any]) -> Table:
+    """One sensitive feature's groups: size, accuracy, positive rate, TPR and FPR (pooled)."""
+    rows = [{"group": g} | dict(r) for g, r in pooled["by_group"].items()]
+    headers = {"group": "group", "count": "n", "accuracy": "accuracy (%)", "selection_rate": "positive rate (%)",
+               "tpr": "TPR (%)", "fpr": "FPR (%)"}
+    return Table(["group", "count", "accuracy", "selection_rate", "tpr", "fpr"], rows, headers)
+
+
+def report_csvs(summary: Mapping[str, Any]) -> dict[str, str]:
+    """The CSV beside each table of report.md that is not already a file: evaluators.csv (raw
+    key, mean over clients) and fairness-FEATURE.csv (the group table), at full precision."""
+    ev = summary.get("evaluation") or {}
+    out: dict[str, str] = {}
+    if ev.get("evaluators_mean"):
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["metric", "mean_over_clients"])
+        writer.writerows([k, repr(v)] for k, v in ev["evaluators_mean"].items())
+        out["evaluators.csv"] = buf.getvalue()
+    for feat, m in (ev.get("pooled_fairness") or {}).items():
+        out[f"fairness-{feat}.csv"] = group_table(m).csv()
+    return out

@@ -65,17 +65,17 @@ def human_name(key: str) -> str:
 def unit(key: str) -> str:
     """How a column's fractions print: 'pct' (×100, 1 decimal), 'pp' (points, 1 decimal),
     'gap' (3 decimals: a difference of rates), 'density' (3 decimals), 'num' (2), 'int', 'text'."""
-    if key in ("algorithm", "variant", "predictor"):
+    if key in ("algorithm", "variant", "predictor", "group"):
         return "text"
     if key == "accuracy_std_over_clients":
         return "pp"
-    if key.endswith(("accuracy", "worst10", "attack_success_rate", "selection_rate")) or key in ("personalized", "global"):
+    if key.endswith(("accuracy", "worst10", "attack_success_rate", "selection_rate")) or key in ("personalized", "global", "tpr", "fpr"):
         return "pct"
     if key.endswith("_difference"):
         return "gap"
     if key.endswith("density"):
         return "density"
-    if key in ("level", "robustness.samples", "n"):
+    if key in ("level", "robustness.samples", "n", "count"):
         return "int"
     if key in ("wall_s", "epochs"):
         return "one"

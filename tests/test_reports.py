@@ -220,6 +220,14 @@ def test_run_report_uses_human_names_and_the_majority_baseline():
     assert "| this run's tickets | 76.0 % | 1.0 % | 0.004 |" in md
     assert "![density](density_by_round.png)" in md and "accuracy_by_round.png)" not in md
     assert "`accuracy_by_round.png` skipped: 1 evaluation round(s)." in md
+    assert "| group | n | accuracy (%) | positive rate (%) | TPR (%) | FPR (%) |\n|---|---|---|---|---|---|\n| a | 5 | 80.0 | 0.0 | n/a | 0.0 |" in md
+    from fedlth.report import report_csvs
+
+    files = report_csvs(summary)
+    assert files["evaluators.csv"] == "metric,mean_over_clients\nrobustness.pgd.eps=0.05.robust_accuracy,0.4321\n"
+    assert _csv_rows(files["fairness-race.csv"]) == (["group", "count", "accuracy", "selection_rate", "tpr", "fpr"],
+                                                     [{"group": "a", "count": "5", "accuracy": "0.8", "selection_rate": "0.0", "tpr": "", "fpr": "0.0"}])
+    assert "`fairness-race.csv`" in md and "`evaluators.csv`" in md
 
 
 TICKET = """
