@@ -37,7 +37,10 @@ def study_row(target: float, summary: dict[str, Any]) -> dict[str, Any]:
     }
     ev = summary.get("evaluation") or {}
     row |= ev.get("evaluators_mean", {})
-    for feat, m in (ev.get("pooled_fairness") or {}).items():
+    pooled = ev.get("pooled_fairness") or {}
+    if pooled:  # the share predicted positive: near 0 or 1 is a near-constant predictor, whatever its gaps
+        row["positive_rate"] = next(iter(pooled.values())).get("overall", {}).get("selection_rate")
+    for feat, m in pooled.items():
         for k in FAIRNESS_KEYS:
             row[f"{feat}.{k}"] = m[k]
     return row

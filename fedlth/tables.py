@@ -24,6 +24,7 @@ NAMES = {
     "algorithm": "algorithm",
     "predictor": "predictor",
     "pooled_accuracy": "pooled acc. (%)",
+    "positive_rate": "positive rate (%)",
     "target_density": "target density",
     "density": "final density",
     "accuracy": "personalized acc. (%)",
@@ -69,7 +70,7 @@ def unit(key: str) -> str:
         return "text"
     if key == "accuracy_std_over_clients":
         return "pp"
-    if key.endswith(("accuracy", "worst10", "attack_success_rate", "selection_rate")) or key in ("personalized", "global", "tpr", "fpr"):
+    if key.endswith(("accuracy", "worst10", "attack_success_rate", "selection_rate")) or key in ("personalized", "global", "tpr", "fpr", "positive_rate"):
         return "pct"
     if key.endswith("_difference"):
         return "gap"

@@ -140,7 +140,7 @@ def _fake_federated_run(sc: dict, out: Path) -> None:
         "bytes": {"upload": 6000, "download": 9000, "dense_fedavg_upload": 9000, "dense_fedavg_download": 9000},
         "upload_ratio_vs_dense_fedavg": 6000 / 9000, "wall_seconds": 1.0,
         "evaluation": {"evaluators_mean": {"robustness.pgd.eps=0.05.attack_success_rate": 0.25 + 0.01 * sc["seed"]},
-                       "pooled_fairness": {"sex": {"demographic_parity_difference": 0.01, "equalized_odds_difference": 0.02,
+                       "pooled_fairness": {"sex": {"overall": {"selection_rate": 0.999}, "demographic_parity_difference": 0.01, "equalized_odds_difference": 0.02,
                                                    "equal_opportunity_difference": 0.015}}},
         "reference": {"majority_rate": 0.75, "logistic_regression": 0.85, "local_majority": 0.8},
     }
@@ -179,7 +179,7 @@ def test_study_over_seeds_names_columns_and_carries_baselines(tmp_path):
     assert rows[1]["accuracy"]["mean"] == pytest.approx(0.7) and rows[1]["accuracy"]["std"] == pytest.approx(0.1)
     md = (tmp_path / "study.md").read_text()
     for name in ("PGD ε=0.05 attack success (%)", "sex: demographic parity diff.", "std over clients (pp)",
-                 "majority class (constant)", "each client's majority class", "ddof 1"):
+                 "majority class (constant)", "each client's majority class", "ddof 1", "positive rate (%)"):
         assert name in md, name
     assert "accuracy_std |" not in md and "robustness.pgd" not in md
     md_rows = _md_rows(md.split("\n\n")[1])
