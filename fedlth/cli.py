@@ -59,8 +59,10 @@ def keys(pattern: str) -> None:
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
+              help="Seeds: 1 runs the scenario's seed; N > 1 runs seeds 0..N-1 (one folder each) and adds mean ± sample std and a 95 % interval over them.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
     """Central lottery-ticket run: IMP with rewinding and both controls."""
     from fedlth.data import DatasetUnavailableError
 
@@ -70,13 +72,21 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
         sc = load_scenario(scenario, overrides)
         out = out or default_out_dir("ticket", sc["name"])
         check_out_dir(out)
-        from fedlth.ticket_run import TicketRun, write_outputs
+        from fedlth.ticket_run import TicketRun, run_ticket_seeds, write_outputs
 
         with _progress(quiet) as say:
-            runner = TicketRun(sc, say)
-            summary = runner.run()
+            if seeds > 1:
+                summaries = run_ticket_seeds(sc, list(range(seeds)), out, say, prov)
+            else:
+                runner = TicketRun(sc, say)
+                summary = runner.run()
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
         fail(str(exc))
+    if seeds > 1:
+        click.echo((out / "report.md").read_text())
+        click.echo(f"wrote {out}/report.md, levels.csv, summary.json, accuracy_vs_density.png and seed-0..{seeds - 1}/ "
+                   f"({sum(s['wall_seconds'] for s in summaries):.1f} s)")
+        return
     write_outputs(out, sc, summary | {"provenance": prov})
     _print_ticket_table(summary, out, quiet)
 
@@ -89,17 +99,21 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
               help="Flower's form of --set: space-separated pairs, strings TOML-quoted or not.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
               help="Continue a killed run from its last checkpoint (no SCENARIO, --set, --run-config or --out).")
+@click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
+              help="1: the scenario's seed; N > 1: seeds 0..N-1, one run folder each (seed-S), and seeds.md/.csv/.json/.png with mean ± sample std and a 95 % interval over them.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
 def run(
     scenario: Path | None, overrides: tuple[str, ...], run_config: tuple[str, ...], out: Path | None,
-    resume_dir: Path | None, quiet: bool, verbose: bool,
+    resume_dir: Path | None, seeds: int, quiet: bool, verbose: bool,
 ) -> None:
     """Federated run: simulate the scenario's clients in-process on Flower's engine."""
     prov = provenance(program="fedlth")
     overrides = (*overrides, *run_config)
     try:
         if resume_dir is not None:
+            if seeds > 1:
+                raise ScenarioError("--resume continues one run; resume each seed's folder (RUN_DIR/seed-S) on its own")
             if scenario is not None or overrides or out is not None:
                 raise ScenarioError(
                     "--resume takes the scenario and output folder of the run it continues; drop SCENARIO, --set, --run-config and --out"
@@ -116,6 +130,9 @@ def run(
         _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
+    if seeds > 1:
+        _run_seeds(sc, seeds, out, prov, quiet)
+        return
     from server.simulate import simulate
 
     try:
@@ -124,6 +141,23 @@ def run(
     except RunInterrupted:
         _exit_interrupted(out)
     _print_run_summary(out, quiet)
+
+
+def _run_seeds(sc: dict, seeds: int, out: Path, prov: dict, quiet: bool) -> None:
+    """`fedlth run --seeds N`: the scenario once per seed into out/seed-S, then seeds.md/.csv/.json/.png."""
+    from fedlth.compare import compare as run_compare
+
+    def say(_alg: str, seed: int) -> None:
+        if not quiet:
+            click.echo(f"== seed {seed}", err=True)
+
+    try:
+        with stop_on_sigint() as stop:
+            res = run_compare(sc, [sc["algorithm"]], list(range(seeds)), out, _runner(prov, stop), on_run=say, prov=prov, stem="seeds")
+    except RunInterrupted:
+        _exit_interrupted_batch(out)
+    click.echo(res["table"])
+    click.echo(f"wrote {out}/seeds.md, seeds.csv, seeds.json, seeds.png and seed-0..{seeds - 1}/")
 
 
 def _exit_interrupted(out: Path) -> None:
@@ -218,7 +252,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo(res["table"])
-    click.echo(f"wrote {out}/comparison.md, comparison.json, comparison.png")
+    click.echo(f"wrote {out}/comparison.md, comparison.csv, comparison.json, comparison.png")
 
 
 @main.command()
@@ -226,8 +260,10 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 @click.option("--densities", default="1.0,0.5,0.2,0.1,0.05", show_default=True, help="Target densities (1.0 = dense).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
+@click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
+              help="Seeds: 1 runs the scenario's seed; N > 1 runs seeds 0..N-1 (one folder each) and adds mean ± sample std and a 95 % interval over them.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
+def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
     """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
     from fedlth.study import parse_densities
 
@@ -246,17 +282,18 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
         fail(str(exc))
     from fedlth.study import study as run_study
 
-    def say(d: float) -> None:
+    def say(d: float, seed: int) -> None:
         if not quiet:
-            click.echo(f"== target density {d:g}", err=True)
+            click.echo(f"== target density {d:g}, seed {seed}", err=True)
 
     try:
         with stop_on_sigint() as stop:
-            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov)
+            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov,
+                      seeds=list(range(seeds)) if seeds > 1 else None)
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo((out / "study.md").read_text())
-    click.echo(f"wrote {out}/study.md, study.json, study.png")
+    click.echo(f"wrote {out}/study.md, study.csv, study.json, study.png")
 
 
 @main.command("evaluate")
@@ -430,12 +467,12 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"IMP on {summary['dataset']} / {summary['model']} (seed {summary['seed']})")
-    for col in ("level", "density", "ticket", "re-init", "random mask", "seconds"):
+    for col in ("level", "density", "ticket acc. (%)", "re-init (%)", "random mask (%)", "seconds"):
         table.add_column(col, justify="right")
-    table.add_row("0", "1.000", f"{summary['dense_accuracy']:.4f}", "", "", f"{summary['dense_seconds']:.1f}")
+    table.add_row("0", "1.000", f"{100 * summary['dense_accuracy']:.1f}", "", "", f"{summary['dense_seconds']:.1f}")
 
     def fmt(x: float | None) -> str:
-        return "" if x is None else f"{x:.4f}"
+        return "" if x is None else f"{100 * x:.1f}"
 
     for lv in summary["levels"]:
         table.add_row(
@@ -444,7 +481,7 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
         )
     console = Console()
     console.print(table)
-    console.print(f"wrote {out}/summary.json and {out}/accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
+    console.print(f"wrote {out}/summary.json, report.md, levels.csv and accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
 
 
 from fedlth.deploy_cli import deploy  # noqa: E402  (`fedlth deploy`, kept last)

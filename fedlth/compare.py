@@ -10,6 +10,8 @@ from typing import Any
 
 from fedlth.io import write_json_atomic, write_text_atomic
 from fedlth.provenance import provenance_markdown
+from fedlth.stats import SPREAD_NOTE, seed_stats
+from fedlth.tables import Table, csv_note
 
 Runner = Callable[[dict[str, Any], Path], None]
 
@@ -38,10 +40,11 @@ def client_epochs(sc: dict[str, Any], rounds: Sequence[dict[str, Any]]) -> tuple
 
 def compare(
     sc: dict[str, Any], algorithms: Sequence[str], seeds: Sequence[int], out: Path, runner: Runner,
-    on_run: Callable[[str, int], None] | None = None, prov: Mapping[str, Any] | None = None,
+    on_run: Callable[[str, int], None] | None = None, prov: Mapping[str, Any] | None = None, stem: str = "comparison",
 ) -> dict[str, Any]:
-    """Run every (algorithm variant, seed) with `runner` into out/VARIANT/seed-S; write table and plot
-    (with `prov`, the provenance record, in comparison.md and comparison.json)."""
+    """Run every (algorithm variant, seed) with `runner` into out/VARIANT/seed-S (one variant with
+    another `stem`, as `fedlth run --seeds`: out/seed-S); write STEM.md, .csv, .json and .png (with
+    `prov`, the provenance record, in the markdown and JSON)."""
     from fedlth.scenario import resolve
 
     results: dict[str, list[dict[str, Any]]] = {}
@@ -51,7 +54,8 @@ def compare(
         for seed in seeds:
             if on_run is not None:
                 on_run(spec, seed)
-            run_dir = out / spec.replace(":", "_").replace("=", "-") / f"seed-{seed}"
+            variant_dir = out if stem != "comparison" and len(algorithms) == 1 else out / spec.replace(":", "_").replace("=", "-")
+            run_dir = variant_dir / f"seed-{seed}"
             run_sc = resolve(sc | {"algorithm": alg, "seed": seed}, overrides, source=spec)
             runner(run_sc, run_dir)
             summary = json.loads((run_dir / "summary.json").read_text())
@@ -64,36 +68,61 @@ def compare(
                     accs = [m["accuracy"] for m in r["evaluate"].values()]
                     curve.append((r["round"], sum(accs) / len(accs)))
             curves.setdefault(spec, []).append(curve)
+    rows = comparison_rows(results)
+    columns = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_ratio", "epochs", "wall_s"]
+    stat_rows = [{"algorithm": r["algorithm"]} | r["stats"] for r in rows]
+    table = Table(columns, stat_rows)
+    table.write_csv(out / f"{stem}.csv")
+    tail = "\n" + "\n".join(provenance_markdown(prov)) if prov else ""
+    md = [
+        f"# {'Comparison' if stem == 'comparison' else sc['algorithm']} over seeds {list(seeds)}", "",
+        f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']}), {sc['clients-per-round']} per round, "
+        f"{sc['rounds']} rounds, {sc['local-epochs']} local epochs.", "",
+        table.markdown(), "",
+        f"Each cell: {SPREAD_NOTE}" + (" (one seed: no spread)" if len(seeds) < 2 else "")
+        + "; accuracy intervals clipped to [0, 100] %. Personalized accuracy: each client's personal model on its "
+        "own test split, mean over clients, then over seeds; worst-10 %: mean of the lowest tenth of clients.",
+        csv_note(f"{stem}.csv"), "",
+        f"![{stem}]({stem}.png)", "",
+    ]
+    write_text_atomic(out / f"{stem}.md", "\n".join(md) + tail)
+    write_json_atomic(out / f"{stem}.json", {"seeds": list(seeds), "spread": SPREAD_NOTE, "rows": rows,
+                                                "provenance": dict(prov) if prov else None})
+    from fedlth.plots import plot_comparison
+
+    finals = {r["algorithm"]: {"accuracy": r["stats"]["personalized"], "upload_mb": r["stats"]["upload_mb"]} for r in rows}
+    dense_up = [run["bytes"]["dense_fedavg_upload"] / 1e6 for runs in results.values() for run in runs]
+    plot_comparison(curves, finals, out / f"{stem}.png", f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']})",
+                    dense_upload_mb=max(dense_up) if dense_up else None)
+    return {"table": table.markdown(), "rows": rows}
+
+
+def comparison_rows(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per variant: per-seed values (`raw`), their seed statistics (`stats`) and the
+    short 'mean ± std' strings older readers of comparison.json use."""
     rows = []
     for alg, runs in results.items():
-        acc = [r["personalized_accuracy"]["mean"] for r in runs]
-        worst = [r["personalized_accuracy"]["worst10"] for r in runs]
-        dens = [r["density"]["mean"] for r in runs]
-        up = [r["bytes"]["upload"] / 1e6 for r in runs]
-        down = [r["bytes"]["download"] / 1e6 for r in runs]
-        ratio = [r["upload_ratio_vs_dense_fedavg"] or 0.0 for r in runs]
-        wall = [r["wall_seconds"] for r in runs]
-        glob = [r["global_accuracy"] for r in runs if r["global_accuracy"] is not None]
-        epochs = [sum(r["client_epochs"]) for r in runs]
+        raw = {
+            "personalized": [r["personalized_accuracy"]["mean"] for r in runs],
+            "worst10": [r["personalized_accuracy"]["worst10"] for r in runs],
+            "global": [r["global_accuracy"] for r in runs],
+            "density": [r["density"]["mean"] for r in runs],
+            "upload_mb": [r["bytes"]["upload"] / 1e6 for r in runs],
+            "download_mb": [r["bytes"]["download"] / 1e6 for r in runs],
+            "upload_ratio": [r["upload_ratio_vs_dense_fedavg"] or 0.0 for r in runs],
+            "download_ratio": [r["bytes"]["download"] / r["bytes"]["dense_fedavg_download"] for r in runs],
+            "wall_s": [r["wall_seconds"] for r in runs],
+            "epochs": [sum(r["client_epochs"]) for r in runs],
+            "tune_epochs": [r["client_epochs"][1] for r in runs],
+        }
+        stats = {k: seed_stats(v) for k, v in raw.items()}
+        glob = [g for g in raw["global"] if g is not None]
         rows.append({
-            "algorithm": alg, "personalized": _pm(acc), "worst10": _pm(worst),
-            "global": _pm(glob) if glob else "n/a", "density": f"{statistics.fmean(dens):.3f}",
-            "upload_mb": f"{statistics.fmean(up):.2f}", "download_mb": f"{statistics.fmean(down):.2f}",
-            "upload_vs_fedavg": f"{statistics.fmean(ratio):.2f}", "wall_s": f"{statistics.fmean(wall):.1f}",
-            "epochs": f"{statistics.fmean(epochs):.1f}",
-            "raw": {"personalized": acc, "worst10": worst, "density": dens, "upload_mb": up, "download_mb": down, "wall_s": wall,
-                    "upload_ratio": ratio, "download_ratio": [r["bytes"]["download"] / r["bytes"]["dense_fedavg_download"] for r in runs],
-                    "epochs": epochs, "tune_epochs": [r["client_epochs"][1] for r in runs]},
+            "algorithm": alg, "personalized": _pm(raw["personalized"]), "worst10": _pm(raw["worst10"]),
+            "global": _pm(glob) if glob else "n/a", "density": f"{statistics.fmean(raw['density']):.3f}",
+            "upload_mb": f"{statistics.fmean(raw['upload_mb']):.2f}", "download_mb": f"{statistics.fmean(raw['download_mb']):.2f}",
+            "upload_vs_fedavg": f"{statistics.fmean(raw['upload_ratio']):.2f}", "wall_s": f"{statistics.fmean(raw['wall_s']):.1f}",
+            "epochs": f"{statistics.fmean(raw['epochs']):.1f}",
+            "raw": {k: v for k, v in raw.items() if k != "global"}, "stats": stats,
         })
-    header = ["algorithm", "personalized acc. (%)", "worst-10 % (%)", "global acc. (%)", "final density", "upload MB", "download MB", "upload / dense FedAvg", "local epochs / client", "wall s"]
-    keys = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_vs_fedavg", "epochs", "wall_s"]
-    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    md += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
-    table = "\n".join(md)
-    tail = "\n" + "\n".join(provenance_markdown(prov)) if prov else ""
-    write_text_atomic(out / "comparison.md", f"# Comparison over seeds {list(seeds)}\n\n{table}\n{tail}")
-    write_json_atomic(out / "comparison.json", {"seeds": list(seeds), "rows": rows, "provenance": dict(prov) if prov else None})
-    from fedlth.plots import plot_overlay
-
-    plot_overlay(curves, out / "comparison.png", f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']})")
-    return {"table": table, "rows": rows}
+    return rows

@@ -9,6 +9,7 @@ from typing import Any
 from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
 from fedlth.provenance import provenance_markdown
+from fedlth.tables import Table
 
 # What every client's evaluation reports; anything else comes from an evaluator.
 BASE_EVAL_KEYS = {
@@ -142,13 +143,28 @@ def _by_kind(rounds: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
-def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
-    """A short human report of one run."""
+def _pct(x: float | None) -> str:
+    """An accuracy as a percentage with one decimal ('n/a' when undefined)."""
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+FIGURES = {"accuracy_by_round.png": "accuracy", "density_by_round.png": "density", "accuracy_vs_upload.png": "bytes"}
+
+
+def _figure_lines(figures: Mapping[str, str] | None) -> list[str]:
+    """The figures that were drawn, and why any was not (plots.plot_federated's answer)."""
+    if figures is None:
+        figures = dict.fromkeys(FIGURES, "written")
+    shown = " ".join(f"![{alt}]({name})" for name, alt in FIGURES.items() if figures.get(name) == "written")
+    notes = [f"`{name}` {why}." for name, why in figures.items() if why != "written"]
+    return ([shown, ""] if shown else []) + ([" ".join(notes), ""] if notes else [])
+
+
+def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any], figures: Mapping[str, str] | None = None) -> str:
+    """A short human report of one run (`figures`: which plots were drawn, default all)."""
     acc = summary["personalized_accuracy"]
     b = summary["bytes"]
-
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.2f} %"
+    pct = _pct
 
     lines = [
         f"# {sc['name'] or 'run'}: {summary['algorithm']} on {summary['dataset']}",
@@ -158,7 +174,7 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        f"| personalized accuracy (mean ± std over {_over(acc, summary['num_clients'])}) | {pct(acc['mean'])} ± {pct(acc['std'])} |",
+        f"| personalized accuracy (mean ± population std over {_over(acc, summary['num_clients'])}) | {pct(acc['mean'])} ± {pct(acc['std'])} |",
         f"| worst-10 % clients | {pct(acc['worst10'])} |",
         f"| worst client | {pct(acc['worst'])} |",
         f"| global model accuracy | {pct(summary['global_accuracy'])} |",
@@ -173,11 +189,10 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any]) -> str:
         "pruning gates read validation splits only. Bytes are the serialized Flower ArrayRecords of "
         "training rounds (evaluation downloads are logged per round in metrics.jsonl).",
         "",
-        "![accuracy](accuracy_by_round.png) ![density](density_by_round.png) ![bytes](accuracy_vs_upload.png)",
-        "",
+        *_figure_lines(figures),
     ]
     prov = summary.get("provenance")
-    return "\n".join(lines + _reference_lines(summary) + _evaluation_lines(sc, summary.get("evaluation")) + (provenance_markdown(prov) if prov else []))
+    return "\n".join(lines + _reference_lines(summary) + _evaluation_lines(sc, summary.get("evaluation"), summary.get("reference")) + (provenance_markdown(prov) if prov else []))
 
 
 def _reference_lines(summary: Mapping[str, Any]) -> list[str]:
@@ -185,9 +200,7 @@ def _reference_lines(summary: Mapping[str, Any]) -> list[str]:
     ref = summary.get("reference")
     if not ref:
         return []
-
-    def pct(x: float | None) -> str:
-        return "n/a" if x is None else f"{100 * x:.2f} %"
+    pct = _pct
 
     return [
         "## Reference on the same data",
@@ -224,44 +237,83 @@ def _kinds(by_kind: Mapping[str, int]) -> str:
     return f" ({', '.join(f'{k} {v}' for k, v in sorted(by_kind.items()))})" if by_kind else ""
 
 
-def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None) -> list[str]:
-    """Fairness across clients, evaluator means and pooled group fairness, as markdown."""
+def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None, ref: Mapping[str, Any] | None = None) -> list[str]:
+    """Fairness across clients, evaluator means (human names) and pooled group fairness with
+    the majority-class baseline beside it, as markdown."""
     if not ev:
         return []
+    from fedlth.tables import csv_note, format_cell, human_name
 
     def f(x: Any) -> str:
         return "undefined" if x is None else f"{x:.4f}"
+
+    def gap(x: Any) -> str:
+        return "undefined" if x is None else f"{x:.3f}"
 
     ac = ev["across_clients"]
     lines = [
         "## Fairness across clients (final evaluation)",
         "",
-        f"mean {f(ac['mean'])}, variance {f(ac['variance'])} (×10⁴ as q-FFL prints it: {f(ac['variance_x1e4'])}), "
-        f"worst-10 % {f(ac['worst10'])}, best-10 % {f(ac['best10'])}, worst client {f(ac['worst'])}, "
+        f"mean {_pct(ac['mean'])}, variance {f(ac['variance'])} (×10⁴ as q-FFL prints it: {f(ac['variance_x1e4'])}), "
+        f"worst-10 % {_pct(ac['worst10'])}, best-10 % {_pct(ac['best10'])}, worst client {_pct(ac['worst'])}, "
         f"Jain's index {f(ac['jain_index'])}.",
         "",
     ]
     if ev.get("evaluators_mean"):
         lines += ["## Evaluators (mean over clients)", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {f(v)} |" for k, v in ev["evaluators_mean"].items()]
-        lines.append("")
+        lines += [f"| {human_name(k)} | {format_cell(k, v)} |" for k, v in ev["evaluators_mean"].items()]
+        lines += ["", csv_note("evaluators.csv"), ""]
         if sc.get("attack") == "autoattack":
             from fedlth.robustness import NOTE_AUTOATTACK
 
             lines += [NOTE_AUTOATTACK, ""]
     for feat, m in (ev.get("pooled_fairness") or {}).items():
+        overall = m.get("overall") or {}
         lines += [
             f"## Group fairness by `{feat}`, pooled over the federation (exact, from confusion counts)",
             "",
-            f"demographic parity difference {f(m['demographic_parity_difference'])}, equalized odds difference "
-            f"{f(m['equalized_odds_difference'])}, equal opportunity difference {f(m['equal_opportunity_difference'])}.",
-            "",
-            "| group | n | accuracy | selection rate | TPR | FPR |",
+            "| predictor | accuracy | positive rate | demographic parity diff. | equalized odds diff. | equal opportunity diff. |",
             "|---|---|---|---|---|---|",
+            f"| this run's tickets | {_pct(overall.get('accuracy'))} | {_pct(overall.get('selection_rate'))} | "
+            f"{gap(m['demographic_parity_difference'])} | {gap(m['equalized_odds_difference'])} | {gap(m['equal_opportunity_difference'])} |",
         ]
+        if ref and ref.get("majority_rate") is not None:
+            # a constant predictor selects every group at the same rate: its gaps are 0 by construction
+            lines.append(f"| majority class (constant, pooled) | {_pct(ref['majority_rate'])} | all one class | 0.000 | 0.000 | 0.000 |")
         lines += [
-            f"| {g} | {r['count']} | {f(r['accuracy'])} | {f(r['selection_rate'])} | {f(r['tpr'])} | {f(r['fpr'])} |"
-            for g, r in m["by_group"].items()
+            "",
+            "A gap near 0 with a positive rate near 0 % or 100 % is a near-constant predictor, not a fair one.",
+            "",
+            group_table(m).markdown(),
+            "",
+            csv_note(f"fairness-{feat}.csv"),
+            "",
         ]
-        lines.append("")
     return lines
+
+
+def group_table(pooled: Mapping[str, Any]) -> Table:
+    """One sensitive feature's groups: size, accuracy, positive rate, TPR and FPR (pooled)."""
+    rows = [{"group": g} | dict(r) for g, r in pooled["by_group"].items()]
+    headers = {"group": "group", "count": "n", "accuracy": "accuracy (%)", "selection_rate": "positive rate (%)",
+               "tpr": "TPR (%)", "fpr": "FPR (%)"}
+    return Table(["group", "count", "accuracy", "selection_rate", "tpr", "fpr"], rows, headers)
+
+
+def report_csvs(summary: Mapping[str, Any]) -> dict[str, str]:
+    """The CSV beside each table of report.md that is not already a file: evaluators.csv (raw
+    key, mean over clients) and fairness-FEATURE.csv (the group table), at full precision."""
+    ev = summary.get("evaluation") or {}
+    out: dict[str, str] = {}
+    if ev.get("evaluators_mean"):
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["metric", "mean_over_clients"])
+        writer.writerows([k, repr(v)] for k, v in ev["evaluators_mean"].items())
+        out["evaluators.csv"] = buf.getvalue()
+    for feat, m in (ev.get("pooled_fairness") or {}).items():
+        out[f"fairness-{feat}.csv"] = group_table(m).csv()
+    return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,10 @@ from fedlth.masks import (
 )
 from fedlth.models import bn_pairs, build_model
 from fedlth.partition import central_split
+from fedlth.provenance import provenance_markdown
 from fedlth.scenario import ScenarioError, to_toml
+from fedlth.stats import SPREAD_NOTE, seed_stats
+from fedlth.tables import Table, csv_note
 from fedlth.training import TrainConfig, evaluate, train_
 
 Progress = Callable[[str], None]
@@ -192,13 +195,80 @@ class TicketRun:
         }
 
 
+def ticket_table(summaries: Sequence[dict[str, Any]]) -> Table:
+    """Dense net and each IMP level: density, ticket and control test accuracies; one seed's
+    values, or their seed statistics over several seeds."""
+    keys = ("density", "ticket_accuracy", "reinit_accuracy", "random_mask_accuracy")
+    per_seed = [
+        [{"level": 0, "density": 1.0, "ticket_accuracy": s["dense_accuracy"]}] + [{"level": lv["level"]} | {k: lv.get(k) for k in keys} for lv in s["levels"]]
+        for s in summaries
+    ]
+    n_rows = min(len(rows) for rows in per_seed)
+    headers = {"density": "density"}
+    if len(summaries) == 1:
+        return Table(["level", *keys], per_seed[0], headers)
+    rows = [{"level": i} | {k: seed_stats([rows[i].get(k) for rows in per_seed]) for k in keys} for i in range(n_rows)]
+    return Table(["level", *keys], rows, headers)
+
+
+def _report(sc: dict[str, Any], summaries: Sequence[dict[str, Any]], prov: dict[str, Any] | None) -> tuple[str, Table]:
+    """report.md of one or several seeds' IMP runs, and its table."""
+    table = ticket_table(summaries)
+    seeds = [s["seed"] for s in summaries]
+    first = summaries[0]
+    spread = (f"Each cell over seeds {seeds}: {SPREAD_NOTE}; accuracy intervals clipped to [0, 100] %."
+              if len(seeds) > 1 else f"Seed {seeds[0]}; `--seeds N` gives mean ± std and a 95 % interval over seeds.")
+    md = [f"# Central lottery ticket: {first['model']} on {first['dataset']}", "",
+          f"IMP, pruner {first['pruner']}, rewind {first['rewind']}{', one-shot' if first['one_shot'] else ''}, "
+          f"{sc['imp-levels']} level(s), each pruning {sc['prune-rate']:g} of the remaining weights, "
+          f"{sc['epochs']} epochs per level.", "",
+          table.markdown(), "",
+          spread + " Test accuracy on the held-out test split; level 0 is the dense net. Re-init: the same mask "
+          "from a fresh initialization; random mask: the same per-layer density at random positions.",
+          csv_note("levels.csv"), "", "![accuracy against density](accuracy_vs_density.png)", ""]
+    md += provenance_markdown(prov) if prov else []
+    return "\n".join(md) + "\n", table
+
+
 def write_outputs(out: Path, sc: dict[str, Any], summary: dict[str, Any]) -> None:
-    """scenario.toml, summary.json and the accuracy-against-density plot."""
+    """scenario.toml, summary.json, report.md with levels.csv, and the accuracy-against-density plot."""
     from fedlth.plots import plot_ticket_levels
 
     write_text_atomic(out / "scenario.toml", to_toml(sc))
     write_json_atomic(out / "summary.json", summary)
+    md, table = _report(sc, [summary], summary.get("provenance"))
+    table.write_csv(out / "levels.csv")
+    write_text_atomic(out / "report.md", md)
     plot_ticket_levels(summary, out / "accuracy_vs_density.png")
+
+
+def run_ticket_seeds(
+    sc: dict[str, Any], seeds: Sequence[int], out: Path, progress: Progress | None = None,
+    prov: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """IMP once per seed into out/seed-S (the scenario's seed replaced), then the aggregate in
+    `out`: report.md and levels.csv (mean ± sample std, 95 % t interval over seeds),
+    summary.json (every seed's summary) and the banded accuracy_vs_density.png."""
+    from fedlth.plots import plot_ticket_levels
+
+    say = progress or (lambda _msg: None)
+    summaries = []
+    for seed in seeds:
+        run_sc = sc | {"seed": seed}
+        runner = TicketRun(run_sc, lambda msg, seed=seed: say(f"seed {seed}: {msg}"))
+        summary = runner.run() | ({"provenance": prov} if prov else {})
+        write_outputs(out / f"seed-{seed}", run_sc, summary)
+        summaries.append(summary)
+    write_text_atomic(out / "scenario.toml", to_toml(sc))
+    md, table = _report(sc, summaries, prov)
+    table.write_csv(out / "levels.csv")
+    write_text_atomic(out / "report.md", md)
+    write_json_atomic(out / "summary.json", {
+        "seeds": list(seeds), "spread": SPREAD_NOTE, "levels": table.rows, "per_seed": summaries,
+        "wall_seconds": sum(s["wall_seconds"] for s in summaries), "provenance": prov,
+    })
+    plot_ticket_levels(summaries, out / "accuracy_vs_density.png")
+    return summaries
 
 
 def run_ticket(sc: dict[str, Any], out: Path, progress: Progress | None = None) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from fedlth.partition_file import RECORD_NAME, partition_file_record
 from fedlth.plots import plot_federated
 from fedlth.provenance import provenance
 from fedlth.reference import scenario_reference
-from fedlth.report import evaluation_summary, report_markdown, round_bytes, summarize
+from fedlth.report import evaluation_summary, report_csvs, report_markdown, round_bytes, summarize
 from fedlth.scenario import resolve, to_toml
 from fedlth.tickets import save_tickets
 from server.exchange import StoppableGrid, stream_replies
@@ -206,11 +206,13 @@ def run_federation(
         summary["partition_file"] = split_file
     summary["provenance"] = prov
     write_json_atomic(out / "summary.json", summary)
-    write_text_atomic(out / "report.md", report_markdown(sc, summary))
+    figures = plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
+    write_text_atomic(out / "report.md", report_markdown(sc, summary, figures))
+    for name, text in report_csvs(summary).items():
+        write_text_atomic(out / name, text)
     torch.save({"global": strategy.global_weights, "masks": strategy.masks}, out / "server_state.pt")
     if strategy.tickets:
         save_tickets(out / "tickets", strategy.tickets)
-    plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
     return summary
 
 

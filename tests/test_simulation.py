@@ -163,6 +163,8 @@ def test_evaluators_in_a_run_and_reevaluation_of_its_saved_tickets(tmp_path):
     assert "robustness.pgd.eps=0.1.robust_accuracy" in ev["evaluators_mean"]
     assert ev["across_clients"]["n"] == 6 and 0 < ev["across_clients"]["jain_index"] <= 1
     assert "Group fairness by `sex`" in (out / "report.md").read_text()
+    assert (out / "fairness-sex.csv").read_text().startswith("group,count,accuracy,selection_rate,tpr,fpr\n")
+    assert "robustness.pgd.eps=0.1.robust_accuracy," in (out / "evaluators.csv").read_text()
     assert sorted(p.name for p in (out / "tickets").iterdir()) == [f"client-{i}.pt" for i in range(6)]
     # the saved tickets give back exactly the accuracies the run reported
     again = CliRunner().invoke(main, ["evaluate", str(out), "--evaluators", "fairness"], catch_exceptions=False)
