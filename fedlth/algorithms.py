@@ -587,7 +587,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     ),
     "dispfl": Algorithm(
         "dispfl", dispfl_train, own_model, True, True, False,
-        "DisPFL, run through the server (the paper is peer-to-peer): each client's own random sparse mask (dispfl-density, "
+        "DisPFL, run through the server (the paper is peer-to-peer; the server's masked mean stands for the neighbours' average): each client's own random sparse mask (dispfl-density, "
         "dispfl-distribution), the masked mean over keepers, after local training a cosine-annealed drop of the smallest "
         "weights and regrowth by gradient (dispfl-anneal, dispfl-regrow); density constant.",
         initial_mask=dispfl_mask, mask_regrows=True,

@@ -36,8 +36,8 @@ def layer_densities(shapes: Shapes, density: float, distribution: str = "erk", p
             return dict.fromkeys(shapes, 1.0)
         eps = rhs / divisor
         top = max(raw[k] for k in shapes if k not in dense)
-        if top * eps <= 1.0:
-            return {k: 1.0 if k in dense else eps * raw[k] for k in shapes}
+        if top * eps <= 1.0:  # (≥ 0: dense layers past the budget leave the others nothing)
+            return {k: 1.0 if k in dense else max(0.0, eps * raw[k]) for k in shapes}
         dense |= {k for k in shapes if k not in dense and raw[k] == top}
 
 
