@@ -230,7 +230,7 @@ def test_a_reply_that_grows_its_density_is_rejected_and_one_that_moves_its_mask_
     assert sorted(log[0]["train"]) == ["1", "2"]  # the honest clients moved their masks and were accepted
 
 
-def test_a_dense_mask_is_rejected_from_the_first_reply(tmp_path):
+def test_a_dense_mask_from_the_first_reply_and_nan_weights_are_rejected(tmp_path):
     sc = resolve(BASE | {"rounds": 1})
     theta0, _ = _model_info(sc)
     shapes = {k: tuple(v.shape) for k, v in theta0.items()}
@@ -241,10 +241,21 @@ def test_a_dense_mask_is_rejected_from_the_first_reply(tmp_path):
             reply.content["arrays"] = encode_record(weights, {k: torch.ones_like(m) for k, m in mask.items()}, with_shapes=False)
         return reply
 
+    def nan(msg: Message, reply: Message) -> Message:
+        if msg.metadata.message_type == "train" and not reply.has_error():
+            weights, mask = decode_record(reply.content["arrays"], shapes)
+            name = next(iter(mask))
+            bad = weights[name].clone()
+            bad[mask[name]] = float("nan")
+            reply.content["arrays"] = encode_record({**weights, name: bad}, mask, with_shapes=False)
+        return reply
+
     out = tmp_path / "run"
-    run_federation(LocalGrid(client_app, 3, tamper={1: dense}), sc, out)
+    run_federation(LocalGrid(client_app, 3, tamper={1: dense, 2: nan}), sc, out)
     log = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["client"] for r in log[0]["rejected"]] == [1]
+    reasons = {r["client"]: r["reason"] for r in log[0]["rejected"]}
+    assert sorted(reasons) == [1, 2] and "initial count" in reasons[1] and "NaN" in reasons[2]
+    assert sorted(log[0]["train"]) == ["0"]
 
 
 def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
