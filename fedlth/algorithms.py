@@ -509,12 +509,19 @@ def dispfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
     mask, then drop the drop_fraction() smallest-magnitude kept weights of each layer and
     regrow as many where |gradient| (or, `dispfl-regrow = random`, chance) is largest; the
     regrown weights are 0. The reply carries the new mask: the server averages the weights it
-    sent (the overlap) and sends the new mask's subnet next round."""
+    sent (the overlap) and sends the new mask's subnet next round, so regrown weights start
+    their first training from the keepers' mean, as the reference's aggregation gives them
+    (`dispfl-regrow-init = zero`: from 0, as in RigL)."""
     assert received is not None, "dispfl needs the global model"
     sc = ctx.sc
     theta0, names, _ = _init(sc["model"], ctx.data.input_shape, ctx.data.num_classes, sc["seed"])
     mask = state.mask or dispfl_mask(sc, theta0, list(names), ctx.partition_id)
-    trained, loss = local_train(ctx, apply_mask(received, mask), mask)
+    start = apply_mask(received, mask)
+    if sc["dispfl-regrow-init"] == "zero" and state.personal is not None:
+        # the entries it regrew last round are the kept ones its model holds at 0: they start at 0
+        # again instead of at the keepers' mean the server sent
+        start = {k: torch.where(mask[k] & (state.personal[k] == 0), 0.0, v) if k in mask else v for k, v in start.items()}
+    trained, loss = local_train(ctx, start, mask)
     fraction = dispfl.drop_fraction(ctx.server_round - 1, sc["rounds"], sc["dispfl-anneal"])
     gen = ctx.generator
     if sc["dispfl-regrow"] == "gradient":  # one shuffled batch, as the reference screens

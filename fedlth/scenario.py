@@ -154,6 +154,7 @@ KEYS: dict[str, Key] = {
         "dispfl-density": _float(0.5, "dispfl (DisPFL, run through the server; the paper is peer-to-peer): share of the prunable weights each client's own mask keeps, constant through prune and regrow (the paper's 0.5).", 0.0, 1.0, lo_open=True),
         "dispfl-distribution": _choice("erk", ("erk", "uniform"), "dispfl: how dispfl-density spreads over layers: Erdős–Rényi-kernel (the reference code's default: a layer's share ∝ the sum of its dimensions over its size, so small layers are denser, those past 1 dense) or the same share in every layer."),
         "dispfl-anneal": _float(0.5, "dispfl: share of each layer's kept weights replaced after round 1; it decays by a cosine to 0 at the last round (the paper's 0.5).", 0.0, 1.0),
+        "dispfl-regrow-init": _choice("mean", ("mean", "zero"), "dispfl: a regrown weight is 0 in the client's model and reply; its first training starts from the server's mean over the clients that kept it (mean: what the paper's and reference code's aggregation gives) or from 0 (zero: as in RigL)."),
         "dispfl-regrow": _choice("gradient", ("gradient", "random"), "dispfl: where dropped weights regrow: the largest |gradient| on one batch (the paper) or at random (the reference's published scripts)."),
         "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
     }),

@@ -11,6 +11,7 @@ import pytest
 import torch
 from flwr.app import Message
 
+import fedlth.algorithms as algorithms
 from clients.client_app import app as client_app
 from fedlth import dispfl
 from fedlth.aggregate import Update, masked_mean
@@ -294,3 +295,24 @@ def test_bad_keys_are_refused_with_the_allowed_values():
         resolve(BASE | {"dispfl-distribution": "er"})
     with pytest.raises(ScenarioError, match="gradient, random"):
         resolve(BASE | {"dispfl-regrow": "magnitude"})
+
+
+@pytest.mark.parametrize("init", ["mean", "zero"])
+def test_regrown_weights_start_from_the_servers_mean_or_from_zero(monkeypatch, init):
+    sc = resolve(BASE | {"dispfl-regrow-init": init})
+    theta0, names = _model_info(sc)
+    data = client_data(sc, 0)
+    first = get_algorithm("dispfl").train(theta0, ClientState(), Ctx(sc, data, 0, 1))
+    regrown = {k: first.mask[k] & ~dispfl_mask(sc, theta0, names, 0)[k] for k in names}
+    starts = []
+    real = algorithms.local_train
+    monkeypatch.setattr(algorithms, "local_train", lambda ctx, start, mask, *a, **kw: (starts.append(start), real(ctx, start, mask, *a, **kw))[1])
+    received = {k: v + 0.01 for k, v in theta0.items()}  # the server's mean: nonzero everywhere
+    get_algorithm("dispfl").train(received, first.state, Ctx(sc, data, 0, 2))
+    (start,) = starts
+    for k in names:
+        kept_before = first.mask[k] & ~regrown[k]
+        assert torch.equal(start[k][kept_before], received[k][kept_before])
+        assert torch.all(start[k][~first.mask[k]] == 0)
+        expected = received[k][regrown[k]] if init == "mean" else torch.zeros(int(regrown[k].sum()))
+        assert torch.equal(start[k][regrown[k]], expected)
