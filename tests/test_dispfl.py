@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -40,6 +41,12 @@ BASE = {
 def _model_info(sc: dict) -> tuple[dict, list[str]]:
     shape, classes = dataset_info(sc)
     return initial_weights(sc, shape, classes), model_names(sc, shape, classes)
+
+
+def _data(sc: dict, pid: int = 0):
+    """Client `pid`'s data with 96 training samples: the rules, not the learning, are under test."""
+    d = client_data(sc, pid)
+    return replace(d, x_train=d.x_train[:96], y_train=d.y_train[:96])
 
 
 def _counts(mask: dict) -> dict[str, int]:
@@ -101,7 +108,7 @@ def test_masks_differ_across_clients_and_are_reproducible_for_a_seed():
 def test_a_round_keeps_the_density_regrows_at_zero_and_moves_the_mask():
     sc = resolve(BASE)
     theta0, names = _model_info(sc)
-    ctx = Ctx(sc, client_data(sc, 0), 0, 1)
+    ctx = Ctx(sc, _data(sc), 0, 1)
     reply = get_algorithm("dispfl").train(theta0, ClientState(), ctx)
     start = dispfl_mask(sc, theta0, names, 0)
     new = reply.mask
@@ -114,14 +121,14 @@ def test_a_round_keeps_the_density_regrows_at_zero_and_moves_the_mask():
     assert reply.metrics["density"] == pytest.approx(sum(_counts(start).values()) / sum(m.numel() for m in start.values()))
     assert reply.metrics["drop-fraction"] == 0.5
     # the last round replaces almost nothing
-    late = get_algorithm("dispfl").train(theta0, reply.state, Ctx(sc, client_data(sc, 0), 0, sc["rounds"]))
+    late = get_algorithm("dispfl").train(theta0, reply.state, Ctx(sc, _data(sc), 0, sc["rounds"]))
     assert _counts(late.mask) == _counts(start) and late.metrics["drop-fraction"] == pytest.approx(0.25)
 
 
 def test_regrowth_follows_the_gradient_not_chance():
     sc = resolve(BASE)
     theta0, names = _model_info(sc)
-    ctx = Ctx(sc, client_data(sc, 0), 0, 1)
+    ctx = Ctx(sc, _data(sc), 0, 1)
     by_grad = get_algorithm("dispfl").train(theta0, ClientState(), ctx).mask
     by_chance = get_algorithm("dispfl").train(theta0, ClientState(), Ctx(sc | {"dispfl-regrow": "random"}, ctx.data, 0, 1)).mask
     assert _counts(by_grad) == _counts(by_chance)
@@ -301,7 +308,7 @@ def test_bad_keys_are_refused_with_the_allowed_values():
 def test_regrown_weights_start_from_the_servers_mean_or_from_zero(monkeypatch, init):
     sc = resolve(BASE | {"dispfl-regrow-init": init})
     theta0, names = _model_info(sc)
-    data = client_data(sc, 0)
+    data = _data(sc)
     first = get_algorithm("dispfl").train(theta0, ClientState(), Ctx(sc, data, 0, 1))
     regrown = {k: first.mask[k] & ~dispfl_mask(sc, theta0, names, 0)[k] for k in names}
     starts = []
