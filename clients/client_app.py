@@ -227,9 +227,19 @@ def _received(msg: Message, ctx: Ctx, state: ClientState):
     if alg.server_mask:
         return weights, replace(state, mask=mask or None)  # the server owns the shared mask
     if alg.masked and state.mask is None and mask:  # (fedper's head mask is no ticket)
-        log.warning("fedlth: partition %s has no ticket of its own; taking the server's copy of its mask", ctx.partition_id)
+        if not _initial_mask(alg, ctx, mask):  # dispfl's first download is the client's own initial mask
+            log.warning("fedlth: partition %s has no ticket of its own; taking the server's copy of its mask", ctx.partition_id)
         state = replace(state, mask=mask)
     return weights, state
+
+
+def _initial_mask(alg: Any, ctx: Ctx, mask: dict[str, Any]) -> bool:
+    """True when `mask` is the initial mask the algorithm derives for this client."""
+    if alg.initial_mask is None:
+        return False
+    theta0 = initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    mine = alg.initial_mask(ctx.sc, theta0, model_names(ctx.sc, ctx.data.input_shape, ctx.data.num_classes), ctx.partition_id)
+    return mine.keys() == mask.keys() and all(bool((mine[k] == mask[k]).all()) for k in mine)
 
 
 @app.query()

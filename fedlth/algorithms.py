@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedlth import dispfl
 from fedlth.client_data import ClientData
 from fedlth.devices import resolve_device
 from fedlth.evaluators import EvalData, Evaluator, build_evaluators, run_evaluators
@@ -493,6 +494,47 @@ def ditto_personal(received: Weights | None, state: ClientState, ctx: Ctx) -> Pe
     return received, {}
 
 
+# --- DisPFL -------------------------------------------------------------------------------------
+
+
+def dispfl_mask(sc: dict[str, Any], theta0: Weights, prunable: list[str], client: int) -> Mask:
+    """DisPFL: the client's initial mask, drawn from (seed, client); the server draws the same."""
+    shapes = {k: tuple(theta0[k].shape) for k in prunable}
+    gen = dispfl.mask_generator(sc["seed"], client)
+    return dispfl.initial_mask(shapes, sc["dispfl-density"], sc["dispfl-distribution"], gen)
+
+
+def dispfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """DisPFL (Dai et al. 2022), centralized: train the received mean inside the client's own
+    mask, then drop the drop_fraction() smallest-magnitude kept weights of each layer and
+    regrow as many where |gradient| (or, `dispfl-regrow = random`, chance) is largest; the
+    regrown weights are 0. The reply carries the new mask: the server averages the weights it
+    sent (the overlap) and sends the new mask's subnet next round, so regrown weights start
+    their first training from the keepers' mean, as the reference's aggregation gives them
+    (`dispfl-regrow-init = zero`: from 0, as in RigL)."""
+    assert received is not None, "dispfl needs the global model"
+    sc = ctx.sc
+    theta0, names, _ = _init(sc["model"], ctx.data.input_shape, ctx.data.num_classes, sc["seed"])
+    mask = state.mask or dispfl_mask(sc, theta0, list(names), ctx.partition_id)
+    start = apply_mask(received, mask)
+    if sc["dispfl-regrow-init"] == "zero" and state.personal is not None:
+        # the entries it regrew last round are the kept ones its model holds at 0: they start at 0
+        # again instead of at the keepers' mean the server sent
+        start = {k: torch.where(mask[k] & (state.personal[k] == 0), 0.0, v) if k in mask else v for k, v in start.items()}
+    trained, loss = local_train(ctx, start, mask)
+    fraction = dispfl.drop_fraction(ctx.server_round - 1, sc["rounds"], sc["dispfl-anneal"])
+    gen = ctx.generator
+    if sc["dispfl-regrow"] == "gradient":  # one shuffled batch, as the reference screens
+        idx = torch.randperm(len(ctx.data.x_train), generator=gen)[: sc["batch-size"]]
+        scores = dispfl.gradient_scores(_model(ctx, trained), ctx.data.x_train[idx], ctx.data.y_train[idx], list(names))
+    else:
+        scores = dispfl.random_scores(mask, gen)
+    new = dispfl.prune_and_regrow(trained, mask, scores, dispfl.replace_counts(mask, fraction))
+    kept = apply_mask(trained, new)
+    metrics = _metrics(ctx, loss, new, **{"drop-fraction": fraction, "mask-distance": hamming_distance(new, mask)})
+    return Reply(kept, new, replace(state, mask=new, personal=kept, rounds=state.rounds + 1), metrics)
+
+
 # --- registry -------------------------------------------------------------------------------
 
 
@@ -510,6 +552,12 @@ class Algorithm:
     server_mask: bool = False  # the server prunes one shared mask (fedlth.shared_ticket) and sends it
     sparse_upload: bool = False  # uploads are a selection of a dense model (`sparse-fill` says how they fold)
     local_head: bool = False  # the head (head_names) stays on the clients: never sent down, never aggregated
+    # the mask a client starts from, (scenario, θ0, prunable names, client) -> mask, known to the server
+    # without asking (the first download is already that subnet); None: dense until the client prunes
+    initial_mask: Callable[[dict[str, Any], Weights, list[str], int], Mask] | None = None
+    # a reply may move its mask (prune and regrow) but keep no more per layer than its initial mask;
+    # only its overlap with the mask the client was sent is averaged (new entries carry no trained value)
+    mask_regrows: bool = False
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -543,6 +591,13 @@ ALGORITHMS: dict[str, Algorithm] = {
     "ditto": Algorithm(
         "ditto", ditto_train, ditto_personal, False, True, True,
         "Ditto: FedAvg global model; each client keeps a personal model trained with λ/2‖v − w‖² toward the received global (ditto-lambda).",
+    ),
+    "dispfl": Algorithm(
+        "dispfl", dispfl_train, own_model, True, True, False,
+        "DisPFL, run through the server (the paper is peer-to-peer; the server's masked mean stands for the neighbours' average): each client's own random sparse mask (dispfl-density, "
+        "dispfl-distribution), the masked mean over keepers, after local training a cosine-annealed drop of the smallest "
+        "weights and regrowth by gradient (dispfl-anneal, dispfl-regrow); density constant.",
+        initial_mask=dispfl_mask, mask_regrows=True,
     ),
 }
 

@@ -77,7 +77,7 @@ DATASET_NAMES = (
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "file")
-ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket", "fedper", "fedrep", "ditto")
+ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket", "fedper", "fedrep", "ditto", "dispfl")
 
 KEYS: dict[str, Key] = {
     **_group("general", {
@@ -151,6 +151,11 @@ KEYS: dict[str, Key] = {
         "fedrep-head-epochs": _int(0, None, "fedrep: epochs a client trains its head (body frozen) each round before local-epochs on the body (head frozen); the paper uses 10.", 10),
         "ditto-lambda": _float(0.1, "ditto: λ of the personal model's proximal term λ/2‖v − w‖² toward the received global model (the paper picks λ per client on validation from {0.05, 0.1, 0.2} or {0.1, 1, 2}).", 0.0),
         "ditto-personal-epochs": _int(0, None, "ditto: epochs of the personal model per round (0: local-epochs).", 0),
+        "dispfl-density": _float(0.5, "dispfl (DisPFL, run through the server; the paper is peer-to-peer): share of the prunable weights each client's own mask keeps, constant through prune and regrow (the paper's 0.5).", 0.0, 1.0, lo_open=True),
+        "dispfl-distribution": _choice("erk", ("erk", "uniform"), "dispfl: how dispfl-density spreads over layers: Erdős–Rényi-kernel (the reference code's default: a layer's share ∝ the sum of its dimensions over its size, so small layers are denser, those past 1 dense) or the same share in every layer."),
+        "dispfl-anneal": _float(0.5, "dispfl: share of each layer's kept weights replaced after round 1; it decays by a cosine to 0 at the last round (the paper's 0.5).", 0.0, 1.0),
+        "dispfl-regrow-init": _choice("mean", ("mean", "zero"), "dispfl: a regrown weight is 0 in the client's model and reply; its first training starts from the server's mean over the clients that kept it (mean: what the paper's and reference code's aggregation gives) or from 0 (zero: as in RigL)."),
+        "dispfl-regrow": _choice("gradient", ("gradient", "random"), "dispfl: where dropped weights regrow: the largest |gradient| on one batch (the paper) or at random (the reference's published scripts)."),
         "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
     }),
     **_group("evaluators and robust tickets", {

@@ -58,6 +58,8 @@ class TicketStrategy(Strategy):
         self.head: Mask = head_off(initial, self.prunable) if self.alg.local_head else {}
         self.fresh = fresh
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
+        self._initial_masks: dict[int, Mask] = {}  # partition id -> its initial mask (alg.initial_mask), drawn once
+        self._initial = initial
         self.node_of: dict[int, int] = {}  # partition id -> Flower node id
         self.pid_of: dict[int, int] = {}  # Flower node id -> partition id
         self.dense_bytes = record_bytes(encode_record(initial, None))
@@ -138,10 +140,25 @@ class TicketStrategy(Strategy):
         """What client `pid` receives: nothing (local), its subnet, or the dense global."""
         if not self.alg.uploads:
             return ArrayRecord()
-        mask = self.shared_mask if self.alg.server_mask else self.masks.get(pid) if self.alg.masked else None
+        mask = self.shared_mask if self.alg.server_mask else self.known_mask(pid) if self.alg.masked else None
         mask = self.head or mask
         # both ends know the model's shapes: no shape arrays on the wire
         return encode_record(self.global_weights, mask, with_shapes=False, wire_dtype=self.sc["wire-dtype"])
+
+    def known_mask(self, pid: int) -> Mask | None:
+        """The mask the server holds for client `pid`: the last it reported, else the initial mask
+        the algorithm derives for it (dispfl), else None (dense)."""
+        if pid in self.masks or self.alg.initial_mask is None:
+            return self.masks.get(pid)
+        return self.initial_mask(pid)
+
+    def initial_mask(self, pid: int) -> Mask:
+        """The mask client `pid` starts from (alg.initial_mask), drawn once; its counts bound a
+        regrowing client's later masks."""
+        if pid not in self._initial_masks:
+            assert self.alg.initial_mask is not None
+            self._initial_masks[pid] = self.alg.initial_mask(self.sc, self._initial, self.prunable, pid)
+        return self._initial_masks[pid]
 
     def _messages(self, pids: Iterable[int], server_round: int, kind: str, **config: int | str) -> list[Message]:
         out = []
@@ -187,6 +204,7 @@ class TicketStrategy(Strategy):
         # so this round's updates wait for the round's own median before they are folded
         self._reference = statistics.median(self.declared.values()) if self.declared else None
         self._held: list[tuple[int, Update]] = []
+        self._new_masks: dict[int, Mask] = {}  # mask_regrows: the whole mask of a reply, kept once it is accepted
 
     def fold(self, reply: Message, node: int | None = None) -> None:
         """Validate one reply (to the instruction sent to `node`; default: its sender) and fold
@@ -242,7 +260,7 @@ class TicketStrategy(Strategy):
         if weight is not None:
             self.train_log[pid]["weight"] = weight
         if self.alg.masked:
-            self.masks[pid] = update.mask
+            self.masks[pid] = self._new_masks.pop(pid, update.mask)
 
     def _fold_update(self, pid: int, update: Update) -> int:
         """Add the update, at its bounded weight, to the running mean (or the robust rule's list);
@@ -293,6 +311,12 @@ class TicketStrategy(Strategy):
         if reason is not None:
             raise ReplyError(reason)
         self._metrics[pid] = metrics
+        if self.alg.mask_regrows:
+            # regrown entries hold no trained value yet: the mean takes only the entries the client
+            # was sent and trained; the whole new mask is what it gets next round
+            sent = self.known_mask(pid)
+            self._new_masks[pid] = mask
+            mask = {k: m & sent[k] for k, m in mask.items()} if sent is not None else mask
         return Update(weights, mask | self.head, int(n))  # a head a client sent anyway is not averaged
 
     def _reject(
@@ -318,15 +342,31 @@ class TicketStrategy(Strategy):
             if w.dtype.is_floating_point and not bool(torch.isfinite(w).all()):
                 return f"tensor {k!r} has NaN or Inf values"
         if self.alg.masked:
-            old = self.masks.get(pid)
+            old = self.known_mask(pid)
             if not mask and (need_mask or old is not None):
                 return "no mask"
+            if self.alg.mask_regrows:
+                return self._check_regrown(pid, mask, old)
             if old is not None and (old.keys() != mask.keys() or not is_subset(mask, old)):
                 return "mask revives weights it had pruned"
         # shared-ticket: the mask went out with the subnet this round; the reply may not widen it
         shared = self.shared_mask if self.alg.server_mask else None
         if shared is not None and (mask.keys() != shared.keys() or not is_subset(mask, shared)):
             return "mask revives weights outside the shared ticket"
+        return None
+
+    def _check_regrown(self, pid: int, mask: Mask, old: Mask | None) -> str | None:
+        """mask_regrows: the mask may move, but it names the same tensors and keeps no more of
+        any layer than the client's initial mask (its density is constant), or why not."""
+        bound = self.initial_mask(pid) if self.alg.initial_mask is not None else old
+        if bound is None:
+            return None
+        if mask.keys() != bound.keys():
+            return f"mask names {sorted(mask)}; expected {sorted(bound)}"
+        for k, m in mask.items():
+            kept, allowed = int(m.sum()), int(bound[k].sum())
+            if kept > allowed:
+                return f"mask keeps {kept} entries of {k!r}; at most {allowed} (its initial count: density is constant)"
         return None
 
     def finish_round(self) -> bool:

@@ -111,6 +111,12 @@ def _check_two_rounds(out: Path, algorithm: str) -> None:
         assert b["upload"] == b["dense_fedavg_upload"] and b["download"] == b["dense_fedavg_download"]
         assert 0.0 <= summary["global_accuracy"] <= 1.0
         assert summary["density"]["mean"] == 1.0
+    elif algorithm == "dispfl":
+        # each client's own mask at dispfl-density (0.5) from its first download on: both ways sparse every round
+        assert abs(summary["density"]["mean"] - 0.5) < 0.01
+        assert b["upload"] < 0.6 * b["dense_fedavg_upload"] and b["download"] < 0.6 * b["dense_fedavg_download"]
+        assert rounds[1]["bytes"]["download"] == rounds[0]["bytes"]["download"]  # constant density
+        assert summary["global_accuracy"] is None
     else:
         # clients pruned to 0.5 after round 1 and sent sparse tickets
         assert summary["density"]["mean"] < 0.6
