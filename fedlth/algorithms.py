@@ -541,7 +541,7 @@ def fedpm_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply
         sampler=_seeded(ctx, 1, dev),
     )
     mask = fedpm.sample_masks({k: torch.sigmoid(s) for k, s in scores.items()}, _seeded(ctx, 2))
-    metrics = _metrics(ctx, loss, mask, **fedpm.upload_bits(mask, names, sc["fedpm-codec"]))
+    metrics = _metrics(ctx, loss, mask, **fedpm.upload_bits(mask, names, sc["fedpm-codec"], probs))
     return Reply(None, mask, replace(state, rounds=state.rounds + 1), metrics)
 
 

@@ -246,18 +246,24 @@ def binary_entropy(p: float) -> float:
     return 0.0 if p <= 0.0 or p >= 1.0 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
 
 
-def upload_bits(mask: Mask, names: Sequence[str], codec: str) -> dict[str, float]:
+def upload_bits(mask: Mask, names: Sequence[str], codec: str, probs: Weights | None = None) -> dict[str, float]:
     """Bits per masked parameter of one upload: packed (raw), through `codec` (lzma when the
-    wire sends raw bits, so the coded size is always reported), and the paper's entropy estimate
-    H(share of ones) — what an ideal coder with one global frequency would need."""
+    wire sends raw bits, so the coded size is always reported), the paper's entropy estimate
+    H(share of ones) — what an ideal coder with one global frequency would need — and, given the
+    probabilities both ends know (`probs`, the server's), −mean log2 P(m | p): what an ideal
+    arithmetic coder driven by them would need (an estimate; no such coder runs here)."""
     raw = pack_masks(mask, names).tobytes()
     n = sum(mask[k].numel() for k in names)
     ones = sum(int(mask[k].sum()) for k in names) / n
     coded = compress(raw, codec if codec != "none" else "lzma")
-    return {
+    out = {
         "mask-ones": ones, "mask-params": float(n), "bpp-raw": 8 * len(raw) / n, "bpp-coded": 8 * len(coded) / n,
         "bpp-entropy": binary_entropy(ones),
     }
+    if probs is not None:
+        nats = sum(float(-torch.where(mask[k], probs[k].double(), 1 - probs[k].double()).clamp_min(_P_MIN).log().sum()) for k in names)
+        out["bpp-conditional"] = nats / math.log(2) / n
+    return out
 
 
 # --- the server: Beta posterior per entry ---------------------------------------------------
@@ -313,6 +319,6 @@ def upload_summary(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None
     return {
         "uploads": len(ups),
         "wire": 8 * sum(m.get("upload_bytes", 0) for m in ups) / params,
-        **{k: sum(m[f"bpp-{k}"] * m["mask-params"] for m in ups) / params for k in ("raw", "coded", "entropy")},
+        **{k: sum(m[f"bpp-{k}"] * m["mask-params"] for m in ups) / params for k in ("raw", "coded", "entropy", "conditional")},
         "mask_ones": sum(m["mask-ones"] * m["mask-params"] for m in ups) / params,
     }
