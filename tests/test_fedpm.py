@@ -250,7 +250,7 @@ def test_lzma_codes_a_skewed_mask_under_one_bit_per_parameter():
 
 
 def test_a_reply_with_values_in_it_is_rejected_and_the_round_goes_on(tmp_path):
-    sc = resolve(BASE | {"rounds": 1})
+    sc = resolve(BASE | {"rounds": 1, "wire-dtype": "float16"})
     frozen, names, shapes = _net(sc)
 
     def send_values(msg: Message, reply: Message) -> Message:
@@ -266,6 +266,9 @@ def test_a_reply_with_values_in_it_is_rejected_and_the_round_goes_on(tmp_path):
     assert [(r["client"], r["kind"]) for r in entry["rejected"]] == [(1, "train")]
     assert "sampled mask only" in entry["rejected"][0]["reason"]
     assert json.loads((out / "summary.json").read_text())["mask_upload_bits_per_parameter"]["uploads"] == 2
+    # the probabilities went down as float16 (wire-dtype), still what rejected client 1 was sent
+    probs16 = record_bytes(encode_record({k: torch.zeros(shapes[k]) for k in names}, None, with_shapes=False, wire_dtype="float16"))
+    assert entry["train"]["0"]["download_bytes"] == probs16 and entry["rejected"][0]["download_bytes"] == probs16
 
 
 class _Killed(BaseException):
@@ -274,7 +277,7 @@ class _Killed(BaseException):
 
 def test_a_killed_run_resumes_with_its_posterior(tmp_path):
     """With the prior never reset, α and β carry every round: a resume must restore them."""
-    sc = resolve(BASE | {"rounds": 3, "fedpm-reset-every": 0, "save-tickets": False})
+    sc = resolve(BASE | {"rounds": 3, "fedpm-reset-every": 0, "save-tickets": False, "fedpm-codec": "lzma"})
 
     def outcome(out):
         rounds = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -293,6 +296,7 @@ def test_a_killed_run_resumes_with_its_posterior(tmp_path):
     run_federation(LocalGrid(client_app, 3), sc, out, resume=True, client_state_dir=out / "client-state")
     (a, pa), (b, pb) = outcome(whole), outcome(out)
     assert a == b and all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert all(m["upload_bytes"] < m["mask-params"] / 8 * 1.1 for r in a for m in r["train"].values())  # lzma on the wire
 
 
 def test_a_model_with_norm_layers_is_refused():
