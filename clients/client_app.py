@@ -25,6 +25,7 @@ from fedlth.algorithms import (
     ClientState,
     Ctx,
     evaluate_client,
+    fedpm_network,
     get_algorithm,
     initial_weights,
     model_names,
@@ -35,6 +36,7 @@ from fedlth.masks import density
 from fedlth.records import (
     config_from_record,
     decode_record,
+    encode_mask_upload,
     encode_record,
     mask_from_record,
     mask_to_record,
@@ -262,6 +264,9 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
     has = reply.weights is not None
     content["arrays"] = encode_record(reply.weights, reply.mask, with_shapes=False, wire_dtype=sc["wire-dtype"]) if has else ArrayRecord()
+    if get_algorithm(sc["algorithm"]).mask_posterior and reply.mask is not None:  # fedpm: the sampled mask's bits alone
+        names = fedpm_network(sc, ctx.data.input_shape, ctx.data.num_classes)[1]
+        content["arrays"] = encode_mask_upload(reply.mask, names, sc["fedpm-codec"])
     return Message(content, reply_to=msg)
 
 
@@ -275,7 +280,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if int(msg.content["config"].get("send-ticket", 0)):
         # the run keeps every personal ticket, for re-evaluation and export
         mask = state.mask
-        if mask is None and alg.sparse_upload:  # personal-ticket prunes at evaluation: the mask is its kept weights
+        # personal-ticket prunes at evaluation, fedpm samples a mask: either way the mask is its kept weights
+        if mask is None and (alg.sparse_upload or alg.mask_posterior):
             mask = {k: personal[0][k] != 0 for k in model_names(sc, ctx.data.input_shape, ctx.data.num_classes)}
         content["ticket"] = encode_record(personal[0], mask)
     return Message(content, reply_to=msg)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedlth import dispfl
+from fedlth import dispfl, fedpm
 from fedlth.client_data import ClientData
 from fedlth.devices import resolve_device
 from fedlth.evaluators import EvalData, Evaluator, build_evaluators, run_evaluators
@@ -533,6 +533,68 @@ def dispfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
     kept = apply_mask(trained, new)
     metrics = _metrics(ctx, loss, new, **{"drop-fraction": fraction, "mask-distance": hamming_distance(new, mask)})
     return Reply(kept, new, replace(state, mask=new, personal=kept, rounds=state.rounds + 1), metrics)
+# --- FedPM ------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _fedpm_net(model: str, shape: tuple[int, ...], classes: int, seed: int, init: str) -> tuple[Weights, tuple[str, ...]]:
+    theta0, prunable, _ = _init(model, shape, classes, seed)
+    frozen, names = fedpm.network(theta0, prunable, init, seed)
+    return frozen, tuple(names)
+
+
+def fedpm_network(sc: dict[str, Any], shape: tuple[int, ...], classes: int) -> tuple[Weights, list[str]]:
+    """FedPM's frozen random network (seeded: the server and every client hold the same) and
+    the names of the tensors that get mask scores."""
+    frozen, names = _fedpm_net(sc["model"], tuple(shape), classes, sc["seed"], sc["fedpm-init"])
+    return {k: v.clone() for k, v in frozen.items()}, list(names)
+
+
+def _fedpm_probs(ctx: Ctx, received: Weights | None) -> tuple[Weights, list[str], Weights]:
+    assert received is not None, "fedpm needs the server's probabilities"
+    frozen, names = fedpm_network(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
+    missing = [k for k in names if k not in received]
+    if missing:
+        raise ValueError(f"fedpm: the server sent no probabilities for {missing}")
+    return frozen, names, {k: received[k].float() for k in names}
+
+
+def _seeded(ctx: Ctx, stream: int, device: torch.device | None = None) -> torch.Generator:
+    # another stream of this client's round seed than the batch order's (2**40 apart: no clash)
+    gen = torch.Generator(device=device) if device is not None else torch.Generator()
+    return gen.manual_seed(ctx.generator.initial_seed() + stream * 2**40)
+
+
+def fedpm_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
+    """FedPM (Isik et al., ICLR 2023): the weights stay frozen at their seeded random values;
+    the client's scores start at logit of the received probabilities, train `local-epochs` with
+    Adam (`fedpm-lr`) through a fresh Bernoulli(σ(s)) mask every forward pass, and it uploads
+    one mask sampled from its trained σ(s): bits only, no values. It keeps nothing."""
+    sc = ctx.sc
+    frozen, names, probs = _fedpm_probs(ctx, received)
+    net = _model(ctx, frozen)
+    dev = next(iter(net.parameters())).device
+    scores, loss = fedpm.train_scores(
+        net, frozen, fedpm.scores_from_probabilities(probs), ctx.data.x_train, ctx.data.y_train,
+        epochs=sc["local-epochs"], batch_size=sc["batch-size"], lr=sc["fedpm-lr"], generator=ctx.generator,
+        sampler=_seeded(ctx, 1, dev),
+    )
+    mask = fedpm.sample_masks({k: torch.sigmoid(s) for k, s in scores.items()}, _seeded(ctx, 2))
+    metrics = _metrics(ctx, loss, mask, **fedpm.upload_bits(mask, names, sc["fedpm-codec"], probs))
+    return Reply(None, mask, replace(state, rounds=state.rounds + 1), metrics)
+
+
+def fedpm_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
+    """FedPM's model: the frozen network ⊙ one mask of the received (final) probabilities,
+    sampled as the reference code tests it, or thresholded at 0.5 (`fedpm-eval-mask`). The
+    sample is seeded by (seed, round) alone: every client scores the same global model."""
+    sc = ctx.sc
+    frozen, _, probs = _fedpm_probs(ctx, received)
+    if sc["fedpm-eval-mask"] == "threshold":
+        mask = fedpm.threshold_masks(probs)
+    else:
+        mask = fedpm.sample_masks(probs, torch.Generator().manual_seed(sc["seed"] * 1_000_003 + ctx.server_round * 10_007 + 3 * 2**40))
+    return fedpm.masked_weights(frozen, mask), {"density": density(mask)}
 
 
 # --- registry -------------------------------------------------------------------------------
@@ -558,6 +620,7 @@ class Algorithm:
     # a reply may move its mask (prune and regrow) but keep no more per layer than its initial mask;
     # only its overlap with the mask the client was sent is averaged (new entries carry no trained value)
     mask_regrows: bool = False
+    mask_posterior: bool = False  # FedPM: uploads are sampled masks alone; the server keeps a Beta posterior per entry and sends probabilities
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -599,6 +662,11 @@ ALGORITHMS: dict[str, Algorithm] = {
         "weights and regrowth by gradient (dispfl-anneal, dispfl-regrow); density constant.",
         initial_mask=dispfl_mask, mask_regrows=True,
     ),
+    "fedpm": Algorithm(
+        "fedpm", fedpm_train, fedpm_model, False, True, True,
+        "FedPM: frozen random weights; clients train Bernoulli mask scores and upload one sampled mask (bits only); the server's Beta posterior per weight gives the probabilities it sends.",
+        mask_posterior=True,
+    ),
 }
 
 
@@ -638,7 +706,8 @@ def evaluate_client(
         "density": density(state.mask) if state.mask else 1.0, "partition-id": float(ctx.partition_id), **info,
     }
     if alg.has_global and received is not None:
-        out["global-accuracy"] = evaluate(_model(ctx, received), ctx.data.x_test, ctx.data.y_test)[1]
+        # FedPM: the model just scored is the global one (what it received are probabilities)
+        out["global-accuracy"] = test_acc if alg.mask_posterior else evaluate(_model(ctx, received), ctx.data.x_test, ctx.data.y_test)[1]
     evaluators = scenario_evaluators(ctx.sc)
     if evaluators:
         d = ctx.data

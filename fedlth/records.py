@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
-from fedlth import wire
+from fedlth import fedpm, wire
 from fedlth.masks import Mask, Weights
 
 ConfigValue = int | float | str | bool
@@ -43,6 +43,16 @@ def decode_record(
     """Weights and mask from a sparse-format record (float16 values widened to `dtypes`);
     raises wire.WireError when malformed."""
     return wire.decode(from_array_record(record), shapes, dtypes)
+
+
+def encode_mask_upload(mask: Mask, names: list[str], codec: str) -> ArrayRecord:
+    """FedPM's upload: the sampled mask as packed bits (through `codec`) in one array, no values."""
+    return to_array_record(fedpm.encode_upload(mask, names, codec))
+
+
+def decode_mask_upload(record: ArrayRecord, names: list[str], shapes: Mapping[str, tuple[int, ...]], codec: str) -> Mask:
+    """The mask of a FedPM upload; ValueError when the record holds anything else or is malformed."""
+    return fedpm.decode_upload(from_array_record(record), names, shapes, codec)
 
 
 def record_bytes(record: ArrayRecord) -> int:

@@ -77,7 +77,7 @@ DATASET_NAMES = (
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
 PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "file")
-ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket", "fedper", "fedrep", "ditto", "dispfl")
+ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket", "fedper", "fedrep", "ditto", "dispfl", "fedpm")
 
 KEYS: dict[str, Key] = {
     **_group("general", {
@@ -158,6 +158,15 @@ KEYS: dict[str, Key] = {
         "dispfl-regrow": _choice("gradient", ("gradient", "random"), "dispfl: where dropped weights regrow: the largest |gradient| on one batch (the paper) or at random (the reference's published scripts)."),
         "wire-dtype": _choice("float32", ("float32", "float16"), "Floating-point values on the wire, both ways (float16 halves the bytes; models train in float32)."),
     }),
+    **_group("fedpm", {
+        "fedpm-lr": _float(0.1, "fedpm: Adam learning rate of the mask scores (the reference code's Adam lr 0.1; weights are never trained).", 0.0, None, lo_open=True),
+        "fedpm-init": _choice("signed-constant", ("signed-constant", "model"), "fedpm: the frozen random weights: ±e·sqrt(1/fan_in) with seeded signs on every conv/linear weight and bias (the code's ME_init), or the model zoo's own init."),
+        "fedpm-epsilon": _float(0.01, "fedpm: the server counts an uploaded 1 as 1 − ε and a 0 as ε (the code's ε), so no probability reaches 0 or 1.", 0.0, 0.5, hi_open=True),
+        "fedpm-estimate": _choice("mode", ("mode", "mean"), "fedpm: probabilities sent down: the Beta posterior's mode (α − 1)/(α + β − 2), as the code, or its mean α/(α + β)."),
+        "fedpm-reset-every": _int(0, None, "fedpm: reset α = β = 1 before every k-th round's aggregation (1: every round, as the code; 0: never, the posterior keeps every round's masks).", 1),
+        "fedpm-eval-mask": _choice("sample", ("sample", "threshold"), "fedpm: the model scored: the frozen weights ⊙ a mask sampled from the final probabilities (as the code tests), or p > 0.5."),
+        "fedpm-codec": _choice("none", ("none", "lzma", "zlib"), "fedpm: the uploaded mask's packed bits as they are (1 bit per parameter), or through lzma (raw LZMA2, preset 9e) or zlib (raw deflate, level 9)."),
+    }),
     **_group("evaluators and robust tickets", {
         "evaluators": Key(str, "", "Comma-separated evaluators run on every client's ticket at evaluation rounds (robustness, fairness, or plug-ins)."),
         "attack": _choice("pgd", ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack"), "robustness: the torchattacks attack."),
@@ -215,6 +224,11 @@ def check_cross(sc: dict[str, Any]) -> None:
     if sc["clients-per-round"] > sc["num-clients"]:
         raise ScenarioError(
             f"key 'clients-per-round' is {sc['clients-per-round']}; allowed: at most num-clients ({sc['num-clients']})"
+        )
+    if sc["algorithm"] == "fedpm" and sc["model"] == "cifar-cnn":
+        raise ScenarioError(
+            "key 'model' is 'cifar-cnn' with algorithm fedpm; allowed: a model without norm layers "
+            f"({', '.join(m for m in MODEL_NAMES if m != 'cifar-cnn')}): FedPM masks frozen random weights, and its code has no norm layers"
         )
     if sc["min-clients"] > sc["clients-per-round"]:
         raise ScenarioError(

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Message
 
 from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.masks import Mask, Weights
-from fedlth.records import decode_record, record_bytes
+from fedlth.records import decode_mask_upload, decode_record, record_bytes
 
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 MAX_EXAMPLES = 2**40  # no client holds a trillion examples; sums of counts stay far from int64's end
@@ -70,6 +70,7 @@ RULES: dict[str, Rule] = {
     "train-loss": (_loss, "a number >= 0 or NaN"),
     "head-loss": (_loss, "a number >= 0 or NaN"),
     "personal-loss": (_loss, "a number >= 0 or NaN"),
+    "mask-ones": (_fraction, "a number in [0, 1]"),
 }
 OTHER: Rule = (_not_inf, "a number or NaN, not ±Inf")
 REQUIRED = {
@@ -152,5 +153,21 @@ def decode_payload(
         raise ReplyError(f"payload of {size} bytes exceeds the limit of {limit}")
     try:
         return decode_record(record, shapes, dtypes)
+    except Exception as exc:  # hostile arrays can fail numpy or the decoder in many ways
+        raise ReplyError(f"{type(exc).__name__}: {exc}") from None
+
+
+def decode_mask_payload(
+    record: ArrayRecord | None, names: list[str], shapes: Mapping[str, tuple[int, ...]], limit: int, codec: str
+) -> Mask:
+    """A FedPM reply's sampled mask, refused when missing, too large, or holding anything but
+    the packed bits (weight values, a dense or non-binary mask, a wrong length or codec)."""
+    if record is None or len(record) == 0:
+        raise ReplyError("no mask in the reply")
+    size = record_bytes(record)
+    if size > limit:
+        raise ReplyError(f"payload of {size} bytes exceeds the limit of {limit}")
+    try:
+        return decode_mask_upload(record, names, shapes, codec)
     except Exception as exc:  # hostile arrays can fail numpy or the decoder in many ways
         raise ReplyError(f"{type(exc).__name__}: {exc}") from None

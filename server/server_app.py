@@ -20,6 +20,7 @@ from flwr.supercore import log
 
 from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
+from fedlth.fedpm import upload_summary as mask_upload_summary
 from fedlth.interrupt import RunInterrupted
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.partition_file import RECORD_NAME, partition_file_record
@@ -202,6 +203,8 @@ def run_federation(
         reference=scenario_reference(sc),
     )
     summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
+    if alg.mask_posterior:  # fedpm: bits per masked parameter of the uploads (wire, raw, coded, entropy)
+        summary["mask_upload_bits_per_parameter"] = mask_upload_summary(rounds)
     if split_file is not None:
         summary["partition_file"] = split_file
     summary["provenance"] = prov
@@ -210,7 +213,9 @@ def run_federation(
     write_text_atomic(out / "report.md", report_markdown(sc, summary, figures))
     for name, text in report_csvs(summary).items():
         write_text_atomic(out / name, text)
-    torch.save({"global": strategy.global_weights, "masks": strategy.masks}, out / "server_state.pt")
+    # fedpm: the global weights are the frozen network; its learned probabilities go alongside
+    extra = {"probabilities": strategy.probs} if alg.mask_posterior else {}
+    torch.save({"global": strategy.global_weights, "masks": strategy.masks, **extra}, out / "server_state.pt")
     if strategy.tickets:
         save_tickets(out / "tickets", strategy.tickets)
     return summary

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fedlth import fedpm
 from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
 from fedlth.algorithms import get_algorithm, head_off
 from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
@@ -32,6 +33,7 @@ from server.replies import (
     TRAIN,
     ReplyError,
     claimed_partition,
+    decode_mask_payload,
     decode_payload,
     payload_bytes,
     reply_metrics,
@@ -57,6 +59,15 @@ class TicketStrategy(Strategy):
         # onto every upload, so the server's head stays θ0 and no client's head is ever averaged
         self.head: Mask = head_off(initial, self.prunable) if self.alg.local_head else {}
         self.fresh = fresh
+        # fedpm (alg.mask_posterior): the global model is the frozen random network; what the
+        # server learns is a Beta(α, β) posterior per entry of its conv/linear weights and biases
+        self.probs: Weights = {}
+        self.alpha: Weights = {}
+        self.beta: Weights = {}
+        if self.alg.mask_posterior:
+            self.global_weights, self.fedpm_names = fedpm.network(initial, self.prunable, sc["fedpm-init"], sc["seed"])
+            self.probs = fedpm.initial_probabilities(self.global_weights, self.fedpm_names, torch.Generator().manual_seed(sc["seed"] + 2**40))
+            self.alpha, self.beta = fedpm.prior({k: self.shapes[k] for k in self.fedpm_names})
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
         self._initial_masks: dict[int, Mask] = {}  # partition id -> its initial mask (alg.initial_mask), drawn once
         self._initial = initial
@@ -140,6 +151,8 @@ class TicketStrategy(Strategy):
         """What client `pid` receives: nothing (local), its subnet, or the dense global."""
         if not self.alg.uploads:
             return ArrayRecord()
+        if self.alg.mask_posterior:  # fedpm: the probabilities alone; clients know the frozen weights
+            return encode_record(self.probs, None, with_shapes=False, wire_dtype=self.sc["wire-dtype"])
         mask = self.shared_mask if self.alg.server_mask else self.known_mask(pid) if self.alg.masked else None
         mask = self.head or mask
         # both ends know the model's shapes: no shape arrays on the wire
@@ -200,6 +213,7 @@ class TicketStrategy(Strategy):
         mean = self.sc["aggregation"] == "mean"
         self._stream = MaskedMeanStream(self.global_weights) if mean else None
         self._kept: list[Update] = []
+        self._sampled: list[Mask] = []  # fedpm: the round's accepted masks, in client-id order
         # the median first-update count the weights are bounded by; None: no client known yet,
         # so this round's updates wait for the round's own median before they are folded
         self._reference = statistics.median(self.declared.values()) if self.declared else None
@@ -244,7 +258,10 @@ class TicketStrategy(Strategy):
         """Fold (or hold) one update, or reject it; an accepted one's metrics and mask are kept."""
         weight = None
         try:
-            if self._reference is None and self.sc["example-cap"] > 0:
+            if self.alg.mask_posterior:  # fedpm counts every client once (the code): no example weights
+                self._sampled.append(update.mask)
+                weight = 1
+            elif self._reference is None and self.sc["example-cap"] > 0:
                 validate_update(self.global_weights, update, client=pid)
                 self._held.append((pid, update))
             else:
@@ -306,6 +323,10 @@ class TicketStrategy(Strategy):
         n = metrics["num-examples"]
         if n <= 0:
             raise ReplyError(f"num-examples must be a whole number > 0; got {n!r}")
+        if self.alg.mask_posterior:  # fedpm: a sampled mask and nothing else
+            mask = decode_mask_payload(arrays, self.fedpm_names, self.shapes, self.max_update_bytes, self.sc["fedpm-codec"])
+            self._metrics[pid] = metrics
+            return Update({}, mask, int(n))
         weights, mask = decode_payload(arrays, self.shapes, self.max_update_bytes, self.dtypes)
         reason = self._check(pid, weights, mask)
         if reason is not None:
@@ -383,6 +404,9 @@ class TicketStrategy(Strategy):
             log(WARNING, "round %s: %d valid updates, fewer than min-clients = %d; the global model is kept",
                 self.round, len(self.accepted), self.sc["min-clients"])
             return False
+        if self.alg.mask_posterior:
+            self._update_posterior()
+            return True
         if self._stream is not None:
             self.global_weights = self._stream.result()
         else:
@@ -391,6 +415,16 @@ class TicketStrategy(Strategy):
         if self.alg.server_mask:
             self._prune_shared()
         return True
+
+    def _update_posterior(self) -> None:
+        """fedpm's server rule: reset α, β to the prior on schedule, then α += Σ m_i and
+        β += Σ (1 − m_i) over the round's masks (softened by fedpm-epsilon); send the mode or mean."""
+        sc = self.sc
+        if fedpm.resets_before(self.round, sc["fedpm-reset-every"]):
+            self.alpha, self.beta = fedpm.prior({k: self.shapes[k] for k in self.fedpm_names})
+        self.alpha, self.beta = fedpm.beta_update(self.alpha, self.beta, self._sampled, sc["fedpm-epsilon"])
+        self.probs = fedpm.posterior_probabilities(self.alpha, self.beta, sc["fedpm-estimate"])
+        self._sampled = []
 
     def _prune_shared(self) -> None:
         """shared-ticket's server rule: the shared mask follows its schedule after each round."""
@@ -419,13 +453,18 @@ class TicketStrategy(Strategy):
     def state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly: global weights, known masks, sampler state,
         the example counts that bound each client's weight."""
-        return {"global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate(), "declared": self.declared, "shared_mask": self.shared_mask}
+        return {
+            "global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate(), "declared": self.declared,
+            "shared_mask": self.shared_mask, "fedpm": {"probs": self.probs, "alpha": self.alpha, "beta": self.beta},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by state_dict()."""
         self.global_weights = state["global"]
         self.masks = state["masks"]
         self.shared_mask = state.get("shared_mask")
+        if "fedpm" in state:  # older checkpoints: none
+            self.probs, self.alpha, self.beta = (state["fedpm"][k] for k in ("probs", "alpha", "beta"))
         self.rng.setstate(rng_state_tuple(state["rng"]))
         self.declared = {int(k): int(v) for k, v in state.get("declared", {}).items()}  # older checkpoints: none
 

@@ -106,6 +106,12 @@ def _check_two_rounds(out: Path, algorithm: str) -> None:
         assert abs(summary["density"]["mean"] - 0.2) < 0.01
         assert rounds[1]["bytes"]["upload"] < 0.4 * rounds[0]["bytes"]["upload"]
         assert rounds[1]["bytes"]["download"] < 0.4 * rounds[0]["bytes"]["download"]
+    elif algorithm == "fedpm":
+        # up: one sampled mask as packed bits (~1/32 of float32); down: the probabilities, float32,
+        # as many as the dense model here (every tensor of the MLP is a masked weight or bias)
+        assert b["upload"] < 0.05 * b["dense_fedavg_upload"] and b["download"] == b["dense_fedavg_download"]
+        assert 0.0 <= summary["global_accuracy"] <= 1.0 and 0.3 < summary["density"]["mean"] < 0.7
+        assert 0.99 < summary["mask_upload_bits_per_parameter"]["raw"] < 1.01
     elif algorithm in ("fedavg", "fedavg-ft", "ditto"):
         # dense both ways; the wire bytes are exactly dense FedAvg's
         assert b["upload"] == b["dense_fedavg_upload"] and b["download"] == b["dense_fedavg_download"]
