@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -307,6 +308,8 @@ def deployed_plan(run_config: dict[str, Any]) -> tuple[dict[str, Any], Path, boo
                               "(or none: a fresh runs/run-<name>-<time> under the SuperLink's working directory)")
         return sc, folder, False
     folder = Path(sc["resume-from"]).expanduser().resolve()
+    if sc["out-dir"] and Path(sc["out-dir"]).expanduser().resolve() != folder:
+        raise ResumeError(f"resume-from writes into the run's own folder ({folder}); drop out-dir = {sc['out-dir']!r}")
     if not folder.is_dir():
         raise ResumeError(f"resume-from: no run folder {str(folder)!r} (relative paths start at the SuperLink's working directory)")
     if (folder / "summary.json").is_file():
@@ -336,7 +339,8 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     except Exception as exc:
         where = ""
         if folder is not None and (folder / CHECKPOINT).is_file() and not (folder / "summary.json").is_file():
-            where = f"; {load_checkpoint(folder)['round']} rounds are checkpointed in {folder}: {resume_command(folder)}"
+            with contextlib.suppress(ResumeError):  # the exception, not a damaged checkpoint, is the news
+                where = f"; {load_checkpoint(folder)['round']} rounds are checkpointed in {folder}: {resume_command(folder)}"
         log(ERROR, "fedlth: FAILED: %s%s", exc, where)
         raise
     if summary["status"] != "ok":

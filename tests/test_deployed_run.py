@@ -132,6 +132,8 @@ def test_a_deployed_run_killed_mid_round_resumes_from_its_folder_to_the_same_met
     # resume-from takes the run's own scenario; a key set to something else is refused
     with pytest.raises(ResumeError, match=r"rounds = 5 \(the run has 3\)"):
         _flwr_run({"resume-from": str(out), "rounds": 5}, state)
+    with pytest.raises(ResumeError, match="drop out-dir"):
+        _flwr_run({"resume-from": str(out), "out-dir": str(tmp_path / "elsewhere")}, state)
 
     flwr_log.clear()
     _flwr_run({"resume-from": str(out)}, state)  # a new flwr run, the nodes' state-dirs kept
