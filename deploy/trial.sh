@@ -5,29 +5,22 @@
 # and state folder) and `flwr run`. Needs nginx (apt-get install nginx-light). Usage, from the
 # project folder:
 #   deploy/trial.sh [SCENARIO] [N]          (defaults: scenarios/quickstart.toml, its num-clients)
-# Everything goes to $TRIAL (default /tmp/fedlth-trial); Ctrl-C stops every process it started.
-# Certificates, keys, data files and the database are reused by a later trial with the same
-# scenario file and N, and refused for another one (remove $TRIAL or pick another TRIAL=).
+# Everything goes to $TRIAL/<scenario>-<sha256 of the file>-n<N> (TRIAL default /tmp/fedlth-trial):
+# certificates, keys, data files, node state and the SuperLink database are made once per scenario
+# file content and node count, reused by a later trial of the same, never by another one; each
+# run writes to a new runs/run-<time> folder there. Ctrl-C stops every process it started. Exits
+# non-zero when the run failed (summary.json status "failed", e.g. every update rejected).
 set -euo pipefail
 SCENARIO=${1:-scenarios/quickstart.toml}
 N=${2:-$(python3 -c "import sys; from fedlth.scenario import load_scenario; print(load_scenario(sys.argv[1])['num-clients'])" "$SCENARIO")}
-TRIAL=${TRIAL:-/tmp/fedlth-trial}
+ROOT=${TRIAL:-/tmp/fedlth-trial}
+TRIAL="$ROOT/$(basename "$SCENARIO" .toml)-$(sha256sum <"$SCENARIO" | cut -c1-12)-n$N"
 PORT=${PORT:-9092}            # the gateway: what devices dial (Fleet API only)
 LINK_PORT=$((PORT + 1))       # the SuperLink itself, 127.0.0.1 only (flwr: Control API)
 command -v nginx >/dev/null || { echo "trial.sh: needs nginx (apt-get install nginx-light)" >&2; exit 2; }
-export FLWR_HOME="$TRIAL/flwr-home"
+export FLWR_HOME="$ROOT/flwr-home"
 mkdir -p "$TRIAL/logs" "$FLWR_HOME"
-stamp="scenario-sha256=$(sha256sum <"$SCENARIO" | cut -d' ' -f1) nodes=$N"
-if [ -f "$TRIAL/trial.stamp" ] && [ "$(cat "$TRIAL/trial.stamp")" != "$stamp" ]; then
-  echo "trial.sh: $TRIAL holds an earlier trial ($(cat "$TRIAL/trial.stamp")), not $SCENARIO with $N nodes;" \
-       "remove it or set TRIAL= to another folder" >&2
-  exit 2
-fi
-if [ ! -f "$TRIAL/trial.stamp" ] && { [ -e "$TRIAL/certs" ] || [ -e "$TRIAL/data" ]; }; then
-  echo "trial.sh: $TRIAL holds files of an unknown earlier trial; remove it or set TRIAL= to another folder" >&2
-  exit 2
-fi
-echo "$stamp" >"$TRIAL/trial.stamp"
+echo "trial.sh: $SCENARIO with $N nodes in $TRIAL"
 pids=()
 cleanup() {  # TERM every process group it started, KILL what is still there after 15 s
   for p in "${pids[@]}"; do kill -- "-$p" 2>/dev/null || true; done
@@ -80,5 +73,20 @@ done
 active() { grep -o 'Activated node_id=[0-9]*' "$TRIAL/logs/superlink.log" | sort -u | wc -l; }
 for _ in $(seq 180); do [ "$(active)" -ge "$N" ] && break; sleep 1; done
 [ "$(active)" -ge "$N" ] || { echo "trial.sh: only $(active) of $N SuperNodes joined; see $TRIAL/logs" >&2; exit 1; }
-# 7. the run (outputs: the scenario's out-dir, else runs/ under the ServerApp's folder)
-flwr run . trial --run-config "$SCENARIO" --stream
+# 7. the run, into a new folder of its own: the scenario with out-dir set (flwr run takes one TOML
+#    file or key=value pairs, not both). flwr run exits 0 whatever the run did, so the outcome
+#    is read from the run's summary.json (status "ok", or "failed" and why).
+OUT="$TRIAL/runs/run-$(date +%Y%m%d-%H%M%S)"
+python3 - "$SCENARIO" "$OUT" "$TRIAL/run-config.toml" <<'PY'
+import sys
+from pathlib import Path
+from fedlth.scenario import load_scenario, to_toml
+Path(sys.argv[3]).write_text(to_toml(load_scenario(sys.argv[1]) | {"out-dir": sys.argv[2]}))
+PY
+flwr run . trial --run-config "$TRIAL/run-config.toml" --stream
+status=$(python3 -c 'import json, sys; s = json.load(open(sys.argv[1])); print(s["status"], s.get("failure") or "")' \
+  "$OUT/summary.json" 2>/dev/null || echo "failed the ServerApp wrote no summary.json (see the log above)")
+case "$status" in
+  ok*) echo "trial.sh: the run finished; outputs in $OUT" ;;
+  *) echo "trial.sh: FAILED: ${status#failed }; outputs in $OUT, logs in $TRIAL/logs" >&2; exit 1 ;;
+esac

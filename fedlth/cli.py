@@ -125,6 +125,8 @@ def run(
             if scenario is None:
                 raise ScenarioError("give a SCENARIO file, or --resume RUN_DIR")
             sc = load_scenario(scenario, overrides)
+            if sc["resume-from"]:
+                raise ScenarioError("resume-from is for flwr run (a deployed run); fedlth run continues a run with --resume RUN_DIR")
             out = out or default_out_dir("run", sc["name"])
             check_out_dir(out)
         _check_data(sc)
@@ -202,10 +204,12 @@ def _resumable(run_dir: Path) -> tuple[dict, int]:
     if not (run_dir / "checkpoint.pt").is_file():
         raise ScenarioError(f"--resume: {str(run_dir)!r} has no checkpoint.pt: no round of a fedlth run finished there")
     from fedlth.partition_file import check_unchanged
-    from server.server_app import ResumeError, load_checkpoint
+    from server.server_app import ResumeError, check_resume_mode, load_checkpoint
 
     try:
-        done = load_checkpoint(run_dir)["round"]
+        ckpt = load_checkpoint(run_dir)
+        check_resume_mode(ckpt, run_dir, deployed=False)  # a deployed run's clients are SuperNodes
+        done = ckpt["round"]
     except ResumeError as exc:
         raise ScenarioError(f"--resume: {exc}") from None
     sc = load_scenario(run_dir / "scenario.toml")
@@ -414,6 +418,9 @@ def _print_run_summary(out: Path, quiet: bool) -> None:
     import json
 
     s = json.loads((out / "summary.json").read_text())
+    if s.get("status") == "failed":  # a run with no result (server.server_app.run_status)
+        click.echo(f"fedlth: FAILED: {s['failure']}; outputs in {out}", err=True)
+        sys.exit(1)
     acc = s["personalized_accuracy"]
     click.echo(
         f"{s['algorithm']}: personalized accuracy {acc['mean']:.4f} ± {acc['std']:.4f} "

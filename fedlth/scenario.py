@@ -131,7 +131,8 @@ KEYS: dict[str, Key] = {
         "mask-epsilon": _float(0.0001, "Sub-FedAvg: prune only while successive masks differ (Hamming) by more than this.", 0.0, 1.0),
         "lotteryfl-prune-from": _choice("trained", ("trained", "received"), "lotteryfl: cut the mask from the client's trained weights, or from the received global ones (published)."),
         "lotteryfl-rewind": Key(bool, False, "lotteryfl: reset kept weights to θ0 after a prune (published: true)."),
-        "out-dir": Key(str, "", "Output folder of a `flwr run` (fedlth commands take --out)."),
+        "out-dir": Key(str, "", "Output folder of a `flwr run`, new or empty (relative: under the SuperLink's working directory; fedlth commands take --out)."),
+        "resume-from": Key(str, "", "flwr run: continue the deployed run killed in this folder from its checkpoint, with its scenario; its nodes keep their tickets in state-dir (fedlth run takes --resume)."),
     }),
     **_group("personal models and tickets", {
         "ticket-eval": _choice("last", ("last", "finetune"), "Masked algorithms: score each client's last trained ticket, or the final global subnet fine-tuned locally (validation-selected, as fedavg-ft)."),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import random
@@ -9,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,12 @@ from fedlth.client_data import dataset_info
 from fedlth.fedpm import upload_summary as mask_upload_summary
 from fedlth.interrupt import RunInterrupted
 from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from fedlth.partition_file import RECORD_NAME, partition_file_record
+from fedlth.partition_file import RECORD_NAME, check_unchanged, partition_file_record
 from fedlth.plots import plot_federated
 from fedlth.provenance import provenance
 from fedlth.reference import scenario_reference
 from fedlth.report import evaluation_summary, report_csvs, report_markdown, round_bytes, summarize
-from fedlth.scenario import resolve, to_toml
+from fedlth.scenario import load_scenario, resolve, to_toml
 from fedlth.tickets import save_tickets
 from server.exchange import StoppableGrid, stream_replies
 from server.strategy import TicketStrategy, rng_state_tuple
@@ -65,12 +66,21 @@ class ResumeError(ValueError):
     """A run folder can't be resumed; the message says why."""
 
 
-def save_checkpoint(out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str) -> None:
-    """Everything needed to continue after the last finished round, written atomically."""
+class RunFailed(RuntimeError):
+    """A run that finished without a result (see run_status); raised by the deployed ServerApp
+    so that Flower records the run as failed."""
+
+
+def save_checkpoint(
+    out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str, deployed: bool = False
+) -> None:
+    """Everything needed to continue after the last finished round, written atomically;
+    `deployed`: the run's clients are SuperNodes (flwr run), not simulated by fedlth run."""
     buf = io.BytesIO()
     torch.save(
         {"format": CHECKPOINT_FORMAT, "round": len(rounds), "run_key": run_key, "strategy": strategy.state_dict(),
-         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": json.dumps(rounds)},
+         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": json.dumps(rounds),
+         "deployed": deployed},
         buf,
     )
     write_bytes_atomic(out / CHECKPOINT, buf.getvalue())
@@ -89,6 +99,58 @@ def load_checkpoint(out: Path) -> dict[str, Any]:
         raise ResumeError(f"{str(path)!r} is unreadable: {exc}") from None
     blob["rounds"] = json.loads(blob["rounds"])
     return blob
+
+
+def resume_command(out: Path) -> str:
+    """The command that continues the deployed run in `out` (CONNECTION: the operator's)."""
+    return f"flwr run . CONNECTION --run-config \"resume-from='{out.resolve()}'\" --stream"
+
+
+def check_resume_mode(ckpt: dict[str, Any], out: Path, deployed: bool) -> None:
+    """A simulation is continued by fedlth run --resume, a deployed run by flwr run with
+    resume-from: its clients are SuperNodes, which a simulation does not have (and the reverse)."""
+    if bool(ckpt.get("deployed")) == deployed:
+        return
+    if ckpt.get("deployed"):
+        raise ResumeError(
+            f"{str(out)!r} holds a deployed run (flwr run): its clients are SuperNodes that keep their tickets in "
+            f"their state-dir, which a local simulation does not have; continue it on the SuperLink with the same "
+            f"nodes: {resume_command(out)}"
+        )
+    raise ResumeError(f"{str(out)!r} holds a fedlth run simulation; continue it with: fedlth run --resume {out}")
+
+
+def run_status(rounds: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """("ok", None), or ("failed", why) for a run with no result: no training reply accepted in
+    any round (every one rejected or missing), or no client scored in the last evaluation."""
+    if not any(r["train"] for r in rounds):
+        rejected = sum(1 for r in rounds for x in r.get("rejected", []) if x.get("kind", "train") == "train")
+        return "failed", f"no training reply was accepted in {len(rounds)} rounds ({rejected} rejected, the rest missing)"
+    evals = [r for r in rounds if r.get("evaluate") is not None]
+    if evals and not any(m["accuracy"] == m["accuracy"] for m in evals[-1]["evaluate"].values()):  # NaN: no score
+        return "failed", f"no client sent a valid score in the last evaluation (round {evals[-1]['round']})"
+    return "ok", None
+
+
+def round_line(entry: dict[str, Any], sc: dict[str, Any]) -> str:
+    """One round's log line for `flwr run --stream`: updates taken, refused and missing, bytes,
+    mean training loss, and the evaluation when there was one."""
+    train = entry["train"]
+    rejected = [r for r in entry.get("rejected", []) if r.get("kind", "train") == "train"]
+    line = (f"fedlth: round {entry['round']}/{sc['rounds']}: {len(train)} updates accepted, {len(rejected)} rejected, "
+            f"{len(entry.get('dropped', []))} missing; upload {entry['bytes']['upload'] / 1e6:.3f} MB")
+    losses = [x for m in train.values() if (x := m.get("train-loss", m.get("loss"))) is not None and x == x]
+    if losses:
+        line += f"; mean train loss {sum(losses) / len(losses):.4f}"
+    dens = [m["density"] for m in train.values() if "density" in m]
+    if dens:
+        line += f"; mean density {sum(dens) / len(dens):.3f}"
+    if entry.get("evaluate") is not None:
+        accs = [m["accuracy"] for m in entry["evaluate"].values() if m["accuracy"] == m["accuracy"]]
+        missing = len(entry.get("eval_missing", []))
+        line += (f"; personalized accuracy {sum(accs) / len(accs):.4f} over {len(accs)} clients" if accs
+                 else "; no client scored") + (f" ({missing} missing)" if missing else "")
+    return line + f"; {entry['seconds']:.1f} s"
 
 
 def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
@@ -136,7 +198,7 @@ def run_provenance(out: Path, resume: bool, prov: dict[str, Any] | None = None) 
 
 def run_federation(
     grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, resume: bool = False,
-    client_state_dir: Path | None = None, prov: dict[str, Any] | None = None,
+    client_state_dir: Path | None = None, prov: dict[str, Any] | None = None, deployed: bool = False,
 ) -> dict[str, Any]:
     """Run every round of the scenario on `grid` (or the rounds a killed run had left);
     metrics.jsonl and a checkpoint are written after every round, the rest at the end.
@@ -144,6 +206,9 @@ def run_federation(
     `client_state_dir`: where clients on this machine (simulation) keep their tickets, so
     that they are on disk rather than in RAM and a resumed run finds them. `prov`: the
     provenance record (fedlth.provenance) for the outputs; built here when not given.
+    `deployed`: the clients are SuperNodes (flwr run); the checkpoint says so, so that only
+    flwr run with resume-from continues it. summary.json's `status` is "ok" or "failed"
+    (with `failure`: why; see run_status).
     """
     t_start = time.perf_counter()
     prov = run_provenance(out, resume, prov)
@@ -195,7 +260,7 @@ def run_federation(
         rounds.append(entry)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        save_checkpoint(out, strategy, rounds, run_key)
+        save_checkpoint(out, strategy, rounds, run_key, deployed)
         if on_round is not None:
             on_round(entry)
     summary = summarize(
@@ -208,9 +273,16 @@ def run_federation(
     if split_file is not None:
         summary["partition_file"] = split_file
     summary["provenance"] = prov
+    summary["status"], failure = run_status(rounds)
+    if failure is not None:
+        summary["failure"] = failure
     write_json_atomic(out / "summary.json", summary)
     figures = plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
-    write_text_atomic(out / "report.md", report_markdown(sc, summary, figures))
+    report = report_markdown(sc, summary, figures)
+    if failure is not None:
+        title, _, rest = report.partition("\n")
+        report = f"{title}\n\n**FAILED: {failure}**\n{rest}"
+    write_text_atomic(out / "report.md", report)
     for name, text in report_csvs(summary).items():
         write_text_atomic(out / name, text)
     # fedpm: the global weights are the frozen network; its learned probabilities go alongside
@@ -219,6 +291,68 @@ def run_federation(
     if strategy.tickets:
         save_tickets(out / "tickets", strategy.tickets)
     return summary
+
+
+def deployed_plan(run_config: dict[str, Any]) -> tuple[dict[str, Any], Path, bool]:
+    """What a ServerApp started by `flwr run` does: (scenario, output folder, resume?).
+
+    A new run writes to `out-dir` (relative paths: under the SuperLink's working directory,
+    where Flower starts the ServerApp), which must be new or empty, else a fresh
+    runs/run-<name>-<time>. `resume-from = DIR` continues the deployed run killed in DIR from
+    its checkpoint, with DIR's scenario (its nodes send what they kept in their state-dir);
+    run-config keys set to anything but their default must agree with that scenario.
+    """
+    sc = resolve(run_config, source="run config")
+    if not sc["resume-from"]:
+        folder = Path(sc["out-dir"] or default_out_dir("run", sc["name"] or sc["algorithm"])).expanduser().resolve()
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            what = ("a finished run (summary.json)" if (folder / "summary.json").is_file()
+                    else f"a killed run; continue it with: {resume_command(folder)}" if (folder / CHECKPOINT).is_file()
+                    else "files")
+            raise ResumeError(f"out-dir {str(folder)!r} already holds {what}; a new run needs a new or empty out-dir "
+                              "(or none: a fresh runs/run-<name>-<time> under the SuperLink's working directory)")
+        return sc, folder, False
+    folder = Path(sc["resume-from"]).expanduser().resolve()
+    if sc["out-dir"] and Path(sc["out-dir"]).expanduser().resolve() != folder:
+        raise ResumeError(f"resume-from writes into the run's own folder ({folder}); drop out-dir = {sc['out-dir']!r}")
+    if not folder.is_dir():
+        raise ResumeError(f"resume-from: no run folder {str(folder)!r} (relative paths start at the SuperLink's working directory)")
+    if (folder / "summary.json").is_file():
+        raise ResumeError(f"resume-from: the run in {str(folder)!r} already finished (it has summary.json)")
+    check_resume_mode(load_checkpoint(folder), folder, deployed=True)
+    saved = load_scenario(folder / "scenario.toml")
+    defaults = resolve({})
+    differ = [f"{k} = {sc[k]!r} (the run has {saved[k]!r})" for k in sorted(sc)
+              if k not in ("resume-from", "out-dir") and sc[k] != defaults[k] and sc[k] != saved[k]]
+    if differ:
+        raise ResumeError(f"resume-from continues the run with its own scenario ({folder / 'scenario.toml'}); "
+                          f"drop the run-config keys that differ from it: {'; '.join(differ)}")
+    check_unchanged(saved, folder)
+    return saved, folder, True
+
+
+def _deployed_main(grid: Grid, context: Context) -> None:
+    """`flwr run`: a log line per round; a run that fails (an exception, or no result: see
+    run_status) logs a final "fedlth: FAILED: ..." line and raises, so Flower records the run
+    as failed (flwr ls); flwr run itself exits 0 whatever the run did, which fedlth can't change."""
+    folder: Path | None = None
+    try:
+        sc, folder, resume = deployed_plan(dict(context.run_config))
+        log(INFO, "fedlth: %s %s on %d nodes; outputs in %s", "resuming" if resume else "starting", sc["algorithm"],
+            sc["num-clients"], folder)
+        summary = run_federation(grid, sc, folder, lambda e: log(INFO, "%s", round_line(e, sc)), resume=resume, deployed=True)
+    except Exception as exc:
+        where = ""
+        if folder is not None and (folder / CHECKPOINT).is_file() and not (folder / "summary.json").is_file():
+            with contextlib.suppress(ResumeError):  # the exception, not a damaged checkpoint, is the news
+                where = f"; {load_checkpoint(folder)['round']} rounds are checkpointed in {folder}: {resume_command(folder)}"
+        log(ERROR, "fedlth: FAILED: %s%s", exc, where)
+        raise
+    if summary["status"] != "ok":
+        log(ERROR, "fedlth: FAILED: %s (outputs in %s)", summary["failure"], folder)
+        raise RunFailed(summary["failure"])
+    acc = summary["personalized_accuracy"]["mean"]
+    log(INFO, "fedlth: finished; personalized accuracy %.4f; outputs in %s", acc, folder)
 
 
 def make_server_app(
@@ -233,15 +367,16 @@ def make_server_app(
     def main(grid: Grid, context: Context) -> None:
         if stop is not None:
             grid = StoppableGrid(grid, stop)
-        scenario = sc if sc is not None else resolve(dict(context.run_config), source="run config")
-        folder = out or Path(scenario["out-dir"] or default_out_dir("run", scenario["name"] or scenario["algorithm"]))
-        # only in-process simulation (a given scenario) shares this machine's disk with its clients
-        state_dir = folder / "client-state" if sc is not None else None
+        if sc is None:
+            _deployed_main(grid, context)
+            return
+        folder = out or Path(default_out_dir("run", sc["name"] or sc["algorithm"]))
+        # in-process simulation shares this machine's disk with its clients
         try:
-            summary = run_federation(grid, scenario, folder, on_round, resume=resume, client_state_dir=state_dir, prov=prov)
+            summary = run_federation(grid, sc, folder, on_round, resume=resume, client_state_dir=folder / "client-state", prov=prov)
         except RunInterrupted:
             return  # a normal return: Flower then stops at once (simulate() raises it again)
-        log(INFO, "fedlth: wrote %s (personalized accuracy %.4f)", folder, summary["personalized_accuracy"]["mean"])
+        log(INFO, "fedlth: wrote %s (status %s)", folder, summary["status"])
 
     return server_app
 
