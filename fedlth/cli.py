@@ -11,7 +11,8 @@ import click
 
 from fedlth import __version__
 from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
-from fedlth.io import OutputError, check_out_dir, default_out_dir
+from fedlth.io import OutputError, check_out_dir, default_out_dir, default_run_dir
+from fedlth.progress import Progress
 from fedlth.provenance import provenance
 from fedlth.scenario import ScenarioError, load_scenario
 
@@ -40,6 +41,9 @@ class _Commands(click.Group):
 @click.version_option(__version__, prog_name="fedlth")
 def main() -> None:
     """Federated and robust lottery tickets on Flower."""
+    from fedlth.terminal import flower_console
+
+    flower_console()  # Flower colours its log lines even in a pipe
 
 
 @main.command()
@@ -59,7 +63,7 @@ def keys(pattern: str) -> None:
 @click.argument("scenario", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Central lottery-ticket run: IMP with rewinding and both controls."""
     from fedlth.data import DatasetUnavailableError
@@ -68,12 +72,14 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
 
     try:
         sc = load_scenario(scenario, overrides)
-        out = out or default_out_dir("ticket", sc["name"])
+        out = out or default_run_dir(sc, "ticket")
         check_out_dir(out)
         from fedlth.ticket_run import TicketRun, write_outputs
 
-        with _progress(quiet) as say:
-            runner = TicketRun(sc, say)
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            progress.task(f"loading {sc['dataset']}")
+            runner = TicketRun(sc, _imp_progress(sc, progress))
             summary = runner.run()
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
         fail(str(exc))
@@ -89,7 +95,7 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
               help="Flower's form of --set: space-separated pairs, strings TOML-quoted or not.")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None, metavar="RUN_DIR",
               help="Continue a killed run from its last checkpoint (no SCENARIO, --set, --run-config or --out).")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
 def run(
     scenario: Path | None, overrides: tuple[str, ...], run_config: tuple[str, ...], out: Path | None,
@@ -111,16 +117,19 @@ def run(
             if scenario is None:
                 raise ScenarioError("give a SCENARIO file, or --resume RUN_DIR")
             sc = load_scenario(scenario, overrides)
-            out = out or default_out_dir("run", sc["name"])
+            out = out or default_run_dir(sc)
             check_out_dir(out)
-        _check_data(sc)
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            progress.task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from server.simulate import simulate
 
     try:
-        with stop_on_sigint() as stop, _round_progress(sc, quiet) as on_round:
-            simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None, stop=stop, prov=prov)
+        with stop_on_sigint() as stop, progress.active():
+            simulate(sc, out, verbose=verbose, resume=resume_dir is not None, stop=stop, prov=prov, progress=progress)
     except RunInterrupted:
         _exit_interrupted(out)
     _print_run_summary(out, quiet)
@@ -142,15 +151,32 @@ def _exit_interrupted(out: Path) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def _runner(prov: dict, stop: threading.Event) -> Callable[[dict, Path], None]:
+def _runner(prov: dict, stop: threading.Event, progress: Progress | None = None) -> Callable[[dict, Path], None]:
     """One simulated run per call for compare and study; none starts after a Ctrl-C."""
     from server.simulate import simulate
 
     def run_one(sc: dict, out: Path) -> None:
         check_stop(stop)
-        simulate(sc, out, prov=prov, stop=stop)
+        simulate(sc, out, prov=prov, stop=stop, progress=progress)
 
     return run_one
+
+
+def _batch_progress(progress: Progress, total: int) -> Callable[[str], None]:
+    """compare and study: each run's lines start with "run i/N (what, ETA of the batch)"."""
+    import time
+
+    t0, count = time.monotonic(), [0]
+
+    def next_run(what: str) -> None:
+        from fedlth.progress import clock_text, eta_seconds
+
+        count[0] += 1
+        eta = eta_seconds(time.monotonic() - t0, count[0] - 1, total)
+        left = "" if eta is None or count[0] == 1 else f", all runs ETA {clock_text(eta)}"
+        progress.prefix = f"run {count[0]}/{total} ({what}{left}) · "
+
+    return next_run
 
 
 def _exit_interrupted_batch(out: Path) -> None:
@@ -185,7 +211,7 @@ def _resumable(run_dir: Path) -> tuple[dict, int]:
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True, help="Seeds 0..N-1 (the scenario's seed is replaced).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Run several algorithms on the same partitions over seeds; write a table and an overlay plot."""
     from fedlth.compare import parse_variant
@@ -203,18 +229,22 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
             resolve(sc | {"algorithm": parse_variant(a)[0]}, parse_variant(a)[1], source=a)
         out = out or default_out_dir("compare", sc["name"])
         check_out_dir(out)
-        _check_data(sc)
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            progress.task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.compare import compare as run_compare
 
+    next_run = _batch_progress(progress, len(algs) * seeds)
+
     def say(alg: str, seed: int) -> None:
-        if not quiet:
-            click.echo(f"== {alg}, seed {seed}", err=True)
+        next_run(f"{alg}, seed {seed}")
 
     try:
-        with stop_on_sigint() as stop:
-            res = run_compare(sc, algs, list(range(seeds)), out, _runner(prov, stop), on_run=say, prov=prov)
+        with stop_on_sigint() as stop, progress.active():
+            res = run_compare(sc, algs, list(range(seeds)), out, _runner(prov, stop, progress), on_run=say, prov=prov)
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo(res["table"])
@@ -226,7 +256,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 @click.option("--densities", default="1.0,0.5,0.2,0.1,0.05", show_default=True, help="Target densities (1.0 = dense).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
     from fedlth.study import parse_densities
@@ -241,18 +271,22 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
             raise ScenarioError(str(exc)) from None
         out = out or default_out_dir("study", sc["name"])
         check_out_dir(out)
-        _check_data(sc)
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            progress.task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.study import study as run_study
 
+    next_run = _batch_progress(progress, len(targets))
+
     def say(d: float) -> None:
-        if not quiet:
-            click.echo(f"== target density {d:g}", err=True)
+        next_run(f"target density {d:g}")
 
     try:
-        with stop_on_sigint() as stop:
-            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov)
+        with stop_on_sigint() as stop, progress.active():
+            run_study(sc, targets, out, _runner(prov, stop, progress), on_run=say, prov=prov)
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo((out / "study.md").read_text())
@@ -263,7 +297,8 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--evaluators", default=None, help="Comma-separated evaluators (default: the run's own).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override evaluator keys (attack, attack-eps, ...).")
-def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...]) -> None:
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
+def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Re-evaluate the saved tickets of a finished run, without training."""
     from fedlth.io import write_json_atomic
     from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
@@ -272,8 +307,11 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     extra = (*overrides, *((f"evaluators={evaluators}",) if evaluators is not None else ()))
     try:
         sc = load_run_scenario(run_dir, extra)
-        _check_data(sc)
-        result = reevaluate(run_dir, sc) | {"provenance": prov}
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            progress.task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+            _check_data(sc)
+            result = reevaluate(run_dir, sc, progress) | {"provenance": prov}
     except (RunDirError, ScenarioError) as exc:
         fail(str(exc))
     from datetime import datetime
@@ -281,7 +319,8 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     out = run_dir / f"evaluation-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
     write_json_atomic(out, result)
     acc = result["summary"]["across_clients"]
-    click.echo(f"{len(result['per_client'])} tickets: mean accuracy {acc['mean']:.4f}, worst-10% {acc['worst10']:.4f} -> {out}")
+    click.echo(f"{len(result['per_client'])} tickets: accuracy {acc['mean']:.4f} (mean over the clients' own test splits), "
+               f"worst-10% {acc['worst10']:.4f} -> {out}")
     for key, value in (result["summary"].get("evaluators_mean") or {}).items():
         click.echo(f"  {key}: {value:.4f}")
 
@@ -294,19 +333,13 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
 @click.option("--shrink/--no-shrink", default=None, help="Cut pruned channels out of the model [default: when the file gets smaller].")
 def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool | None) -> None:
     """Write one client's ticket as a compact file; fedlth.load_ticket(FILE) runs it on CPU."""
-    from fedlth.export import ExportError, export_run_ticket
+    from fedlth.export import ExportError, export_line, export_run_ticket
 
     try:
         head = export_run_ticket(run_dir, client, out, force=force, shrink=shrink)
     except ExportError as exc:
         fail(str(exc))
-    params = head["params"]
-    layers = sum(1 for p in head["shrunk"].values() if "kept" in p)
-    click.echo(
-        f"client {head['client']}: {head['file_bytes']:,} bytes (dense tensors {head['dense_bytes']:,}), "
-        f"density {head['density']:.3f}, {params['exported']:,} of {params['dense']:,} parameters"
-        f"{f', {layers} layer(s) cut to their kept channels' if layers else ''} -> {out}"
-    )
+    click.echo(export_line(head, out))
     for note in head["notes"]:
         click.echo(f"  note: {note}")
 
@@ -332,58 +365,13 @@ def _check_data(sc: dict) -> None:
             raise ScenarioError(f"evaluators: {exc}") from None
 
 
-class _round_progress:
-    """A rich progress bar over rounds, with the latest personalized accuracy."""
-
-    def __init__(self, sc: dict, quiet: bool) -> None:
-        self.sc, self.quiet, self.bar = sc, quiet, None
-
-    def __enter__(self):
-        if self.quiet:
-            return lambda _entry: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task(f"{self.sc['algorithm']} rounds", total=self.sc["rounds"], info="")
-
-        def on_round(entry: dict) -> None:
-            info = ""
-            if entry.get("evaluate"):
-                accs = [m["accuracy"] for m in entry["evaluate"].values()]
-                info = f"personalized acc {sum(accs) / len(accs):.4f}"
-            dens = [m.get("density", 1.0) for m in entry["train"].values()]
-            if dens:
-                info += f"  density {sum(dens) / len(dens):.3f}"
-            self.bar.update(task, completed=entry["round"], info=info)  # a resumed run starts mid-way
-
-        return on_round
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-
 def _print_run_summary(out: Path, quiet: bool) -> None:
     import json
 
+    from fedlth.labels import accuracy_headline
+
     s = json.loads((out / "summary.json").read_text())
-    acc = s["personalized_accuracy"]
-    click.echo(
-        f"{s['algorithm']}: personalized accuracy {acc['mean']:.4f} ± {acc['std']:.4f} "
-        f"(worst-10% {acc['worst10']:.4f}), density {s['density']['mean']:.3f}, "
-        f"upload {s['bytes']['upload'] / 1e6:.2f} MB ({s['upload_ratio_vs_dense_fedavg'] or 0:.2f}x dense FedAvg), "
-        f"{s['wall_seconds']:.1f} s -> {out}"
-    )
+    click.echo(f"{accuracy_headline(s)} -> {out}")
     ref = s.get("reference")
     if ref:
 
@@ -397,31 +385,20 @@ def _print_run_summary(out: Path, quiet: bool) -> None:
         )
 
 
-class _progress:
-    """A rich status line that shows the latest message; silent when quiet."""
+def _imp_progress(sc: dict, progress: Progress) -> Callable[[str], None]:
+    """TicketRun says which model it starts; the progress counts them (dense + levels x models)."""
+    per_level = 3 if sc["controls"] else 1
+    total, count = 1 + sc["imp-levels"] * per_level, [0]
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.status = None
+    def say(msg: str) -> None:
+        if count[0] == 0:
+            progress.task("IMP models trained", total=total)
+        else:
+            progress.update(advance=1)
+        count[0] += 1
+        progress.update(info=f"now {msg}")
 
-    def __enter__(self):
-        if self.quiet:
-            return lambda _msg: None
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        self.status = console.status("starting")
-        self.status.__enter__()
-
-        def say(msg: str) -> None:
-            console.log(msg)
-            self.status.update(msg)
-
-        return say
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
+    return say
 
 
 def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
