@@ -71,7 +71,7 @@ def accuracy_headline(summary: Mapping[str, Any]) -> str:
             f"{never} never sampled for training"
         )
     elif never:
-        line += f"; none of them was ever sampled for training"
+        line += "; none of them was ever sampled for training"
     missing = acc.get("unscored_clients") or 0
     if missing:
         line += f"; {missing} client(s) unscored"

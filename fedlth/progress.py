@@ -197,7 +197,7 @@ class Progress:
 
     def _end_line(self) -> None:
         """A live task's last state stays on screen as a finished line."""
-        if self._shown and self.stream is not None:
+        if self.live and self.sink is not None and self.stream is not None and self._task is not None:
             self.stream.write(CLEAR_LINE + self.line() + "\n")
             self.stream.flush()
             self._shown = False
@@ -241,7 +241,10 @@ class _SharedStream:
     def write(self, text: str) -> int:
         with self._progress._lock:
             self._progress.writing()
-            return self._stream.write(text)
+            n = self._stream.write(text)
+            if text.endswith("\n"):
+                self._progress._render(force=True, only_live=True)  # the line comes back under it
+            return n
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._stream, name)
