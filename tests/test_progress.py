@@ -305,3 +305,25 @@ def test_quiet_keeps_only_the_result(tmp_path):
     res = _fedlth(tmp_path, "run", "tiny.toml", "--quiet", "--out", "o")
     assert res.returncode == 0, res.stderr
     assert res.stderr == "" and res.stdout.startswith("subfedavg: personalized accuracy")
+
+
+def test_the_serverapp_under_flwr_run_logs_its_phases_and_a_line_per_round(tmp_path, caplog):
+    """`flwr run --stream` shows what the ServerApp logs: no terminal there, so log lines."""
+    from flwr.app import Context, RecordDict
+
+    from clients.client_app import app as client_app
+    from server.local_grid import LocalGrid
+    from server.server_app import make_server_app
+
+    config = {"dataset": "digits", "model": "mlp", "num-clients": 2, "clients-per-round": 2, "rounds": 3,
+              "local-epochs": 1, "algorithm": "fedavg", "eval-every": 0, "save-tickets": False,
+              "out-dir": str(tmp_path / "run")}
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        make_server_app()(LocalGrid(client_app, 2), Context(run_id=1, node_id=0, node_config={}, state=RecordDict(),
+                                                            run_config=config))
+    lines = [r.getMessage() for r in caplog.records if r.name == "flwr"]
+    assert any("asking 2 clients for their partition ids" in x or "starting the federation" in x for x in lines)
+    for r in (1, 2, 3):
+        assert sum(f"fedavg rounds {r}/3" in x for x in lines) == 1, lines
+    assert any(x.startswith("fedlth: wrote") and "fedavg: personalized accuracy" in x for x in lines)
+    assert (tmp_path / "run" / "summary.json").is_file()
