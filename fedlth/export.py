@@ -514,7 +514,7 @@ def export_line(head: dict[str, Any], out: Path) -> str:
     )
     model = f"model {params['dense']:,} parameters"
     if params["exported"] != params["dense"]:
-        model += f", {params['exported']:,} once {layers} layer(s) are cut to their kept channels"
+        model += f", {params['exported']:,} with {layers} layer(s) cut to their kept channels"
     return (
         f"client {head['client']}: {kept}; {model} (pruned zeros included); "
         f"file {head['file_bytes']:,} bytes (dense tensors {head['dense_bytes']:,}) -> {out}"

@@ -198,7 +198,7 @@ def test_export_says_kept_weights_apart_from_the_models_parameters():
             "params": {"dense": 19210, "exported": 18394, "prunable": 18554, "kept": 5566}}
     line = export_line(head, Path("t.fltk"))
     assert "ticket keeps 5,566 of 18,554 prunable weights (density 0.300)" in line
-    assert "model 19,210 parameters, 18,394 once 1 layer(s) are cut to their kept channels" in line
+    assert "model 19,210 parameters, 18,394 with 1 layer(s) cut to their kept channels" in line
 
 
 def test_default_folders_name_the_algorithm_and_seed():
