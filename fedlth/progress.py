@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -163,12 +164,12 @@ class Progress:
         """The current progress line (what a terminal shows)."""
         now = self.clock()
         parts = [self._task.text(now)] if self._task is not None else []
-        if self._task is not None and self._task.info:
-            parts.append(self._task.info)
         if self._step is not None:
             parts.append(self._step.text(now))
         if self._detail is not None:
             parts.append(self._detail.text(now))
+        if self._task is not None and self._task.info:  # last: a narrow terminal cuts it first
+            parts.append(self._task.info)
         return self.prefix + " · ".join(parts)
 
     # --- drawing ------------------------------------------------------------------------
@@ -179,7 +180,7 @@ class Progress:
         now = self.clock()
         if self.live and self.stream is not None:
             if force or now - self._last >= REDRAW_SECONDS:
-                self.stream.write(CLEAR_LINE + self.line())
+                self.stream.write(CLEAR_LINE + self._fit(self.line()))
                 self.stream.flush()
                 self._shown, self._last = True, now
             return
@@ -188,6 +189,20 @@ class Progress:
         if not only_live and (force or now - self._last >= gap):
             self.sink(self.line())
             self._last = now
+
+    @staticmethod
+    def _fit(text: str) -> str:
+        """A live line must not wrap: a carriage return only goes back to the start of the last row."""
+        width = shutil.get_terminal_size((100, 24)).columns - 1
+        return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+    def _tick(self, stop: threading.Event) -> None:
+        """Keeps the clock moving through long silent phases (Ray start-up, one slow attack): a
+        terminal's line is redrawn every second; a log gets the line again every `interval`."""
+        while not stop.wait(1.0 if self.live else min(self.interval, LINE_INTERVAL_SECONDS) / 4):
+            with self._lock:
+                if self._task is not None:
+                    self._render(force=self.live, is_step=True)
 
     def _clear(self) -> None:
         if self._shown and self.stream is not None:
@@ -198,7 +213,7 @@ class Progress:
     def _end_line(self) -> None:
         """A live task's last state stays on screen as a finished line."""
         if self.live and self.sink is not None and self.stream is not None and self._task is not None:
-            self.stream.write(CLEAR_LINE + self.line() + "\n")
+            self.stream.write(CLEAR_LINE + self._fit(self.line()) + "\n")
             self.stream.flush()
             self._shown = False
 
@@ -223,9 +238,13 @@ class Progress:
                 if handler.stream is self.stream:
                     handler.setStream(proxy)
                     restore.append(lambda h=handler: h.setStream(self.stream))
+        ticking = threading.Event()
+        if self.sink is not None:
+            threading.Thread(target=self._tick, args=(ticking,), name="fedlth-progress", daemon=True).start()
         try:
             yield self
         finally:
+            ticking.set()
             self.close()
             for undo in reversed(restore):
                 undo()
