@@ -81,6 +81,7 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
             progress.task(f"loading {sc['dataset']}")
             runner = TicketRun(sc, _imp_progress(sc, progress))
             summary = runner.run()
+            progress.update(advance=1, info="done")  # the last model finished
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
         fail(str(exc))
     write_outputs(out, sc, summary | {"provenance": prov})
@@ -320,7 +321,7 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     write_json_atomic(out, result)
     acc = result["summary"]["across_clients"]
     click.echo(f"{len(result['per_client'])} tickets: accuracy {acc['mean']:.4f} (mean over the clients' own test splits), "
-               f"worst-10% {acc['worst10']:.4f} -> {out}")
+               f"worst-10% {acc['worst10']:.4f}{_trained_note(run_dir, result['per_client'])} -> {out}")
     for key, value in (result["summary"].get("evaluators_mean") or {}).items():
         click.echo(f"  {key}: {value:.4f}")
 
@@ -342,6 +343,24 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
     click.echo(export_line(head, out))
     for note in head["notes"]:
         click.echo(f"  note: {note}")
+
+
+def _trained_note(run_dir: Path, per_client: dict) -> str:
+    """Where some clients never trained in the run (metrics.jsonl says who did): the mean over those that did."""
+    import json
+
+    from fedlth.labels import trained_clients, trained_split
+
+    log = run_dir / "metrics.jsonl"
+    if not log.is_file():
+        return ""
+    rounds = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    split = trained_split({str(pid): m["accuracy"] for pid, m in per_client.items() if m["num-examples"] > 0},
+                          trained_clients(rounds))
+    if not split["never_trained_clients"] or split["mean_trained"] is None:
+        return ""
+    return (f"; over the {split['trained_clients']} that took part in training: {split['mean_trained']:.4f}; "
+            f"{split['never_trained_clients']} never sampled for training")
 
 
 def _check_data(sc: dict) -> None:
@@ -421,7 +440,8 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
         )
     console = Console()
     console.print(table)
-    console.print(f"wrote {out}/summary.json and {out}/accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
+    # plain echo: rich would wrap the paths at 80 columns in a pipe
+    click.echo(f"wrote {out}/summary.json and {out}/accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
 
 
 from fedlth.deploy_cli import deploy  # noqa: E402  (`fedlth deploy`, kept last)
