@@ -12,7 +12,7 @@ import click
 from fedlth import __version__
 from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
 from fedlth.io import OutputError, check_out_dir, default_out_dir, default_run_dir
-from fedlth.progress import Progress
+from fedlth.progress import Progress, batch_runs, imp_models
 from fedlth.provenance import provenance
 from fedlth.scenario import ScenarioError, load_scenario
 
@@ -79,7 +79,7 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, quiet: 
         progress = Progress.for_terminal(quiet)
         with progress.active():
             progress.task(f"loading {sc['dataset']}")
-            runner = TicketRun(sc, _imp_progress(sc, progress))
+            runner = TicketRun(sc, imp_models(progress, sc['imp-levels'], sc['controls']))
             summary = runner.run()
             progress.update(advance=1, info="done")  # the last model finished
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
@@ -163,23 +163,6 @@ def _runner(prov: dict, stop: threading.Event, progress: Progress | None = None)
     return run_one
 
 
-def _batch_progress(progress: Progress, total: int) -> Callable[[str], None]:
-    """compare and study: each run's lines start with "run i/N (what, ETA of the batch)"."""
-    import time
-
-    t0, count = time.monotonic(), [0]
-
-    def next_run(what: str) -> None:
-        from fedlth.progress import clock_text, eta_seconds
-
-        count[0] += 1
-        eta = eta_seconds(time.monotonic() - t0, count[0] - 1, total)
-        left = "" if eta is None or count[0] == 1 else f", all runs ETA {clock_text(eta)}"
-        progress.prefix = f"run {count[0]}/{total} ({what}{left}) · "
-
-    return next_run
-
-
 def _exit_interrupted_batch(out: Path) -> None:
     """compare and study stop (exit 130) keeping the runs that finished; they have no --resume."""
     click.echo(f"fedlth: interrupted; the runs that finished are in {out} (no table: it needs every run)", err=True)
@@ -238,7 +221,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
         fail(str(exc))
     from fedlth.compare import compare as run_compare
 
-    next_run = _batch_progress(progress, len(algs) * seeds)
+    next_run = batch_runs(progress, len(algs) * seeds)
 
     def say(alg: str, seed: int) -> None:
         next_run(f"{alg}, seed {seed}")
@@ -280,7 +263,7 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
         fail(str(exc))
     from fedlth.study import study as run_study
 
-    next_run = _batch_progress(progress, len(targets))
+    next_run = batch_runs(progress, len(targets))
 
     def say(d: float) -> None:
         next_run(f"target density {d:g}")
@@ -302,6 +285,7 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
 def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Re-evaluate the saved tickets of a finished run, without training."""
     from fedlth.io import write_json_atomic
+    from fedlth.labels import trained_note
     from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
 
     prov = provenance(program="fedlth")
@@ -321,7 +305,7 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     write_json_atomic(out, result)
     acc = result["summary"]["across_clients"]
     click.echo(f"{len(result['per_client'])} tickets: accuracy {acc['mean']:.4f} (mean over the clients' own test splits), "
-               f"worst-10% {acc['worst10']:.4f}{_trained_note(run_dir, result['per_client'])} -> {out}")
+               f"worst-10% {acc['worst10']:.4f}{trained_note(run_dir / 'metrics.jsonl', result['per_client'])} -> {out}")
     for key, value in (result["summary"].get("evaluators_mean") or {}).items():
         click.echo(f"  {key}: {value:.4f}")
 
@@ -343,24 +327,6 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
     click.echo(export_line(head, out))
     for note in head["notes"]:
         click.echo(f"  note: {note}")
-
-
-def _trained_note(run_dir: Path, per_client: dict) -> str:
-    """Where some clients never trained in the run (metrics.jsonl says who did): the mean over those that did."""
-    import json
-
-    from fedlth.labels import trained_clients, trained_split
-
-    log = run_dir / "metrics.jsonl"
-    if not log.is_file():
-        return ""
-    rounds = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    split = trained_split({str(pid): m["accuracy"] for pid, m in per_client.items() if m["num-examples"] > 0},
-                          trained_clients(rounds))
-    if not split["never_trained_clients"] or split["mean_trained"] is None:
-        return ""
-    return (f"; over the {split['trained_clients']} that took part in training: {split['mean_trained']:.4f}; "
-            f"{split['never_trained_clients']} never sampled for training")
 
 
 def _check_data(sc: dict) -> None:
@@ -402,22 +368,6 @@ def _print_run_summary(out: Path, quiet: bool) -> None:
             f"majority class {pct(ref['majority_rate'])}, logistic regression {pct(ref['logistic_regression'])}; "
             f"per-client majority class {pct(ref['local_majority'])} (personalized)"
         )
-
-
-def _imp_progress(sc: dict, progress: Progress) -> Callable[[str], None]:
-    """TicketRun says which model it starts; the progress counts them (dense + levels x models)."""
-    per_level = 3 if sc["controls"] else 1
-    total, count = 1 + sc["imp-levels"] * per_level, [0]
-
-    def say(msg: str) -> None:
-        if count[0] == 0:
-            progress.task("IMP models trained", total=total)
-        else:
-            progress.update(advance=1)
-        count[0] += 1
-        progress.update(info=f"now {msg}")
-
-    return say
 
 
 def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 # The three densities a run reports, each under its own name wherever it is shown.
@@ -52,6 +54,20 @@ def trained_split(per_client: Mapping[str, float], trained: set[str]) -> dict[st
         "never_trained_clients": len(scored) - len(done),
         "mean_trained": _mean(done) if done else None,
     }
+
+
+def trained_note(metrics_jsonl: Path, per_client: Mapping[Any, Mapping[str, float]]) -> str:
+    """`fedlth evaluate`: where some clients never trained in the run (its metrics.jsonl says who
+    did), the mean over those that did and both counts; else nothing."""
+    if not metrics_jsonl.is_file():
+        return ""
+    rounds = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    split = trained_split({str(pid): m["accuracy"] for pid, m in per_client.items() if m["num-examples"] > 0},
+                          trained_clients(rounds))
+    if not split["never_trained_clients"] or split["mean_trained"] is None:
+        return ""
+    return (f"; over the {split['trained_clients']} that took part in training: {split['mean_trained']:.4f}; "
+            f"{split['never_trained_clients']} never sampled for training")
 
 
 def accuracy_headline(summary: Mapping[str, Any]) -> str:

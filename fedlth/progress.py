@@ -277,6 +277,35 @@ def _stream_handlers() -> list[logging.StreamHandler]:
     return handlers
 
 
+def batch_runs(progress: Progress, total: int) -> Callable[[str], None]:
+    """compare and study: call it as each run starts; its lines then begin "run i/N (what, all runs ETA)"."""
+    t0, count = progress.clock(), [0]
+
+    def next_run(what: str) -> None:
+        count[0] += 1
+        eta = eta_seconds(progress.clock() - t0, count[0] - 1, total)
+        left = "" if eta is None or count[0] == 1 else f", all runs ETA {clock_text(eta)}"
+        progress.prefix = f"run {count[0]}/{total} ({what}{left}) · "
+
+    return next_run
+
+
+def imp_models(progress: Progress, levels: int, controls: bool) -> Callable[[str], None]:
+    """fedlth ticket: TicketRun says which model it starts (dense, then each level's ticket and
+    controls); the progress counts them. Call progress.update(advance=1) when the run returns."""
+    total, count = 1 + levels * (3 if controls else 1), [0]
+
+    def say(msg: str) -> None:
+        if count[0] == 0:
+            progress.task("IMP models trained", total=total)
+        else:
+            progress.update(advance=1)
+        count[0] += 1
+        progress.update(info=f"now {msg}")
+
+    return say
+
+
 class CountingGrid:
     """A Flower grid whose pulled replies advance the progress step (replies of a round)."""
 

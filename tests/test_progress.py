@@ -330,11 +330,11 @@ def test_the_serverapp_under_flwr_run_logs_its_phases_and_a_line_per_round(tmp_p
 
 
 def test_ticket_progress_counts_every_imp_model_to_the_end():
-    from fedlth.cli import _imp_progress
+    from fedlth.progress import imp_models
 
     lines: list[str] = []
     p = Progress(sink=lines.append, interval=0.0)
-    say = _imp_progress({"imp-levels": 2, "controls": True}, p)
+    say = imp_models(p, 2, True)
     for msg in ("level 0: dense training", "level 1: density 0.800, ticket", "level 1: density 0.800, re-init control",
                 "level 1: density 0.800, random-mask control", "level 2: density 0.640, ticket",
                 "level 2: density 0.640, re-init control", "level 2: density 0.640, random-mask control"):
@@ -345,12 +345,12 @@ def test_ticket_progress_counts_every_imp_model_to_the_end():
 
 
 def test_evaluate_gives_the_trained_only_mean_where_some_clients_never_trained(tmp_path):
-    from fedlth.cli import _trained_note
+    from fedlth.labels import trained_note
 
     rounds = [{"round": 1, "train": {"0": {}, "1": {}}}, {"round": 2, "train": {"1": {}}}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     per_client = {0: {"accuracy": 0.8, "num-examples": 5.0}, 1: {"accuracy": 0.6, "num-examples": 5.0},
                   2: {"accuracy": 0.1, "num-examples": 5.0}}
-    note = _trained_note(tmp_path, per_client)
+    note = trained_note(tmp_path / "metrics.jsonl", per_client)
     assert note == "; over the 2 that took part in training: 0.7000; 1 never sampled for training"
-    assert _trained_note(tmp_path, {k: v for k, v in per_client.items() if k < 2}) == ""
+    assert trained_note(tmp_path / "metrics.jsonl", {k: v for k, v in per_client.items() if k < 2}) == ""
