@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 LINE_INTERVAL_SECONDS = 10.0  # off a terminal: at most one progress line per this many seconds
+GRACE_SECONDS = 2.0  # off a terminal: a phase gets its first line once it has lasted this long
 REDRAW_SECONDS = 0.1  # on a terminal: at most this many redraws per second (1 / this)
 CLEAR_LINE = "\r\x1b[K"
 
@@ -61,7 +62,7 @@ class Progress:
     step (replies of a round, batches of an attack).
 
     `sink` gets finished lines (None: silent, for --quiet). `live`: redraw one line in place
-    (a terminal on `stream`); else plain lines, the first and last of each task and at most one
+    (a terminal on `stream`); else plain lines, the first (once a task has lasted 2 s), the last, and at most one
     every `interval` seconds between, so logs get no carriage returns and no flood.
     """
 
@@ -109,7 +110,12 @@ class Progress:
             self._end_line()
             self._task = _Count(what, total, done, done, self.clock())
             self._step = self._detail = None
-            self._render(force=True)
+            # off a terminal, a phase that ends within the grace prints nothing (a bad input's
+            # error stays the only line); one that lasts gets its first line after it
+            grace = min(GRACE_SECONDS, self.interval)
+            if not self.live:
+                self._last = self._task.t0 - self.interval + grace
+            self._render(force=self.live or grace == 0)
 
     def update(self, done: int | None = None, info: str | None = None, advance: int = 0) -> None:
         """Move the task on (to `done`, or by `advance`) and/or change its trailing info."""
@@ -243,6 +249,11 @@ class Progress:
             threading.Thread(target=self._tick, args=(ticking,), name="fedlth-progress", daemon=True).start()
         try:
             yield self
+        except BaseException:
+            with self._lock:  # an error's message follows: no half-finished progress line above it
+                self._clear()
+                self._task = self._step = self._detail = None
+            raise
         finally:
             ticking.set()
             self.close()
