@@ -122,7 +122,7 @@ def run(
             check_out_dir(out)
         progress = Progress.for_terminal(quiet)
         with progress.active():
-            _check_data(sc, progress)
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from server.simulate import simulate
@@ -214,7 +214,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
         with progress.active():
-            _check_data(sc, progress)
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.compare import compare as run_compare
@@ -255,7 +255,7 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
         with progress.active():
-            _check_data(sc, progress)
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.study import study as run_study
@@ -291,7 +291,7 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
         sc = load_run_scenario(run_dir, extra)
         progress = Progress.for_terminal(quiet)
         with progress.active():
-            _check_data(sc, progress)
+            _check_data(sc)
             result = reevaluate(run_dir, sc, progress) | {"provenance": prov}
     except (RunDirError, ScenarioError) as exc:
         fail(str(exc))
@@ -325,15 +325,16 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
         click.echo(f"  note: {note}")
 
 
-def _check_data(sc: dict, progress: Progress | None = None) -> None:
-    """Load the data and build the partitions up front, so bad settings fail before any work."""
+def _check_data(sc: dict) -> None:
+    """Load the data and build the partitions up front, so bad settings fail before any work
+    (saying so on the command's progress line)."""
     from fedlth import partition_file
     from fedlth.client_data import check_data_settings
+    from fedlth.progress import current
 
     if sc["partition"] == partition_file.METHOD:  # its checks need no data: their error comes alone
         partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
-    if progress is not None:
-        progress.task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+    current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
     check_data_settings(sc)
     from server.simulate import backend_config
 
