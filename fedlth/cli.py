@@ -11,7 +11,8 @@ import click
 
 from fedlth import __version__
 from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
-from fedlth.io import OutputError, check_out_dir, default_out_dir
+from fedlth.io import OutputError, check_out_dir, default_out_dir, default_run_dir
+from fedlth.progress import Progress, batch_runs, imp_models
 from fedlth.provenance import provenance
 from fedlth.scenario import ScenarioError, load_scenario
 
@@ -40,6 +41,9 @@ class _Commands(click.Group):
 @click.version_option(__version__, prog_name="fedlth")
 def main() -> None:
     """Federated and robust lottery tickets on Flower."""
+    from fedlth.terminal import flower_console
+
+    flower_console()  # Flower colours its log lines even in a pipe
 
 
 @main.command()
@@ -61,7 +65,7 @@ def keys(pattern: str) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
               help="Seeds: 1 runs the scenario's seed; N > 1 runs seeds 0..N-1 (one folder each) and adds mean ± sample std and a 95 % interval over them.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
     """Central lottery-ticket run: IMP with rewinding and both controls."""
     from fedlth.data import DatasetUnavailableError
@@ -70,16 +74,20 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: 
 
     try:
         sc = load_scenario(scenario, overrides)
-        out = out or default_out_dir("ticket", sc["name"])
+        out = out or default_run_dir(sc, "ticket")
         check_out_dir(out)
         from fedlth.ticket_run import TicketRun, run_ticket_seeds, write_outputs
 
-        with _progress(quiet) as say:
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            progress.task(f"loading {sc['dataset']}")
+            say = imp_models(progress, sc["imp-levels"], sc["controls"], repeats=seeds)
             if seeds > 1:
                 summaries = run_ticket_seeds(sc, list(range(seeds)), out, say, prov)
             else:
                 runner = TicketRun(sc, say)
                 summary = runner.run()
+            progress.update(advance=1, info="done")  # the last model finished
     except (ScenarioError, OutputError, DatasetUnavailableError) as exc:
         fail(str(exc))
     if seeds > 1:
@@ -101,7 +109,7 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: 
               help="Continue a killed run from its last checkpoint (no SCENARIO, --set, --run-config or --out).")
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
               help="1: the scenario's seed; N > 1: seeds 0..N-1, one run folder each (seed-S), and seeds.md/.csv/.json/.png with mean ± sample std and a 95 % interval over them.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 @click.option("--verbose", is_flag=True, help="Show Flower's and Ray's own logs.")
 def run(
     scenario: Path | None, overrides: tuple[str, ...], run_config: tuple[str, ...], out: Path | None,
@@ -127,35 +135,38 @@ def run(
             sc = load_scenario(scenario, overrides)
             if sc["resume-from"]:
                 raise ScenarioError("resume-from is for flwr run (a deployed run); fedlth run continues a run with --resume RUN_DIR")
-            out = out or default_out_dir("run", sc["name"])
+            out = out or default_run_dir(sc)
             check_out_dir(out)
-        _check_data(sc)
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     if seeds > 1:
-        _run_seeds(sc, seeds, out, prov, quiet)
+        _run_seeds(sc, seeds, out, prov, progress)
         return
     from server.simulate import simulate
 
     try:
-        with stop_on_sigint() as stop, _round_progress(sc, quiet) as on_round:
-            simulate(sc, out, on_round, verbose=verbose, resume=resume_dir is not None, stop=stop, prov=prov)
+        with stop_on_sigint() as stop, progress.active():
+            simulate(sc, out, verbose=verbose, resume=resume_dir is not None, stop=stop, prov=prov, progress=progress)
     except RunInterrupted:
         _exit_interrupted(out)
     _print_run_summary(out, quiet)
 
 
-def _run_seeds(sc: dict, seeds: int, out: Path, prov: dict, quiet: bool) -> None:
+def _run_seeds(sc: dict, seeds: int, out: Path, prov: dict, progress: Progress) -> None:
     """`fedlth run --seeds N`: the scenario once per seed into out/seed-S, then seeds.md/.csv/.json/.png."""
     from fedlth.compare import compare as run_compare
 
+    next_run = batch_runs(progress, seeds)
+
     def say(_alg: str, seed: int) -> None:
-        if not quiet:
-            click.echo(f"== seed {seed}", err=True)
+        next_run(f"seed {seed}")
 
     try:
-        with stop_on_sigint() as stop:
-            res = run_compare(sc, [sc["algorithm"]], list(range(seeds)), out, _runner(prov, stop), on_run=say, prov=prov, stem="seeds")
+        with stop_on_sigint() as stop, progress.active():
+            res = run_compare(sc, [sc["algorithm"]], list(range(seeds)), out, _runner(prov, stop, progress), on_run=say, prov=prov, stem="seeds")
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo(res["table"])
@@ -178,13 +189,13 @@ def _exit_interrupted(out: Path) -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
-def _runner(prov: dict, stop: threading.Event) -> Callable[[dict, Path], None]:
+def _runner(prov: dict, stop: threading.Event, progress: Progress | None = None) -> Callable[[dict, Path], None]:
     """One simulated run per call for compare and study; none starts after a Ctrl-C."""
     from server.simulate import simulate
 
     def run_one(sc: dict, out: Path) -> None:
         check_stop(stop)
-        simulate(sc, out, prov=prov, stop=stop)
+        simulate(sc, out, prov=prov, stop=stop, progress=progress)
 
     return run_one
 
@@ -223,7 +234,7 @@ def _resumable(run_dir: Path) -> tuple[dict, int]:
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True, help="Seeds 0..N-1 (the scenario's seed is replaced).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override scenario keys: key=value, or several space-separated pairs (repeatable).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Run several algorithms on the same partitions over seeds; write a table and an overlay plot."""
     from fedlth.compare import parse_variant
@@ -241,18 +252,21 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
             resolve(sc | {"algorithm": parse_variant(a)[0]}, parse_variant(a)[1], source=a)
         out = out or default_out_dir("compare", sc["name"])
         check_out_dir(out)
-        _check_data(sc)
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.compare import compare as run_compare
 
+    next_run = batch_runs(progress, len(algs) * seeds)
+
     def say(alg: str, seed: int) -> None:
-        if not quiet:
-            click.echo(f"== {alg}, seed {seed}", err=True)
+        next_run(f"{alg}, seed {seed}")
 
     try:
-        with stop_on_sigint() as stop:
-            res = run_compare(sc, algs, list(range(seeds)), out, _runner(prov, stop), on_run=say, prov=prov)
+        with stop_on_sigint() as stop, progress.active():
+            res = run_compare(sc, algs, list(range(seeds)), out, _runner(prov, stop, progress), on_run=say, prov=prov)
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo(res["table"])
@@ -266,7 +280,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
               help="Seeds: 1 runs the scenario's seed; N > 1 runs seeds 0..N-1 (one folder each) and adds mean ± sample std and a 95 % interval over them.")
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
     """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
     from fedlth.study import parse_densities
@@ -281,18 +295,21 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
             raise ScenarioError(str(exc)) from None
         out = out or default_out_dir("study", sc["name"])
         check_out_dir(out)
-        _check_data(sc)
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
     from fedlth.study import study as run_study
 
+    next_run = batch_runs(progress, len(targets) * seeds)
+
     def say(d: float, seed: int) -> None:
-        if not quiet:
-            click.echo(f"== target density {d:g}, seed {seed}", err=True)
+        next_run(f"target density {d:g}" + (f", seed {seed}" if seeds > 1 else ""))
 
     try:
-        with stop_on_sigint() as stop:
-            run_study(sc, targets, out, _runner(prov, stop), on_run=say, prov=prov,
+        with stop_on_sigint() as stop, progress.active():
+            run_study(sc, targets, out, _runner(prov, stop, progress), on_run=say, prov=prov,
                       seeds=list(range(seeds)) if seeds > 1 else None)
     except RunInterrupted:
         _exit_interrupted_batch(out)
@@ -304,17 +321,21 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--evaluators", default=None, help="Comma-separated evaluators (default: the run's own).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override evaluator keys (attack, attack-eps, ...).")
-def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...]) -> None:
+@click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
+def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Re-evaluate the saved tickets of a finished run, without training."""
     from fedlth.io import write_json_atomic
+    from fedlth.labels import trained_note
     from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
 
     prov = provenance(program="fedlth")
     extra = (*overrides, *((f"evaluators={evaluators}",) if evaluators is not None else ()))
     try:
         sc = load_run_scenario(run_dir, extra)
-        _check_data(sc)
-        result = reevaluate(run_dir, sc) | {"provenance": prov}
+        progress = Progress.for_terminal(quiet)
+        with progress.active():
+            _check_data(sc)
+            result = reevaluate(run_dir, sc, progress) | {"provenance": prov}
     except (RunDirError, ScenarioError) as exc:
         fail(str(exc))
     from datetime import datetime
@@ -322,7 +343,8 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     out = run_dir / f"evaluation-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
     write_json_atomic(out, result)
     acc = result["summary"]["across_clients"]
-    click.echo(f"{len(result['per_client'])} tickets: mean accuracy {acc['mean']:.4f}, worst-10% {acc['worst10']:.4f} -> {out}")
+    click.echo(f"{len(result['per_client'])} tickets: accuracy {acc['mean']:.4f} (mean over the clients' own test splits), "
+               f"worst-10% {acc['worst10']:.4f}{trained_note(run_dir / 'metrics.jsonl', result['per_client'])} -> {out}")
     for key, value in (result["summary"].get("evaluators_mean") or {}).items():
         click.echo(f"  {key}: {value:.4f}")
 
@@ -335,27 +357,27 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
 @click.option("--shrink/--no-shrink", default=None, help="Cut pruned channels out of the model [default: when the file gets smaller].")
 def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool | None) -> None:
     """Write one client's ticket as a compact file; fedlth.load_ticket(FILE) runs it on CPU."""
-    from fedlth.export import ExportError, export_run_ticket
+    from fedlth.export import ExportError, export_line, export_run_ticket
 
     try:
         head = export_run_ticket(run_dir, client, out, force=force, shrink=shrink)
     except ExportError as exc:
         fail(str(exc))
-    params = head["params"]
-    layers = sum(1 for p in head["shrunk"].values() if "kept" in p)
-    click.echo(
-        f"client {head['client']}: {head['file_bytes']:,} bytes (dense tensors {head['dense_bytes']:,}), "
-        f"density {head['density']:.3f}, {params['exported']:,} of {params['dense']:,} parameters"
-        f"{f', {layers} layer(s) cut to their kept channels' if layers else ''} -> {out}"
-    )
+    click.echo(export_line(head, out))
     for note in head["notes"]:
         click.echo(f"  note: {note}")
 
 
 def _check_data(sc: dict) -> None:
-    """Load the data and build the partitions up front, so bad settings fail before any work."""
+    """Load the data and build the partitions up front, so bad settings fail before any work
+    (saying so on the command's progress line)."""
+    from fedlth import partition_file
     from fedlth.client_data import check_data_settings
+    from fedlth.progress import current
 
+    if sc["partition"] == partition_file.METHOD:  # its checks need no data: their error comes alone
+        partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
+    current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
     check_data_settings(sc)
     from server.simulate import backend_config
 
@@ -373,61 +395,16 @@ def _check_data(sc: dict) -> None:
             raise ScenarioError(f"evaluators: {exc}") from None
 
 
-class _round_progress:
-    """A rich progress bar over rounds, with the latest personalized accuracy."""
-
-    def __init__(self, sc: dict, quiet: bool) -> None:
-        self.sc, self.quiet, self.bar = sc, quiet, None
-
-    def __enter__(self):
-        if self.quiet:
-            return lambda _entry: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task(f"{self.sc['algorithm']} rounds", total=self.sc["rounds"], info="")
-
-        def on_round(entry: dict) -> None:
-            info = ""
-            if entry.get("evaluate"):
-                accs = [m["accuracy"] for m in entry["evaluate"].values()]
-                info = f"personalized acc {sum(accs) / len(accs):.4f}"
-            dens = [m.get("density", 1.0) for m in entry["train"].values()]
-            if dens:
-                info += f"  density {sum(dens) / len(dens):.3f}"
-            self.bar.update(task, completed=entry["round"], info=info)  # a resumed run starts mid-way
-
-        return on_round
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-
 def _print_run_summary(out: Path, quiet: bool) -> None:
     import json
+
+    from fedlth.labels import accuracy_headline
 
     s = json.loads((out / "summary.json").read_text())
     if s.get("status") == "failed":  # a run with no result (server.server_app.run_status)
         click.echo(f"fedlth: FAILED: {s['failure']}; outputs in {out}", err=True)
         sys.exit(1)
-    acc = s["personalized_accuracy"]
-    click.echo(
-        f"{s['algorithm']}: personalized accuracy {acc['mean']:.4f} ± {acc['std']:.4f} "
-        f"(worst-10% {acc['worst10']:.4f}), density {s['density']['mean']:.3f}, "
-        f"upload {s['bytes']['upload'] / 1e6:.2f} MB ({s['upload_ratio_vs_dense_fedavg'] or 0:.2f}x dense FedAvg), "
-        f"{s['wall_seconds']:.1f} s -> {out}"
-    )
+    click.echo(f"{accuracy_headline(s)} -> {out}")
     ref = s.get("reference")
     if ref:
 
@@ -439,33 +416,6 @@ def _print_run_summary(out: Path, quiet: bool) -> None:
             f"majority class {pct(ref['majority_rate'])}, logistic regression {pct(ref['logistic_regression'])}; "
             f"per-client majority class {pct(ref['local_majority'])} (personalized)"
         )
-
-
-class _progress:
-    """A rich status line that shows the latest message; silent when quiet."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.status = None
-
-    def __enter__(self):
-        if self.quiet:
-            return lambda _msg: None
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        self.status = console.status("starting")
-        self.status.__enter__()
-
-        def say(msg: str) -> None:
-            console.log(msg)
-            self.status.update(msg)
-
-        return say
-
-    def __exit__(self, *exc: object) -> None:
-        if self.status is not None:
-            self.status.__exit__(*exc)
 
 
 def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
@@ -488,7 +438,8 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
         )
     console = Console()
     console.print(table)
-    console.print(f"wrote {out}/summary.json, report.md, levels.csv and accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
+    # plain echo: rich would wrap the paths at 80 columns in a pipe
+    click.echo(f"wrote {out}/summary.json, report.md, levels.csv and accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
 
 
 from fedlth.deploy_cli import deploy  # noqa: E402  (`fedlth deploy`, kept last)

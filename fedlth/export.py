@@ -343,6 +343,8 @@ def export_ticket(
     masked = apply_mask(weights, mask)
     full = _materialize(_fresh(spec), masked)
     n_dense = sum(p.numel() for p in full.parameters())
+    # what the ticket keeps, apart from how many parameters the saved model has (pruned zeros included)
+    counts = {"prunable": sum(m.numel() for m in mask.values()), "kept": sum(int(m.sum()) for m in mask.values())}
     header = {
         "format": FORMAT, "version": VERSION, **(meta or {}),
         "model": {"name": spec.name, "input_shape": list(spec.input_shape), "num_classes": spec.num_classes},
@@ -350,7 +352,7 @@ def export_ticket(
     }
 
     def plain(notes: list[str]) -> bytes:
-        params = {"dense": n_dense, "exported": n_dense}
+        params = {"dense": n_dense, "exported": n_dense, **counts}
         return _pack({**header, "shrunk": {}, "notes": notes, "params": params}, masked, mask)
 
     if shrink is False:
@@ -364,7 +366,7 @@ def export_ticket(
     diff = _max_diff(full, small, spec)
     if diff > 1e-4:  # a guard against a bug in _shrink: never ship a model that predicts differently
         return plain([*notes, f"not shrunk: the shrunk model differed by {diff:.2g}"])
-    params = {"dense": n_dense, "exported": sum(p.numel() for p in small.parameters())}
+    params = {"dense": n_dense, "exported": sum(p.numel() for p in small.parameters()), **counts}
     cut = _pack({**header, "shrunk": plan, "notes": notes, "params": params}, w, m)
     if shrink is None:
         flat = plain([*notes, "not shrunk: cutting channels would make the file larger"])
@@ -500,6 +502,23 @@ def _ticket_ids(folder: Path) -> list[int]:
         if suffix.isdigit():
             ids.append(int(suffix))
     return sorted(ids)
+
+
+def export_line(head: dict[str, Any], out: Path) -> str:
+    """`fedlth export`'s report: the kept weights and the model's parameter count, each named."""
+    params = head["params"]
+    layers = sum(1 for p in head["shrunk"].values() if "kept" in p)
+    kept = (
+        f"ticket keeps {params['kept']:,} of {params['prunable']:,} prunable weights (density {head['density']:.3f})"
+        if "kept" in params else f"ticket density {head['density']:.3f}"  # files written before the counts
+    )
+    model = f"model {params['dense']:,} parameters"
+    if params["exported"] != params["dense"]:
+        model += f", {params['exported']:,} with {layers} layer(s) cut to their kept channels"
+    return (
+        f"client {head['client']}: {kept}; {model} (pruned zeros included); "
+        f"file {head['file_bytes']:,} bytes (dense tensors {head['dense_bytes']:,}) -> {out}"
+    )
 
 
 def export_run_ticket(

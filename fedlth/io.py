@@ -20,6 +20,12 @@ def default_out_dir(kind: str, name: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{kind}-{name}-{stamp}"
 
 
+def default_run_dir(sc: dict, kind: str = "run", root: str | Path = "runs") -> Path:
+    """runs/<kind>-<scenario>-<algorithm>-s<seed>-<timestamp>: the folder says what ran."""
+    parts = [p for p in (sc.get("name"), sc.get("algorithm") if kind == "run" else None) if p]
+    return default_out_dir(kind, "-".join([*parts, f"s{sc['seed']}"]), root)
+
+
 def check_out_dir(path: Path) -> None:
     """Refuse a folder that holds anything: a run never overwrites another's outputs."""
     if path.exists() and (not path.is_dir() or any(path.iterdir())):

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedlth.data import ArrayData, label_counts
+from fedlth.terminal import no_datasets_progress_bars
 
 if TYPE_CHECKING:
     from flwr_datasets.partitioner import Partitioner
@@ -164,7 +165,7 @@ def partition_train_pool(
         )
         partitioner.dataset = ds
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), no_datasets_progress_bars():
                 # flwr-datasets warns once per failed Dirichlet draw; the ladder below handles it.
                 warnings.filterwarnings("ignore", message="The specified min_partition_size")
                 # pyarrow deprecation noise from the ShardPartitioner's sort; not ours to fix.

@@ -10,6 +10,7 @@ from fedlth.client_data import client_data
 from fedlth.evaluators import EvalData, run_evaluators
 from fedlth.masks import density
 from fedlth.models import build_model
+from fedlth.progress import Progress
 from fedlth.report import evaluation_summary
 from fedlth.scenario import ScenarioError, load_scenario
 from fedlth.tickets import TicketFileError, load_ticket_file, ticket_path
@@ -34,10 +35,13 @@ def load_run_scenario(run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[st
         raise RunDirError(str(exc)) from None
 
 
-def reevaluate(run_dir: Path, sc: dict[str, Any]) -> dict[str, Any]:
+def reevaluate(run_dir: Path, sc: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     """Every client's saved ticket on its own test split, with the scenario's evaluators."""
     evaluators = scenario_evaluators(sc)
     per_client: dict[int, dict[str, float]] = {}
+    progress = progress or Progress()
+    progress.task("tickets evaluated" + (f" (+ {sc['evaluators']})" if sc["evaluators"] else ""),
+                  total=sc["num-clients"])
     for pid in range(sc["num-clients"]):
         try:
             weights, mask = load_ticket_file(ticket_path(run_dir / "tickets", pid))
@@ -54,6 +58,7 @@ def reevaluate(run_dir: Path, sc: dict[str, Any]) -> dict[str, Any]:
         }
         metrics |= run_evaluators(evaluators, net, EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test))
         per_client[pid] = metrics
+        progress.update(advance=1)
     return {"evaluators": sc["evaluators"], "per_client": per_client, "summary": evaluation_summary(per_client)}
 
 

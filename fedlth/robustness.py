@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fedlth.progress import current as current_progress
+
 if TYPE_CHECKING:  # imported where an attack is built: it costs ~1 s at every ClientApp start
     import torchattacks
 
@@ -251,7 +253,10 @@ def robust_accuracy(
         raise ValueError(f"batch_size must be positive; got {batch_size}")
     device = next(model.parameters()).device
     clean_hits = robust_hits = 0
+    batches = math.ceil(len(x) / batch_size)
     for start in range(0, len(x), batch_size):
+        # attacks run for minutes (AutoAttack): the job's progress line says which one, where
+        current_progress().detail(f"{name} attack, eps {eps:g}: batch {start // batch_size + 1}/{batches}")
         xb = x[start : start + batch_size].to(device=device, dtype=torch.float32)
         yb = y[start : start + batch_size].to(device=device, dtype=torch.long)
         x_adv = attack(

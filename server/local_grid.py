@@ -38,6 +38,11 @@ class LocalGrid:
                 config["state-dir"] = str(state_dir)
             self.contexts[1001 + pid] = Context(run_id=1, node_id=1001 + pid, node_config=config, state=RecordDict(), run_config={})
         self._replies: dict[str, Message] = {}
+        self._on_reply: Callable[[], None] | None = None
+
+    def set_reply_hook(self, on_reply: Callable[[], None]) -> None:
+        """Called after each reply is computed: replies come during the push here, not the pull."""
+        self._on_reply = on_reply
 
     def restart_node(self, node: int) -> None:
         """Forget a node's in-memory state, as a killed and restarted SuperNode would."""
@@ -61,6 +66,8 @@ class LocalGrid:
                 reply = self.tamper[pid](msg, reply)
             if reply is not None:
                 self._replies[msg.metadata.message_id] = reply
+            if self._on_reply is not None:
+                self._on_reply()
             ids.append(msg.metadata.message_id)
         return ids
 

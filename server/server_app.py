@@ -23,9 +23,11 @@ from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
 from fedlth.fedpm import upload_summary as mask_upload_summary
 from fedlth.interrupt import RunInterrupted
-from fedlth.io import default_out_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fedlth.io import default_run_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fedlth.labels import accuracy_headline, round_info, trained_clients, trained_split
 from fedlth.partition_file import RECORD_NAME, check_unchanged, partition_file_record
 from fedlth.plots import plot_federated
+from fedlth.progress import CountingGrid, Progress
 from fedlth.provenance import provenance
 from fedlth.reference import scenario_reference
 from fedlth.report import evaluation_summary, report_csvs, report_markdown, round_bytes, summarize
@@ -72,15 +74,17 @@ class RunFailed(RuntimeError):
 
 
 def save_checkpoint(
-    out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str, deployed: bool = False
+    out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str, deployed: bool = False,
+    wall_segments: list[float] | None = None,
 ) -> None:
     """Everything needed to continue after the last finished round, written atomically;
-    `deployed`: the run's clients are SuperNodes (flwr run), not simulated by fedlth run."""
+    `deployed`: the run's clients are SuperNodes (flwr run), not simulated by fedlth run;
+    `wall_segments`: seconds of each process that ran the run so far, this one up to now."""
     buf = io.BytesIO()
     torch.save(
         {"format": CHECKPOINT_FORMAT, "round": len(rounds), "run_key": run_key, "strategy": strategy.state_dict(),
          "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": json.dumps(rounds),
-         "deployed": deployed},
+         "deployed": deployed, "wall_segments": [float(x) for x in wall_segments or []]},
         buf,
     )
     write_bytes_atomic(out / CHECKPOINT, buf.getvalue())
@@ -159,9 +163,10 @@ def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(entry))
 
 
-def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int) -> dict[str, Any]:
+def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, progress: Progress) -> dict[str, Any]:
     """One training round: send, fold replies as they arrive, aggregate; the run-log entry."""
-    messages = strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid)
+    messages = list(strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
+    progress.step(f"round {rnd}: clients trained", total=len(messages))
     for node, reply in stream_replies(grid, messages, sc["round-timeout"]):
         strategy.fold(reply, node)
     aggregated = strategy.finish_round()
@@ -173,8 +178,11 @@ def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: 
     }
 
 
-def _evaluate_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, entry: dict[str, Any]) -> None:
-    messages = strategy.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid)
+def _evaluate_round(
+    grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, entry: dict[str, Any], progress: Progress,
+) -> None:
+    messages = list(strategy.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
+    progress.step(f"round {rnd}: clients evaluated", total=len(messages))
     # each reply is filed under the node the instruction went to, never the partition it names
     strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, sc["round-timeout"])))
     entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
@@ -184,6 +192,17 @@ def _evaluate_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rn
     entry["bytes"]["rejected"] = sum(r["bytes"] for r in strategy.rejected)
     entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
     entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
+
+
+def wall_time(segments: list[float], resume: bool, known: bool = True) -> dict[str, Any]:
+    """summary.json's account of wall_seconds: one segment per process that ran the run."""
+    out: dict[str, Any] = {"wall_seconds_segments": segments}
+    if resume:
+        out["wall_seconds_note"] = (
+            "sum of the run's segments, each counted up to its last checkpoint (the part of a round a kill cut short is not counted)"
+            if known else "this segment only: the checkpoint (an older fedlth) did not record the earlier ones"
+        )
+    return out
 
 
 def run_provenance(out: Path, resume: bool, prov: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -199,6 +218,7 @@ def run_provenance(out: Path, resume: bool, prov: dict[str, Any] | None = None) 
 def run_federation(
     grid: Grid, sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, resume: bool = False,
     client_state_dir: Path | None = None, prov: dict[str, Any] | None = None, deployed: bool = False,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Run every round of the scenario on `grid` (or the rounds a killed run had left);
     metrics.jsonl and a checkpoint are written after every round, the rest at the end.
@@ -209,6 +229,7 @@ def run_federation(
     `deployed`: the clients are SuperNodes (flwr run); the checkpoint says so, so that only
     flwr run with resume-from continues it. summary.json's `status` is "ok" or "failed"
     (with `failure`: why; see run_status).
+    `progress`: where the run says what it does (phases, rounds, replies of each round).
     """
     t_start = time.perf_counter()
     prov = run_provenance(out, resume, prov)
@@ -222,9 +243,11 @@ def run_federation(
     strategy = TicketStrategy(sc, initial_weights(sc, shape, classes), model_names(sc, shape, classes), fresh)
     rounds: list[dict[str, Any]] = []
     run_key = uuid.uuid4().hex
+    earlier: list[float] | None = []  # wall seconds of the processes that ran this run before (None: unknown)
     if resume:
         ckpt = load_checkpoint(out)
         run_key = ckpt["run_key"]
+        earlier = ckpt.get("wall_segments")  # checkpoints of older fedlth versions lack it
         strategy.load_state_dict(ckpt["strategy"])
         random.setstate(rng_state_tuple(ckpt["python_rng"]))
         torch.set_rng_state(ckpt["torch_rng"])
@@ -233,7 +256,12 @@ def run_federation(
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
+    progress = progress or Progress()
+    grid = CountingGrid(grid, progress)  # every reply moves the progress line on
+    progress.task(f"waiting for {sc['num-clients']:,} clients to connect")
     wait_for_nodes(grid, sc["num-clients"])
+    progress.task("starting the federation")
+    progress.step(f"asking {sc['num-clients']:,} clients for their partition ids", total=sc["num-clients"])
     strategy.identify(grid, timeout=sc["round-timeout"])
     if len(strategy.node_of) < sc["num-clients"]:
         raise RuntimeError(f"{len(strategy.node_of)} of {sc['num-clients']} nodes identified themselves")
@@ -246,26 +274,33 @@ def run_federation(
     metrics_path = out / "metrics.jsonl"
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
+    progress.task(f"{sc['algorithm']} rounds", total=sc["rounds"], done=len(rounds))
     for rnd in range(len(rounds) + 1, sc["rounds"] + 1):
         t0 = time.perf_counter()
         if sc["node-wait"] > 0 and not wait_for_nodes(grid, sc["num-clients"], sc["node-wait"], strict=False):
             log(WARNING, "round %d: %d of %d nodes online after %.0f s; going on", rnd,
                 len(list(grid.get_node_ids())), sc["num-clients"], sc["node-wait"])
         strategy.identify(grid, timeout=min(sc["round-timeout"], NEW_NODE_SECONDS))  # nodes that (re)joined
-        entry = _train_round(grid, sc, strategy, rnd)
+        entry = _train_round(grid, sc, strategy, rnd, progress)
         if is_eval_round(sc, rnd):
-            _evaluate_round(grid, sc, strategy, rnd, entry)
+            _evaluate_round(grid, sc, strategy, rnd, entry, progress)
         entry["seconds"] = time.perf_counter() - t0
         entry = _jsonable(entry)
         rounds.append(entry)
         with metrics_path.open("a") as fh:
             fh.write(json.dumps(entry) + "\n")
-        save_checkpoint(out, strategy, rounds, run_key, deployed)
+        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start])
+        progress.update(done=rnd, info=round_info(entry))
         if on_round is not None:
             on_round(entry)
+    progress.task("writing the summary, report, tickets and plots")
+    segments = [*(earlier or []), time.perf_counter() - t_start]
     summary = summarize(
-        sc, rounds, has_global=alg.has_global, wall_seconds=time.perf_counter() - t_start,
-        reference=scenario_reference(sc),
+        sc, rounds, has_global=alg.has_global, wall_seconds=sum(segments), reference=scenario_reference(sc),
+    )
+    summary.update(wall_time(segments, resume, known=earlier is not None))
+    summary["personalized_accuracy"].update(
+        trained_split(summary["personalized_accuracy"]["per_client"], trained_clients(rounds))
     )
     summary["bytes"]["final_ticket_upload"] = sum(strategy.ticket_bytes.values())
     if alg.mask_posterior:  # fedpm: bits per masked parameter of the uploads (wire, raw, coded, entropy)
@@ -304,7 +339,7 @@ def deployed_plan(run_config: dict[str, Any]) -> tuple[dict[str, Any], Path, boo
     """
     sc = resolve(run_config, source="run config")
     if not sc["resume-from"]:
-        folder = Path(sc["out-dir"] or default_out_dir("run", sc["name"] or sc["algorithm"])).expanduser().resolve()
+        folder = Path(sc["out-dir"] or default_run_dir(sc)).expanduser().resolve()
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             what = ("a finished run (summary.json)" if (folder / "summary.json").is_file()
                     else f"a killed run; continue it with: {resume_command(folder)}" if (folder / CHECKPOINT).is_file()
@@ -357,10 +392,11 @@ def _deployed_main(grid: Grid, context: Context) -> None:
 
 def make_server_app(
     sc: dict[str, Any] | None = None, out: Path | None = None, on_round: RoundHook | None = None, resume: bool = False,
-    stop: threading.Event | None = None, prov: dict[str, Any] | None = None,
+    stop: threading.Event | None = None, prov: dict[str, Any] | None = None, progress: Progress | None = None,
 ) -> ServerApp:
     """A ServerApp for a given scenario (fedlth run), or one that reads Flower's run config (flwr run);
-    once `stop` is set, its next use of the grid raises RunInterrupted (Ctrl-C)."""
+    once `stop` is set, its next use of the grid raises RunInterrupted (Ctrl-C). Without a
+    `progress`, the run logs its phases and a line per round (what `flwr run --stream` shows)."""
     server_app = ServerApp()
 
     @server_app.main()
@@ -370,13 +406,14 @@ def make_server_app(
         if sc is None:
             _deployed_main(grid, context)
             return
-        folder = out or Path(default_out_dir("run", sc["name"] or sc["algorithm"]))
+        folder = out or Path(default_run_dir(sc))
         # in-process simulation shares this machine's disk with its clients
         try:
-            summary = run_federation(grid, sc, folder, on_round, resume=resume, client_state_dir=folder / "client-state", prov=prov)
+            summary = run_federation(grid, sc, folder, on_round, resume=resume, client_state_dir=folder / "client-state", prov=prov,
+                                     progress=progress or Progress.for_log(lambda line: log(INFO, "fedlth: %s", line)))
         except RunInterrupted:
             return  # a normal return: Flower then stops at once (simulate() raises it again)
-        log(INFO, "fedlth: wrote %s (status %s)", folder, summary["status"])
+        log(INFO, "fedlth: wrote %s (status %s); %s", folder, summary["status"], accuracy_headline(summary).replace("\n ", ";"))
 
     return server_app
 

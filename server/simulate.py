@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fedlth.interrupt import RunInterrupted
+from fedlth.progress import Progress
 from server.server_app import RoundHook, make_server_app
 
 
@@ -118,13 +119,14 @@ def _third_party_notices_hidden(hide: bool) -> Iterator[None]:
 
 def simulate(
     sc: dict[str, Any], out: Path, on_round: RoundHook | None = None, verbose: bool = False, resume: bool = False,
-    stop: threading.Event | None = None, prov: dict[str, Any] | None = None,
+    stop: threading.Event | None = None, prov: dict[str, Any] | None = None, progress: Progress | None = None,
 ) -> None:
     """Run the scenario on `num-clients` simulated SuperNodes; outputs land in `out`
     (resume: continue the killed run in `out` from its last checkpoint). Once `stop` is set
     the server stops at its next grid call and this raises RunInterrupted (the run folder
     keeps the checkpoint of the last finished round). `prov`: the provenance record for the
-    run's outputs (fedlth.provenance; built by the server when None).
+    run's outputs (fedlth.provenance; built by the server when None). `progress`: where the run
+    says what it does (fedlth.progress; silent when None).
 
     backend = ray: Flower's simulation engine (clients in parallel, Ray clusters);
     backend = inprocess: the same ServerApp loop and ClientApp, driven in this process through
@@ -138,7 +140,7 @@ def simulate(
 
         grid = LocalGrid(client_app, sc["num-clients"])
         run_federation(StoppableGrid(grid, stop) if stop is not None else grid, sc, out, on_round, resume=resume,
-                       client_state_dir=out / "client-state", prov=prov)
+                       client_state_dir=out / "client-state", prov=prov, progress=progress or Progress())
         return
     config = backend_config(sc)  # bad compute settings fail here, before Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -148,9 +150,11 @@ def simulate(
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
+    progress = progress or Progress()
+    progress.task(f"starting Ray and Flower's simulation engine for {sc['num-clients']:,} clients")
     with _third_party_notices_hidden(not verbose):
         run_simulation(
-            server_app=make_server_app(sc, out, on_round, resume=resume, stop=stop, prov=prov),
+            server_app=make_server_app(sc, out, on_round, resume=resume, stop=stop, prov=prov, progress=progress),
             client_app=client_app,
             num_supernodes=sc["num-clients"],
             backend_config=config,
