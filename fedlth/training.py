@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -53,10 +53,47 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; valid: constant, cosine")
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+class SGD:
+    """torch.optim.SGD (dampening 0, no Nesterov) on its single-tensor path, the one CPU tensors
+    take, step for step and bit for bit (tests/test_training.py compares them). torch.optim's
+    first use imports torch._dynamo, about as much CPU as `import torch` itself, in every
+    process that trains, and its per-step bookkeeping outweighs these small nets' arithmetic.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params = list(params)
+        self.param_groups = [{"lr": lr, "momentum": momentum, "weight_decay": weight_decay}]
+        self._momentum: list[Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, momentum, decay = float(group["lr"]), group["momentum"], group["weight_decay"]
+        for i, p in enumerate(self.params):
+            if p.grad is None:  # frozen, or no gradient reached it: torch.optim skips it too
+                continue
+            grad = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
+            if momentum != 0:
+                buf = self._momentum[i]
+                if buf is None:
+                    buf = self._momentum[i] = grad.detach().clone()
+                else:
+                    buf.mul_(momentum).add_(grad, alpha=1)
+                grad = buf
+            p.add_(grad, alpha=-lr)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> SGD | torch.optim.Optimizer:
     """A fresh optimizer for the model's parameters."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adam")
