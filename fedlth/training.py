@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fedlth.devices import module_device
-from fedlth.masks import Mask, Weights, apply_mask_, mask_grads_
+from fedlth.masks import Mask, Weights, apply_mask_
 
 
 @dataclass(frozen=True)
@@ -150,6 +150,9 @@ def train_(
     opt = make_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss()
     apply_mask_(model, mask)
+    # each mask as a multiplier next to its parameter, made once per call rather than every step
+    params = dict(model.named_parameters())
+    masked = [(params[name], m.to(params[name].dtype)) for name, m in mask.items()]
     step, last_loss = start_step, float("nan")
     model.train()
     for epoch in range(epochs):
@@ -164,10 +167,14 @@ def train_(
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             (loss + penalty()).backward()
-            mask_grads_(model, mask)
-            opt.step()
-            # Momentum and weight decay move zeros even with masked gradients: re-mask.
-            apply_mask_(model, mask)
+            with torch.no_grad():
+                for p, m in masked:  # what mask_grads_ does
+                    if p.grad is not None:
+                        p.grad.mul_(m)
+                opt.step()
+                # Momentum and weight decay move zeros even with masked gradients: re-mask (apply_mask_).
+                for p, m in masked:
+                    p.mul_(m)
             step += 1
             if device_loss is None:
                 total_loss += loss.item() * len(xb)
