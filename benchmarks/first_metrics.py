@@ -89,30 +89,17 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--backends", default="inprocess,ray")
-    a = ap.parse_args()
-    backends = [b.strip() for b in a.backends.split(",") if b.strip()]
-    load_start = os.getloadavg()
-    import_once()  # warm-ups: the page cache, and the data cache the first run fills
-    for b in backends:
-        print(b, "warm-up", json.dumps(run_once(b)), flush=True)
-    imports: list[dict[str, float]] = []
-    runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
-    for _ in range(a.repeats):  # in turn, so that load from other work hits every measure alike
-        imports.append(import_once())
-        print("import torch, flwr", json.dumps(imports[-1]), flush=True)
-        for b in backends:
-            runs[b].append(run_once(b))
-            print(b, json.dumps(runs[b][-1]), flush=True)
+def render(imports: list[dict[str, float]], runs: dict[str, list[dict[str, float]]], command: str, repeats: int,
+           load_start: tuple[float, ...], load_end: tuple[float, ...]) -> tuple[dict, str]:
+    """The result record and its markdown table (medians over the repeats that finished)."""
+    backends = [b for b in runs if runs[b]]
+    done = min([len(imports), *(len(runs[b]) for b in backends)])
+    imports, runs = imports[:done], {b: runs[b][:done] for b in backends}
     imp = _median(imports)
     med = {b: _median(r) for b, r in runs.items()}
     accs = {b: sorted({r["accuracy"] for r in rs}) for b, rs in runs.items()}
-    command = f"python benchmarks/first_metrics.py --repeats {a.repeats} --backends {','.join(backends)}"
     result = {
-        "command": command, "machine": machine(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
+        "command": command, "machine": machine(), "repeats_finished": done, "load_average_start": load_start, "load_average_end": load_end,
         "import_torch_flwr": {"median": imp, "runs": imports}, "backends": {b: {"median": med[b], "runs": runs[b]} for b in backends},
     }
     rows = [f"| `python -c \"import torch, flwr\"` | {imp['wall_s']:.2f} | | | {imp['cpu_s']:.2f} | 1.00 | |"]
@@ -128,11 +115,12 @@ def main() -> None:
         f"Command: `{command}`  ",
         f"Machine: {result['machine']}  ",
         f"Load average (1, 5, 15 min) at start {' '.join(f'{x:.2f}' for x in load_start)}, at end "
-        f"{' '.join(f'{x:.2f}' for x in result['load_average_end'])}: the machine was shared with other jobs.",
+        f"{' '.join(f'{x:.2f}' for x in load_end)}: the machine was shared with other jobs.",
         "",
-        f"Whole process, median of {a.repeats} after a warm-up, measured in turn in one run. First metrics: the first "
-        "complete line of metrics.jsonl (round 1 trained and all 20 clients evaluated), polled from outside. "
-        "Round 1: that line's `seconds` (the ServerApp's clock). CPU: the command's reaped processes.",
+        f"Whole process, median of {done} run(s) after a warm-up{f' (of {repeats} asked for)' if done < repeats else ''}, "
+        "measured in turn in one run. First metrics: the first complete line of metrics.jsonl (round 1 trained and all "
+        "20 clients evaluated), polled from outside. Round 1: that line's `seconds` (the ServerApp's clock). CPU: the "
+        "command's reaped processes (Ray's workers may be missing).",
         "",
         "| what | first metrics s | of which round 1 s | start-up s (first metrics − round 1) | CPU s | × import | exit s |",
         "|---|---|---|---|---|---|---|",
@@ -149,11 +137,60 @@ def main() -> None:
         ),
         "",
     ]
+    return result, "\n".join(md)
+
+
+def _write(result: dict, md: str) -> None:
     out = results_dir()
     out.mkdir(parents=True, exist_ok=True)
     (out / "first_metrics.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "first_metrics.md").write_text("\n".join(md))
-    print("\n".join(md))
+    (out / "first_metrics.md").write_text(md)
+    print(md)
+
+
+def from_log(path: Path, command: str, repeats: int) -> None:
+    """Render the table from the stdout of a run (its lines `import torch, flwr {...}` and `BACKEND {...}`)."""
+    imports: list[dict[str, float]] = []
+    runs: dict[str, list[dict[str, float]]] = {}
+    for line in path.read_text().splitlines():
+        head, _, payload = line.partition(" {")
+        if not payload or head.endswith("warm-up"):
+            continue
+        record = json.loads("{" + payload)
+        if head == "import torch, flwr":
+            imports.append(record)
+        else:
+            runs.setdefault(head, []).append(record)
+    loads = [r["load_1min"] for rs in runs.values() for r in rs]
+    result, md = render(imports, runs, command, repeats, (min(loads),), (max(loads),))
+    result["rendered_from_log"] = str(path)
+    _write(result, md.replace("Load average (1, 5, 15 min) at start", "1-min load average over the runs: from").replace(", at end ", " to "))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--backends", default="inprocess,ray")
+    ap.add_argument("--from-log", type=Path, default=None, help="render the tables from the stdout of an earlier (unfinished) run")
+    a = ap.parse_args()
+    backends = [b.strip() for b in a.backends.split(",") if b.strip()]
+    command = f"python benchmarks/first_metrics.py --repeats {a.repeats} --backends {','.join(backends)}"
+    if a.from_log is not None:
+        from_log(a.from_log, command, a.repeats)
+        return
+    load_start = os.getloadavg()
+    import_once()  # warm-ups: the page cache, and the data cache the first run fills
+    for b in backends:
+        print(b, "warm-up", json.dumps(run_once(b)), flush=True)
+    imports: list[dict[str, float]] = []
+    runs: dict[str, list[dict[str, float]]] = {b: [] for b in backends}
+    for _ in range(a.repeats):  # in turn, so that load from other work hits every measure alike
+        imports.append(import_once())
+        print("import torch, flwr", json.dumps(imports[-1]), flush=True)
+        for b in backends:
+            runs[b].append(run_once(b))
+            print(b, json.dumps(runs[b][-1]), flush=True)
+    _write(*render(imports, runs, command, a.repeats, load_start, os.getloadavg()))
 
 
 if __name__ == "__main__":
