@@ -85,6 +85,67 @@ def run_once(backend: str) -> dict[str, float]:
         shutil.rmtree(out.parent, ignore_errors=True)
 
 
+# The in-process command with CPU-time marks (this process's own CPU: in-process, that is all of it).
+CPU_SPLIT = """
+import json, sys, time
+marks = {"interpreter_s": time.process_time()}
+import server.server_app as sa
+train, plot = sa._train_round, sa.plot_federated
+def timed_train(*a, **k):
+    marks.setdefault("round1_start_s", time.process_time())
+    return train(*a, **k)
+def timed_plot(*a, **k):
+    marks["outputs_written_s"] = time.process_time()
+    plot(*a, **k)
+sa._train_round, sa.plot_federated = timed_train, timed_plot
+from fedlth.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    assert not exc.code, exc.code
+marks["end_s"] = time.process_time()
+print("CPU " + json.dumps(marks))
+"""
+
+
+def cpu_split() -> None:
+    """Where the in-process command's CPU seconds go: to round 1's start, round 1 (and the run's
+    outputs), the plots; against a fresh `import torch, flwr` measured next to it."""
+    out = Path(tempfile.mkdtemp(prefix="fedlth-cpu-split-")) / "run"
+    args = ["run", SCENARIO, "--set", "rounds=1", "--set", "backend=inprocess", "--out", str(out), "--quiet"]
+    try:
+        imp = import_once()
+        done = subprocess.run([sys.executable, "-c", CPU_SPLIT, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, check=True)
+        m = json.loads([x for x in done.stdout.splitlines() if x.startswith("CPU ")][0][4:])
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
+    command = "python benchmarks/first_metrics.py --cpu-split"
+    rows = [
+        ("start-up: interpreter, imports, scenario and data check, to round 1", m["round1_start_s"]),
+        ("round 1 (5 clients train, 20 evaluate with fine-tuning) and the run's outputs", m["outputs_written_s"] - m["round1_start_s"]),
+        ("plots", m["end_s"] - m["outputs_written_s"]),
+        ("whole command", m["end_s"]),
+    ]
+    md = [
+        "# CPU seconds of the in-process quickstart round (`--set rounds=1`)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {machine()}  ",
+        f"Load average (1 min) at the end {os.getloadavg()[0]:.2f}: the machine was shared; CPU seconds move less with load than wall time.",
+        "",
+        "| part | CPU s | × `import torch, flwr` |",
+        "|---|---|---|",
+        f"| `python -c \"import torch, flwr\"` (fresh process, next to it) | {imp['cpu_s']:.2f} | 1.00 |",
+        *(f"| {name} | {sec:.2f} | {sec / imp['cpu_s']:.2f} |" for name, sec in rows),
+        "",
+    ]
+    res = results_dir()
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "first_metrics_cpu.json").write_text(json.dumps({"command": command, "machine": machine(), "import": imp, "marks": m}, indent=1) + "\n")
+    (res / "first_metrics_cpu.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
 
@@ -172,7 +233,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backends", default="inprocess,ray")
     ap.add_argument("--from-log", type=Path, default=None, help="render the tables from the stdout of an earlier (unfinished) run")
+    ap.add_argument("--cpu-split", action="store_true", help="only: where the in-process command's CPU seconds go")
     a = ap.parse_args()
+    if a.cpu_split:
+        cpu_split()
+        return
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
     command = f"python benchmarks/first_metrics.py --repeats {a.repeats} --backends {','.join(backends)}"
     if a.from_log is not None:

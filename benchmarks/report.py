@@ -62,7 +62,7 @@ BENCHES: dict[str, Bench] = {
     "cores": Bench("cores.py", "Cores: concurrent clients and torch threads", (), (), ("cores",)),
     "first_round": Bench("first_round.py", "Time to first round", (), ("--repeats", "1"), ("first_round",)),
     "first_metrics": Bench("first_metrics.py", "Time to first metrics, per backend, against `import torch, flwr`",
-                           (), ("--repeats", "1"), ("first_metrics",)),
+                           (), ("--repeats", "1"), ("first_metrics", "first_metrics_cpu")),
 }
 
 
