@@ -213,10 +213,17 @@ def from_log(path: Path, command: str, repeats: int) -> None:
     """Render the table from the stdout of a run (its lines `import torch, flwr {...}` and `BACKEND {...}`)."""
     imports: list[dict[str, float]] = []
     runs: dict[str, list[dict[str, float]]] = {}
+    notes = []
     for line in path.read_text().splitlines():
+        if line.startswith("RuntimeError:"):
+            notes.append(f"The run ended early: `{line}`.")
+        if line.split(" {")[0].endswith(" warm-up"):
+            w = json.loads("{" + line.partition(" {")[2])
+            notes.append(f"Warm-up (not in the medians), backend = {line.split()[0]}: first metrics {w['first_metrics_s']:.2f} s, "
+                         f"round 1 {w['round1_s']:.2f} s, exit {w['exit_s']:.2f} s, 1-min load {w['load_1min']:.1f}.")
         head, _, payload = line.partition(" {")
-        if not payload or head.endswith("warm-up"):
-            continue
+        if not payload or head not in ("import torch, flwr", "inprocess", "ray"):
+            continue  # warm-ups, and anything else the run printed (a traceback)
         record = json.loads("{" + payload)
         if head == "import torch, flwr":
             imports.append(record)
@@ -224,7 +231,9 @@ def from_log(path: Path, command: str, repeats: int) -> None:
             runs.setdefault(head, []).append(record)
     loads = [r["load_1min"] for rs in runs.values() for r in rs]
     result, md = render(imports, runs, command, repeats, (min(loads),), (max(loads),))
-    result["rendered_from_log"] = str(path)
+    notes.insert(0, f"Rendered from that run's stdout with `--from-log {path}`.")
+    result["rendered_from_log"], result["notes"] = str(path), notes
+    md += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     _write(result, md.replace("Load average (1, 5, 15 min) at start", "1-min load average over the runs: from").replace(", at end ", " to "))
 
 
