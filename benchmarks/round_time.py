@@ -112,7 +112,7 @@ def main() -> None:
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
     load_start = os.getloadavg()
     res: dict[str, dict[str, dict]] = {b: {} for b in backends}
-    command = f"python benchmarks/round_time.py --clients {a.clients} --backends {','.join(backends)} --rounds {a.rounds}"
+    command = f"python benchmarks/round_time.py --clients {a.clients} --backends {','.join(backends)} --rounds {a.rounds} --timeout {a.timeout:g}"
     if a.from_log is not None:
         for line in a.from_log.read_text().splitlines():
             head, _, payload = line.partition(" {")
