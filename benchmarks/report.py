@@ -51,6 +51,8 @@ BENCHES: dict[str, Bench] = {
                                 (), ("--rounds", "10"), ("lotteryfl_ablation",)),
     "engine_overhead": Bench("engine_overhead.py", "Engine overhead: `fedlth run` against a plain PyTorch loop",
                              (), ("--rounds", "10"), ("engine_overhead",)),
+    "round_time": Bench("round_time.py", "Seconds per round against clients per round, per backend",
+                        (), ("--clients", "1,10", "--rounds", "2"), ("round_time",)),
     "robust_fair": Bench("robust_fair.py", "Robust and fair tickets", (), ("--seeds", "0"),
                          ("robust_fair_robust", "robust_fair_fair")),
     "export_ticket": Bench("export_ticket.py", "Ticket export: file size and CPU latency", (),
@@ -59,6 +61,8 @@ BENCHES: dict[str, Bench] = {
     "scale": Bench("scale.py", "Scale: 100 and 1,000 clients", (), ("--rounds", "3"), ("scale",)),
     "cores": Bench("cores.py", "Cores: concurrent clients and torch threads", (), (), ("cores",)),
     "first_round": Bench("first_round.py", "Time to first round", (), ("--repeats", "1"), ("first_round",)),
+    "first_metrics": Bench("first_metrics.py", "Time to first metrics, per backend, against `import torch, flwr`",
+                           (), ("--repeats", "1"), ("first_metrics", "first_metrics_cpu")),
 }
 
 

@@ -27,8 +27,8 @@ from fedlth.algorithms import (
     evaluate_client,
     fedpm_network,
     get_algorithm,
-    initial_weights,
     model_names,
+    weight_specs,
 )
 from fedlth.client_data import ClientData, client_data
 from fedlth.local_data import local_client_data
@@ -185,13 +185,11 @@ def _setup(msg: Message, context: Context, training: bool) -> tuple[dict[str, An
 
 
 def _shapes(ctx: Ctx) -> dict[str, tuple[int, ...]]:
-    theta0 = initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
-    return {k: tuple(v.shape) for k, v in theta0.items()}
+    return {k: shape for k, (shape, _) in weight_specs(ctx.sc, ctx.data.input_shape, ctx.data.num_classes).items()}
 
 
 def _dtypes(ctx: Ctx) -> dict[str, Any]:
-    theta0 = initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
-    return {k: v.dtype for k, v in theta0.items()}
+    return {k: dtype for k, (_, dtype) in weight_specs(ctx.sc, ctx.data.input_shape, ctx.data.num_classes).items()}
 
 
 def _fitting(context: Context, state: ClientState, shapes: dict[str, tuple[int, ...]]) -> ClientState:

@@ -67,8 +67,11 @@ class Ctx:
 
 @lru_cache(maxsize=8)
 def _init(model: str, shape: tuple[int, ...], classes: int, seed: int) -> tuple[Weights, tuple[str, ...], tuple[tuple[str, str], ...]]:
-    torch.manual_seed(seed)
-    net = build_model(model, shape, classes)
+    # torch's layers draw their init from the global RNG: seed it inside a fork, so θ0 is what
+    # `seed` gives and the caller's global RNG is left as it was (cache hit or miss alike)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_model(model, shape, classes)
     theta0 = {k: v.detach().clone() for k, v in net.state_dict().items()}
     return theta0, tuple(prunable_names(net)), tuple(bn_pairs(net).items())
 
@@ -77,6 +80,12 @@ def initial_weights(sc: dict[str, Any], shape: tuple[int, ...], classes: int) ->
     """θ0: the same initial model on the server and every client (seeded)."""
     theta0, _, _ = _init(sc["model"], tuple(shape), classes, sc["seed"])
     return {k: v.clone() for k, v in theta0.items()}
+
+
+def weight_specs(sc: dict[str, Any], shape: tuple[int, ...], classes: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of each of θ0's tensors, without copying θ0."""
+    theta0, _, _ = _init(sc["model"], tuple(shape), classes, sc["seed"])
+    return {k: (tuple(v.shape), v.dtype) for k, v in theta0.items()}
 
 
 def model_names(sc: dict[str, Any], shape: tuple[int, ...], classes: int) -> list[str]:

@@ -379,10 +379,10 @@ def _check_data(sc: dict) -> None:
         partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
     current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
     check_data_settings(sc)
-    from server.simulate import backend_config
+    from server.simulate import check_compute
 
     try:
-        backend_config(sc)  # compute keys (client-cpus, device, client-gpus) that can't work here
+        check_compute(sc)  # compute keys (backend, client-cpus, device, client-gpus) that can't work here
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
     if sc["evaluators"]:

@@ -198,7 +198,7 @@ KEYS: dict[str, Key] = {
         "device": _choice("auto", ("auto", "cpu", "cuda"), "Where clients train: auto takes CUDA when present."),
         "client-cpus": _float(1.0, "Simulation: CPUs Ray reserves per client (cores / this = clients at once).", 0.0, None, lo_open=True),
         "client-gpus": _float(0.0, "Simulation: GPU fraction Ray reserves per client when a GPU is present.", 0.0, 1.0),
-        "backend": _choice("ray", ("ray", "inprocess"), "Simulation engine: ray (Flower's simulation engine; parallel clients, clusters) or inprocess (the same apps in this process, one client at a time, no Ray start)."),
+        "backend": _choice("inprocess", ("inprocess", "ray"), "Simulation engine: inprocess (the same apps in this process, one client at a time, no Ray start: one machine, short runs) or ray (Flower's simulation engine: clients in parallel, Ray clusters)."),
         "ray-address": Key(str, "", "Simulation: join this running Ray cluster (e.g. 127.0.0.1:6379 or auto); empty starts a local one."),
     }),
 }

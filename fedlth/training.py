@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from fedlth.devices import module_device
-from fedlth.masks import Mask, Weights, apply_mask_, mask_grads_
+from fedlth.masks import Mask, Weights, apply_mask_
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,47 @@ def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
     raise ValueError(f"unknown lr schedule {cfg.lr_schedule!r}; valid: constant, cosine")
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+class SGD:
+    """torch.optim.SGD (dampening 0, no Nesterov) on its single-tensor path, the one CPU tensors
+    take, step for step and bit for bit (tests/test_training.py compares them). torch.optim's
+    first use imports torch._dynamo, about as much CPU as `import torch` itself, in every
+    process that trains, and its per-step bookkeeping outweighs these small nets' arithmetic.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params = list(params)
+        self.param_groups = [{"lr": lr, "momentum": momentum, "weight_decay": weight_decay}]
+        self._momentum: list[Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, momentum, decay = float(group["lr"]), group["momentum"], group["weight_decay"]
+        for i, p in enumerate(self.params):
+            if p.grad is None:  # frozen, or no gradient reached it: torch.optim skips it too
+                continue
+            grad = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
+            if momentum != 0:
+                buf = self._momentum[i]
+                if buf is None:
+                    buf = self._momentum[i] = grad.detach().clone()
+                else:
+                    buf.mul_(momentum).add_(grad, alpha=1)
+                grad = buf
+            p.add_(grad, alpha=-lr)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> SGD | torch.optim.Optimizer:
     """A fresh optimizer for the model's parameters."""
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: sgd, adam")
@@ -113,6 +150,9 @@ def train_(
     opt = make_optimizer(model, cfg)
     loss_fn = nn.CrossEntropyLoss()
     apply_mask_(model, mask)
+    # each mask as a multiplier next to its parameter, made once per call rather than every step
+    params = dict(model.named_parameters())
+    masked = [(params[name], m.to(params[name].dtype)) for name, m in mask.items()]
     step, last_loss = start_step, float("nan")
     model.train()
     for epoch in range(epochs):
@@ -127,10 +167,14 @@ def train_(
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yb)
             (loss + penalty()).backward()
-            mask_grads_(model, mask)
-            opt.step()
-            # Momentum and weight decay move zeros even with masked gradients: re-mask.
-            apply_mask_(model, mask)
+            with torch.no_grad():
+                for p, m in masked:  # what mask_grads_ does
+                    if p.grad is not None:
+                        p.grad.mul_(m)
+                opt.step()
+                # Momentum and weight decay move zeros even with masked gradients: re-mask (apply_mask_).
+                for p, m in masked:
+                    p.mul_(m)
             step += 1
             if device_loss is None:
                 total_loss += loss.item() * len(xb)

@@ -1,4 +1,4 @@
-"""In-process simulation of a scenario: Flower's simulation engine with our ServerApp and ClientApp.
+"""Simulation of a scenario on one machine or a Ray cluster: our ServerApp and ClientApp, in-process or on Flower's Ray engine.
 
 Compute knobs (scenario keys): `client-cpus` and `client-gpus` are the Ray resources each
 simulated client reserves, so a machine runs cores / client-cpus clients at once (and
@@ -87,6 +87,21 @@ def backend_config(sc: dict[str, Any], cuda: bool | None = None) -> dict[str, An
     return {"client_resources": {"num_cpus": cpus, "num_gpus": client_gpus(sc, cuda)}, "init_args": init_args}
 
 
+def check_compute(sc: dict[str, Any]) -> None:
+    """Refuse, with a ValueError saying why, compute settings that cannot work here: Ray's
+    (backend_config) on backend = ray; in-process, a cluster address it would ignore and a
+    device this machine lacks."""
+    if sc["backend"] == "ray":
+        backend_config(sc)
+        return
+    if sc["ray-address"]:
+        raise ValueError(f"ray-address = {sc['ray-address']!r} joins a Ray cluster, which only backend = ray uses; add backend = ray")
+    if sc["device"] == "cuda":
+        from fedlth.devices import resolve_device
+
+        resolve_device("cuda")  # raises, saying why there is no GPU
+
+
 class _DropMessages(logging.Filter):
     """Drops log records whose message contains any of the given texts."""
 
@@ -128,9 +143,9 @@ def simulate(
     run's outputs (fedlth.provenance; built by the server when None). `progress`: where the run
     says what it does (fedlth.progress; silent when None).
 
-    backend = ray: Flower's simulation engine (clients in parallel, Ray clusters);
-    backend = inprocess: the same ServerApp loop and ClientApp, driven in this process through
-    Flower's Grid interface (server.local_grid), one client after another, with no Ray start.
+    backend = inprocess (the default): the same ServerApp loop and ClientApp, driven in this
+    process through Flower's Grid interface (server.local_grid), one client after another,
+    with no Ray start; backend = ray: Flower's simulation engine (clients in parallel, Ray clusters).
     """
     if sc["backend"] == "inprocess":
         from clients.client_app import app as client_app

@@ -268,6 +268,10 @@ def test_run_refuses_compute_settings_that_cannot_work_here(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('dataset = "digits"\nmodel = "mlp"\nnum-clients = 2\nclients-per-round = 2\n')
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(out), "--set", "client-cpus=100000"])
+    result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(out), "--set", "backend=ray client-cpus=100000"])
     assert result.exit_code == 2 and "client-cpus" in result.output and "allowed" in result.output
+    assert not out.exists()
+    # in-process (the default) there is no cluster to join: a ray-address would be ignored
+    result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(out), "--set", "ray-address=127.0.0.1:6379"])
+    assert result.exit_code == 2 and "ray-address" in result.output and "backend = ray" in result.output
     assert not out.exists()

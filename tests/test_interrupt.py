@@ -86,9 +86,12 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit: float) -> None:
         time.sleep(0.1)
 
 
-def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tmp_path):
+# in-process rounds take a fraction of a second: enough of them that the Ctrl-C lands mid-run
+@pytest.mark.parametrize("backend,rounds", [("inprocess", 30), ("ray", TINY["rounds"])])
+def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tmp_path, backend, rounds):
     scenario = tmp_path / "tiny.toml"
-    scenario.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in TINY.items()))
+    tiny = TINY | {"backend": backend, "rounds": rounds}
+    scenario.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in tiny.items()))
     out = tmp_path / "run"
     # a new session, so that the SIGINT reaches the whole process group as a terminal's Ctrl-C does
     proc = subprocess.Popen(_fedlth("run", str(scenario), "--out", str(out), "--quiet"), env=_env(), cwd=tmp_path,
@@ -107,13 +110,12 @@ def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tm
     assert f"fedlth run --resume {out}" in err
     assert not (out / "summary.json").exists()
     done = load_checkpoint(out)["round"]
-    assert 1 <= done < TINY["rounds"]
+    assert 1 <= done < rounds
 
     resumed = subprocess.run(_fedlth("run", "--resume", str(out), "--quiet"), env=_env(), cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    rounds = [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == list(range(1, TINY["rounds"] + 1))
+    assert [json.loads(line)["round"] for line in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, rounds + 1))
     for noise in ("DEPRECATED FEATURE", "Tip: In future versions of Ray"):  # --quiet is quiet
         assert noise not in err + resumed.stderr, noise
     assert "WARNING" not in resumed.stderr  # the success line is no warning

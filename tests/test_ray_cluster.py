@@ -160,7 +160,7 @@ def test_run_joins_a_running_ray_cluster(tmp_path, ray_head):
     scenario.write_text(SCENARIO)
     cmd = [
         sys.executable, "-c", "from fedlth.cli import main; main()", "run", str(scenario), "--out", str(out), "--quiet",
-        "--set", f"ray-address={ray_head}",
+        "--set", "backend=ray", "--set", f"ray-address={ray_head}",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -94,7 +94,7 @@ def test_killed_mid_round_resumes_to_the_same_metrics(tmp_path, uninterrupted):
 
 
 def test_resume_through_the_cli_on_flowers_engine(tmp_path, uninterrupted):
-    """A run killed after round 2 is finished by `fedlth run --resume` (Ray simulation)."""
+    """A run killed after round 2 is finished by `fedlth run --resume` (the CLI's simulation, in-process by default)."""
     out = tmp_path / "run"
     with pytest.raises(Killed):
         _run(out, on_round=_kill_after_round(2))

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
-from fedlth.masks import apply_mask_, ones_mask, prunable_names
+from fedlth.masks import apply_mask_, mask_grads_, ones_mask, prunable_names
 from fedlth.pruning import get_pruner
-from fedlth.training import TrainConfig, evaluate, lr_at, predict, train_
+from fedlth.training import SGD, TrainConfig, evaluate, lr_at, predict, train_
+
+ROOT = Path(__file__).parent.parent
 
 
 def _setup(seed: int = 0):
@@ -39,6 +47,45 @@ def test_momentum_revives_zeros_without_the_mask_so_the_mask_matters():
     train_(model, x, y, full, cfg, epochs=1, generator=torch.Generator().manual_seed(0))
     params = dict(model.named_parameters())
     assert any(torch.any(params[n][~m] != 0) for n, m in mask.items())
+
+
+@pytest.mark.parametrize("momentum,decay", [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-3), (0.0, 1e-2)])
+def test_sgd_matches_torch_optim_sgd_bit_for_bit(momentum, decay):
+    """fedlth's SGD replaces torch.optim.SGD in training: the very same numbers, step for
+    step, with a frozen layer (no gradient), a learning rate changed between steps, and a
+    mask applied around each step as train_ does."""
+    trajectories = []
+    for make in (lambda ps, **kw: torch.optim.SGD(ps, **kw), SGD):
+        model, x, y, mask = _setup()
+        model[0].bias.requires_grad_(False)
+        opt = make(model.parameters(), lr=0.1, momentum=momentum, weight_decay=decay)
+        gen, seen = torch.Generator().manual_seed(3), []
+        for step in range(12):
+            opt.param_groups[0]["lr"] = 0.1 / (1 + step)
+            idx = torch.randperm(len(x), generator=gen)[:32]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            mask_grads_(model, mask)
+            opt.step()
+            apply_mask_(model, mask)
+            seen.append([p.detach().clone() for p in model.parameters()])
+        trajectories.append(seen)
+    for ours, theirs in zip(*trajectories, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_training_does_not_import_the_compiler():
+    """torch.optim's first step imports torch._dynamo (seconds of CPU in every process that
+    trains); train_ needs none of it."""
+    code = (
+        "import sys, torch; from torch import nn; from fedlth.training import TrainConfig, train_; "
+        "m = nn.Linear(3, 2); x = torch.randn(8, 3); y = torch.zeros(8, dtype=torch.long); "
+        "train_(m, x, y, {}, TrainConfig(), epochs=1, generator=torch.Generator().manual_seed(0)); "
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_training_learns_and_is_deterministic():

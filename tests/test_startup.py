@@ -1,0 +1,53 @@
+"""Start-up: the CLI answers before it loads the heavy stack, and a run in-process never loads Ray."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+HEAVY = ("torch", "flwr", "ray", "matplotlib", "datasets", "flwr_datasets", "sklearn", "pandas", "torchattacks")
+
+
+def _loaded_after(code: str) -> set[str]:
+    """The HEAVY packages a fresh interpreter has imported after running `code`."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return set(done.stdout.split())
+
+
+def test_cli_and_keys_load_none_of_the_heavy_stack():
+    """`fedlth --help`, `fedlth keys` and bad input (exit 2) answer without torch or Flower."""
+    code = (
+        "from click.testing import CliRunner\nfrom fedlth.cli import main\n"
+        "assert CliRunner().invoke(main, ['keys', 'round*']).exit_code == 0\n"
+        "assert CliRunner().invoke(main, ['run', 'scenarios/quickstart.toml', '--set', 'roundz=1']).exit_code == 2"
+    )
+    assert _loaded_after(code) == set()
+
+
+def test_an_in_process_run_loads_no_ray_and_plots_only_at_the_end(tmp_path):
+    """backend = inprocess (the default) runs without importing Ray; with the partitions cached
+    (making them imports flwr-datasets, which loads matplotlib), matplotlib comes only after the
+    last round, to draw the plots."""
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('dataset = "digits"\nmodel = "mlp"\nnum-clients = 2\nclients-per-round = 2\nrounds = 1\n')
+    out = tmp_path / "out"
+    _loaded_after(  # the data check fills the cache (FEDLTH_CACHE: the session's, see conftest)
+        f"from fedlth.client_data import check_data_settings\nfrom fedlth.scenario import load_scenario\n"
+        f"check_data_settings(load_scenario({str(scenario)!r}))"
+    )
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom fedlth.cli import main\nimport server.server_app as sa\n"
+        "seen = []\nplot = sa.plot_federated\n"
+        "sa.plot_federated = lambda *a, **k: (seen.append('matplotlib' in sys.modules), plot(*a, **k))\n"
+        f"r = CliRunner().invoke(main, ['run', {str(scenario)!r}, '--out', {str(out)!r}, '--quiet'], catch_exceptions=False)\n"
+        "assert r.exit_code == 0, r.output\nassert seen == [False], seen"
+    )
+    loaded = _loaded_after(code)
+    assert "ray" not in loaded and {"torch", "flwr", "matplotlib"} <= loaded
+    assert (out / "summary.json").is_file()
