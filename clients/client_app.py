@@ -27,6 +27,7 @@ from fedlth.algorithms import (
     evaluate_client,
     fedpm_network,
     get_algorithm,
+    initial_weights,
     model_names,
     weight_specs,
 )

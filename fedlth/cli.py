@@ -43,7 +43,8 @@ def main() -> None:
     """Federated and robust lottery tickets on Flower."""
     from fedlth.terminal import flower_console
 
-    flower_console()  # Flower colours its log lines even in a pipe
+    if "flwr" in sys.modules:  # Flower colours its log lines even in a pipe (server.simulate does it too)
+        flower_console()
 
 
 @main.command()

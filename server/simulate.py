@@ -147,6 +147,9 @@ def simulate(
     process through Flower's Grid interface (server.local_grid), one client after another,
     with no Ray start; backend = ray: Flower's simulation engine (clients in parallel, Ray clusters).
     """
+    from fedlth.terminal import flower_console
+
+    flower_console()  # Flower colours its log lines even in a pipe; loaded here, not by the CLI
     if sc["backend"] == "inprocess":
         from clients.client_app import app as client_app
         from server.exchange import StoppableGrid
