@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedlth.labels import TRAINING_MASK_DENSITY
 from fedlth.stats import seed_stats
 from fedlth.tables import human_name
 
@@ -175,8 +176,8 @@ def plot_federated(rounds: Sequence[Mapping[str, Any]], title: str, out_dir: Pat
     else:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(dx, dy, "o-" if len(dx) < 3 else "-", ms=3)
-        ax.set(xlabel="round", ylabel="mean density (fraction of weights kept)", ylim=(0, 1.05))
-        ax.set_title(f"{title}\nmean over the clients trained so far of the density each last reported", fontsize=9)
+        ax.set(xlabel="round", ylabel=f"{TRAINING_MASK_DENSITY} (fraction kept)", ylim=(0, 1.05))
+        ax.set_title(f"{title}\n{TRAINING_MASK_DENSITY}: mean over the clients trained so far of the last each reported", fontsize=9)
         _round_axis(ax, dx)
         ax.grid(alpha=0.3)
         _save(fig, out_dir / "density_by_round.png")

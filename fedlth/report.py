@@ -8,6 +8,7 @@ from typing import Any
 
 from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
+from fedlth.labels import TICKET_DENSITY
 from fedlth.provenance import provenance_markdown
 from fedlth.tables import Table
 
@@ -178,7 +179,8 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any], figures: 
         f"| worst-10 % clients | {pct(acc['worst10'])} |",
         f"| worst client | {pct(acc['worst'])} |",
         f"| global model accuracy | {pct(summary['global_accuracy'])} |",
-        f"| mean density | {summary['density']['mean']:.3f} |" if summary["density"]["mean"] is not None else "| mean density | n/a |",
+        f"| {TICKET_DENSITY} (mean over scored clients) | "
+        + (f"{summary['density']['mean']:.3f} |" if summary["density"]["mean"] is not None else "n/a |"),
         f"| upload / download | {b['upload'] / 1e6:.3f} MB / {b['download'] / 1e6:.3f} MB |",
         f"| dense FedAvg upload / download (same clients) | {b['dense_fedavg_upload'] / 1e6:.3f} MB / {b['dense_fedavg_download'] / 1e6:.3f} MB |",
         f"| rejected replies | {summary['rejected_updates']}{_kinds(summary.get('rejected_by_kind') or {})} |",

@@ -26,7 +26,7 @@ NAMES = {
     "pooled_accuracy": "pooled acc. (%)",
     "positive_rate": "positive rate (%)",
     "target_density": "target density",
-    "density": "final density",
+    "density": "personal ticket density (mean over clients)",
     "accuracy": "personalized acc. (%)",
     "personalized": "personalized acc. (%)",
     "accuracy_std_over_clients": "std over clients (pp)",

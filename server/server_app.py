@@ -24,7 +24,13 @@ from fedlth.client_data import dataset_info
 from fedlth.fedpm import upload_summary as mask_upload_summary
 from fedlth.interrupt import RunInterrupted
 from fedlth.io import default_run_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
-from fedlth.labels import accuracy_headline, round_info, trained_clients, trained_split
+from fedlth.labels import (
+    TRAINING_MASK_DENSITY,
+    accuracy_headline,
+    round_info,
+    trained_clients,
+    trained_split,
+)
 from fedlth.partition_file import RECORD_NAME, check_unchanged, partition_file_record
 from fedlth.plots import plot_federated
 from fedlth.progress import CountingGrid, Progress
@@ -148,7 +154,7 @@ def round_line(entry: dict[str, Any], sc: dict[str, Any]) -> str:
         line += f"; mean train loss {sum(losses) / len(losses):.4f}"
     dens = [m["density"] for m in train.values() if "density" in m]
     if dens:
-        line += f"; mean density {sum(dens) / len(dens):.3f}"
+        line += f"; {TRAINING_MASK_DENSITY} {sum(dens) / len(dens):.3f} (mean over the round's clients)"
     if entry.get("evaluate") is not None:
         accs = [m["accuracy"] for m in entry["evaluate"].values() if m["accuracy"] == m["accuracy"]]
         missing = len(entry.get("eval_missing", []))

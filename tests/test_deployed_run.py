@@ -90,7 +90,7 @@ def test_a_deployed_run_logs_every_round_and_never_overwrites_an_out_dir(tmp_pat
     rounds = [line for line in flwr_log if line.startswith("fedlth: round ")]
     assert [r.split(":")[1] for r in rounds] == [" round 1/3", " round 2/3", " round 3/3"], flwr_log
     assert "3 updates accepted, 0 rejected, 0 missing" in rounds[0] and "mean train loss" in rounds[0]
-    assert "mean density 0.500" in rounds[0]
+    assert "training-mask density 0.500 (mean over the round's clients)" in rounds[0]
     assert "personalized accuracy" in rounds[1] and "personalized accuracy" not in rounds[0]
     assert any(f"outputs in {out}" in line and line.startswith("fedlth: finished") for line in flwr_log)
     assert _outcome(out) == uninterrupted and uninterrupted[0]["status"] == "ok"
