@@ -47,6 +47,8 @@ BENCHES: dict[str, Bench] = {
     "federated_w3": Bench("federated.py", "Algorithms on W3 (Dirichlet non-IID MNIST-1D)",
                           ("--workload", "w3"), ("--workload", "w3", "--seeds", "0", "--set", "rounds=5"),
                           ("federated_w3", "federated_w3-2026-11-26")),
+    "methods": Bench("methods.py", "Methods the field compares against: FedPer, FedRep, Ditto, DisPFL, FedPM",
+                     (), (), ("methods_w1", "methods_w3")),
     "lotteryfl_ablation": Bench("lotteryfl_ablation.py", "LotteryFL: published rules against sound ones",
                                 (), ("--rounds", "10"), ("lotteryfl_ablation",)),
     "engine_overhead": Bench("engine_overhead.py", "Engine overhead: `fedlth run` against a plain PyTorch loop",
