@@ -344,10 +344,12 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     out = run_dir / f"evaluation-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
     write_json_atomic(out, result)
     acc = result["summary"]["across_clients"]
-    click.echo(f"{len(result['per_client'])} tickets: accuracy {acc['mean']:.4f} (mean over the clients' own test splits), "
-               f"worst-10% {acc['worst10']:.4f}{trained_note(run_dir / 'metrics.jsonl', result['per_client'])} -> {out}")
-    for key, value in (result["summary"].get("evaluators_mean") or {}).items():
-        click.echo(f"  {key}: {value:.4f}")
+    from fedlth.tables import format_cell, human_name
+
+    click.echo(f"{len(result['per_client'])} tickets: accuracy {100 * acc['mean']:.1f} % (mean over the clients' own test splits), "
+               f"worst-10% {100 * acc['worst10']:.1f} %{trained_note(run_dir / 'metrics.jsonl', result['per_client'])} -> {out}")
+    for key, value in (result["summary"].get("evaluators_mean") or {}).items():  # means over the scored clients
+        click.echo(f"  {human_name(key)}: {format_cell(key, value)}")
 
 
 @main.command("export")

@@ -207,6 +207,7 @@ def test_evaluators_in_a_run_and_reevaluation_of_its_saved_tickets(tmp_path):
     # the saved tickets give back exactly the accuracies the run reported
     again = CliRunner().invoke(main, ["evaluate", str(out), "--evaluators", "fairness"], catch_exceptions=False)
     assert again.exit_code == 0, again.output
+    assert "tickets: accuracy" in again.output and " % (mean over the clients' own test splits)" in again.output
     (evaluation,) = out.glob("evaluation-*.json")
     re = json.loads(evaluation.read_text())
     assert {int(k): v["accuracy"] for k, v in re["per_client"].items()} == {
