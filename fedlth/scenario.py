@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
 import re
 import textwrap
 import tomllib
@@ -302,6 +303,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         )
     if spec.choices and value not in spec.choices:
         raise ScenarioError(f"{source}: key {key!r} is {value!r}; allowed: {', '.join(spec.choices)}")
+    if spec.type is float and not math.isfinite(value):  # NaN passes every range comparison
+        raise ScenarioError(f"{source}: key {key!r} is {value!r}; allowed: a finite number"
+                            + (f" ({spec.allowed})" if spec.allowed else ""))
     if spec.check is not None and not spec.check(value):
         raise ScenarioError(f"{source}: key {key!r} is {value!r}; allowed: {spec.allowed}")
     return value

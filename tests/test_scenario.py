@@ -44,6 +44,10 @@ def test_registries_match_the_names_the_validator_allows():
         ({"controls": 1}, "key 'controls' must be of type bool"),
         ({"model": "resnet"}, "allowed: mlp, cnn1d"),
         ({"lr": True}, "key 'lr' must be of type float"),
+        # NaN passes every range comparison, inf is no number a run can use
+        ({"lr": float("nan")}, "key 'lr' is nan; allowed: a finite number"),
+        ({"target-density": float("nan")}, "key 'target-density' is nan; allowed: a finite number"),
+        ({"alpha": float("inf")}, "key 'alpha' is inf; allowed: a finite number"),
     ],
 )
 def test_bad_values_name_the_key_and_what_is_allowed(values, needle):
@@ -222,3 +226,15 @@ def test_run_accepts_flowers_run_config_form(tmp_path, monkeypatch):
     assert (seen["algorithm"], seen["rounds"], seen["lr"]) == ("fedavg", 3, 0.1)
     result = CliRunner().invoke(main, ["run", "--resume", str(tmp_path), "--run-config", "rounds=3"])
     assert result.exit_code == 2 and "drop SCENARIO, --set, --run-config and --out" in result.output
+
+
+def test_nan_on_the_command_line_exits_2_before_any_work(tmp_path):
+    """`--set lr=nan` (TOML's nan) is refused at once, exit 2, nothing written."""
+    from click.testing import CliRunner
+
+    from fedlth.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", "lr=nan", "--out", str(out)])
+    assert result.exit_code == 2 and "key 'lr' is nan; allowed: a finite number" in result.output
+    assert not out.exists()
