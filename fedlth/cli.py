@@ -382,6 +382,13 @@ def _check_data(sc: dict) -> None:
         partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
     current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
     check_data_settings(sc)
+    from fedlth.client_data import dataset_info
+    from fedlth.models import build_model
+
+    try:  # the model must fit the data's input shape: built once here, not in every client
+        build_model(sc["model"], *dataset_info(sc))
+    except ValueError as exc:
+        raise ScenarioError(f"key 'model' is {sc['model']!r} on {sc['dataset']}: {exc}") from None
     from server.simulate import check_compute
 
     try:

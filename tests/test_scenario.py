@@ -238,3 +238,16 @@ def test_nan_on_the_command_line_exits_2_before_any_work(tmp_path):
     result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", "lr=nan", "--out", str(out)])
     assert result.exit_code == 2 and "key 'lr' is nan; allowed: a finite number" in result.output
     assert not out.exists()
+
+
+def test_a_model_that_does_not_fit_the_data_exits_2_before_any_run(tmp_path):
+    """lenet5 needs images; on MNIST-1D it is refused by the data check, exit 2, nothing written."""
+    from click.testing import CliRunner
+
+    from fedlth.cli import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", "model=lenet5", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "key 'model' is 'lenet5' on mnist1d: lenet5 expects input shape" in result.output
+    assert not out.exists()
