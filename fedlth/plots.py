@@ -163,7 +163,7 @@ def plot_federated(rounds: Sequence[Mapping[str, Any]], title: str, out_dir: Pat
         if dense_total > 0:
             ax.axvline(dense_total, color="grey", ls="--", lw=1, label=f"dense FedAvg's total upload, same clients ({dense_total:.2f} MB)")
         ax.set(xlabel="cumulative upload (MB)", ylabel="personalized test accuracy", title=title,
-               ylim=accuracy_limits(means), xlim=(0, 1.05 * max(dense_total, max(up.values()))))
+               ylim=accuracy_limits(means), xlim=(0, 1.05 * max(dense_total, max(up.values()), 1e-3)))  # 0 MB: a run with nothing accepted
         _percent_axis(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
