@@ -372,37 +372,39 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
 
 
 def _check_data(sc: dict) -> None:
-    """Load the data and build the partitions up front, so bad settings fail before any work
-    (saying so on the command's progress line)."""
+    """Check the settings up front, cheapest first, so bad ones fail before any work: what the
+    dataset declares (model on its input shape, evaluators' needs, compute), in well under a
+    second and writing nothing; then the data and partitions themselves (saying so on the
+    command's progress line)."""
     from fedlth import partition_file
     from fedlth.client_data import check_data_settings
+    from fedlth.data import META
     from fedlth.progress import current
 
     if sc["partition"] == partition_file.METHOD:  # its checks need no data: their error comes alone
         partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
-    current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
-    check_data_settings(sc)
-    from fedlth.client_data import dataset_info
+    meta = META[sc["dataset"]]
     from fedlth.models import build_model
 
     try:  # the model must fit the data's input shape: built once here, not in every client
-        build_model(sc["model"], *dataset_info(sc))
+        build_model(sc["model"], meta.input_shape, meta.num_classes)
     except ValueError as exc:
         raise ScenarioError(f"key 'model' is {sc['model']!r} on {sc['dataset']}: {exc}") from None
+    if sc["evaluators"]:
+        from fedlth.evaluators import DataInfo, build_evaluators
+
+        try:
+            build_evaluators(sc["evaluators"], sc, DataInfo(meta.num_classes, meta.sensitive))
+        except ValueError as exc:
+            raise ScenarioError(f"evaluators: {exc}") from None
     from server.simulate import check_compute
 
     try:
         check_compute(sc)  # compute keys (backend, client-cpus, device, client-gpus) that can't work here
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
-    if sc["evaluators"]:
-        from fedlth.client_data import dataset_info, sensitive_features
-        from fedlth.evaluators import DataInfo, build_evaluators
-
-        try:
-            build_evaluators(sc["evaluators"], sc, DataInfo(dataset_info(sc)[1], sensitive_features(sc)))
-        except ValueError as exc:
-            raise ScenarioError(f"evaluators: {exc}") from None
+    current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+    check_data_settings(sc)
 
 
 def _print_run_summary(out: Path, quiet: bool) -> None:

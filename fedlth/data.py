@@ -27,6 +27,31 @@ if TYPE_CHECKING:
 EMBEDDED = ("mnist1d", "digits", "arrests")
 
 
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What a dataset declares without loading it: enough to check a model and evaluators."""
+
+    input_shape: tuple[int, ...]  # tabular: the width after this project's one-hot encoding
+    num_classes: int
+    sensitive: tuple[str, ...] = ()
+
+
+# Declared, not measured, so that bad settings fail in well under a second, before any data
+# is loaded or cached; tests/test_data.py checks each against the loaded arrays.
+META: dict[str, DatasetMeta] = {
+    "mnist1d": DatasetMeta((40,), 10),
+    "digits": DatasetMeta((1, 8, 8), 10),
+    "arrests": DatasetMeta((11,), 2, ("colour", "sex")),
+    "mnist": DatasetMeta((1, 28, 28), 10),
+    "fashion-mnist": DatasetMeta((1, 28, 28), 10),
+    "cifar10": DatasetMeta((3, 32, 32), 10),
+    "femnist": DatasetMeta((1, 28, 28), 62),
+    "adult": DatasetMeta((87,), 2, ("sex", "race")),
+    "compas": DatasetMeta((16,), 2, ("race", "sex")),
+    "german": DatasetMeta((61,), 2, ("sex", "age-band")),
+}
+
+
 class DatasetUnavailableError(RuntimeError):
     """An online dataset could not be fetched (no network, no local copy)."""
 

@@ -91,11 +91,6 @@ def mask_grads_(model: nn.Module, mask: Mask) -> None:
             g.mul_(m.to(g.dtype))
 
 
-def intersect(a: Mask, b: Mask) -> Mask:
-    """Entries kept by both masks."""
-    return {n: a[n] & b[n] for n in a}
-
-
 def is_subset(new: Mask, old: Mask) -> bool:
     """True when `new` keeps nothing that `old` had pruned (no revival)."""
     return all(not bool((new[n] & ~old[n]).any()) for n in old)
@@ -107,8 +102,3 @@ def hamming_distance(a: Mask, b: Mask) -> float:
     if total == 0:
         return 0.0
     return float(sum(int((a[n] ^ b[n]).sum()) for n in a) / total)
-
-
-def clone_mask(mask: Mask) -> Mask:
-    """A deep copy of a mask."""
-    return {n: m.clone() for n, m in mask.items()}

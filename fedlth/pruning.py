@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Protocol
 
 import torch
@@ -248,21 +247,3 @@ def random_mask_like(mask: Mask, generator: torch.Generator) -> Mask:
 def structured_channels_kept(mask: Mask) -> dict[str, int]:
     """Number of dim-0 slices per tensor with at least one kept entry."""
     return {name: int(m.reshape(m.shape[0], -1).any(dim=1).sum()) for name, m in mask.items()}
-
-
-def pruned_fraction(old: Mask, new: Mask) -> float:
-    """Fraction of `old`'s kept entries that `new` removed (0.0 when old keeps nothing)."""
-    kept = sum(int(m.sum()) for m in old.values())
-    if kept == 0:
-        return 0.0
-    removed = sum(int((old[n] & ~new[n]).sum()) for n in old)
-    return removed / kept
-
-
-def amount_for_target(density_now: float, target: float, rounds_left: int) -> float:
-    """Per-prune amount that reaches `target` density from `density_now` in `rounds_left` prunes."""
-    if rounds_left < 1:
-        raise ValueError(f"rounds_left must be >= 1; got {rounds_left}")
-    if not 0.0 < target <= density_now <= 1.0:
-        raise ValueError(f"need 0 < target <= density_now <= 1; got {target}, {density_now}")
-    return 1.0 - math.pow(target / density_now, 1.0 / rounds_left)

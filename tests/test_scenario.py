@@ -251,3 +251,26 @@ def test_a_model_that_does_not_fit_the_data_exits_2_before_any_run(tmp_path):
     assert result.exit_code == 2, result.output
     assert "key 'model' is 'lenet5' on mnist1d: lenet5 expects input shape" in result.output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("evaluators, says", [
+    ("robustnes", "robustnes"), ("fairness", "binary task"),
+])
+def test_evaluator_settings_are_refused_before_any_data_is_loaded(tmp_path, monkeypatch, evaluators, says):
+    """An unknown evaluator, or fairness on a dataset with no sensitive features, fails from the
+    dataset's declared metadata: exit 2, no data loaded, nothing written."""
+    from click.testing import CliRunner
+
+    from fedlth import data
+    from fedlth.cli import main
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data was loaded before the evaluator check")
+
+    monkeypatch.setattr(data, "load_dataset", no_loading)
+    monkeypatch.setitem(data.DATASETS, "mnist1d", no_loading)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", f"evaluators={evaluators}", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "evaluators:" in result.output and says in result.output
+    assert not out.exists()
