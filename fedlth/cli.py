@@ -75,6 +75,9 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: 
 
     try:
         sc = load_scenario(scenario, overrides)
+        from fedlth.key_readers import CENTRAL
+
+        _check_keys(sc, overrides, {CENTRAL}, quiet)
         out = out or default_run_dir(sc, "ticket")
         check_out_dir(out)
         from fedlth.ticket_run import TicketRun, run_ticket_seeds, write_outputs
@@ -136,6 +139,7 @@ def run(
             sc = load_scenario(scenario, overrides)
             if sc["resume-from"]:
                 raise ScenarioError("resume-from is for flwr run (a deployed run); fedlth run continues a run with --resume RUN_DIR")
+            _check_keys(sc, overrides, {sc["algorithm"]}, quiet)
             out = out or default_run_dir(sc)
             check_out_dir(out)
         progress = Progress.for_terminal(quiet)
@@ -250,7 +254,15 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
         if bad or not algs:
             raise ScenarioError(f"--algorithms: unknown {bad or 'empty list'}; allowed: {', '.join(ALGORITHM_NAMES)} (each may take NAME:key=value variants)")
         for a in algs:  # a variant's own keys are checked before any run starts
-            resolve(sc | {"algorithm": parse_variant(a)[0]}, parse_variant(a)[1], source=a)
+            name, variant_sets = parse_variant(a)
+            resolve(sc | {"algorithm": name}, variant_sets, source=a)
+            from fedlth.key_readers import check_run_keys
+
+            try:
+                check_run_keys(sc, variant_sets, {name})
+            except ValueError as exc:
+                raise ScenarioError(f"{a}: {exc}") from None
+        _check_keys(sc, overrides, {parse_variant(a)[0] for a in algs}, quiet)
         out = out or default_out_dir("compare", sc["name"])
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
@@ -290,6 +302,7 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
 
     try:
         sc = load_scenario(scenario, overrides)
+        _check_keys(sc, overrides, {sc["algorithm"]}, quiet)
         try:
             targets = parse_densities(densities)
         except ValueError as exc:
@@ -369,6 +382,19 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
     click.echo(export_line(head, out))
     for note in head["notes"]:
         click.echo(f"  note: {note}")
+
+
+def _check_keys(sc: dict, overrides: tuple[str, ...], present: set[str], quiet: bool) -> None:
+    """A --set key that this run does not read is an error; a scenario-file key it ignores, a note."""
+    from fedlth.key_readers import check_run_keys
+
+    try:
+        notes = check_run_keys(sc, overrides, present)
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
+    if not quiet:
+        for note in notes:
+            click.echo(f"fedlth: {note}", err=True)
 
 
 def _check_data(sc: dict) -> None:

@@ -1,0 +1,74 @@
+"""A key that the selected run does not read is refused at the command line, noted in a file."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fedlth.cli import main
+from fedlth.key_readers import CENTRAL, READERS, check_run_keys, readers_of, unread
+from fedlth.scenario import ALGORITHM_NAMES, KEYS, load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+FEDERATED_SOURCES = [*ROOT.glob("server/*.py"), *ROOT.glob("clients/*.py"),
+                     *(ROOT / "fedlth" / f for f in ("algorithms.py", "dispfl.py", "fedpm.py", "training.py", "shared_ticket.py", "aggregate.py"))]
+
+
+def _read_in(paths: list[Path], key: str) -> bool:
+    pattern = re.compile(r"""sc\[["']""" + re.escape(key) + r"""["']\]""")
+    return any(pattern.search(p.read_text()) for p in paths)
+
+
+def test_every_listed_key_and_reader_exists():
+    assert set(READERS) <= set(KEYS)
+    assert {r for who in READERS.values() for r in who} <= {CENTRAL, *ALGORITHM_NAMES}
+    assert readers_of("ditto-lambda") == ("ditto",) and readers_of("fedpm-lr") == ("fedpm",)
+    assert readers_of("lr") is None and readers_of("rounds") is None
+
+
+def test_central_only_keys_are_really_not_read_by_federated_code():
+    """The table's claim, checked against the source: a key only `fedlth ticket` reads appears
+    in no federated module's sc[...] lookups, and does appear in the central run's."""
+    central_only = [k for k, who in READERS.items() if who == (CENTRAL,)]
+    assert "epochs" in central_only and "pruner" in central_only
+    for key in central_only:
+        assert not _read_in(FEDERATED_SOURCES, key), key
+        assert _read_in([ROOT / "fedlth" / "ticket_run.py", ROOT / "fedlth" / "cli.py"], key), key
+
+
+def test_unread_names_who_would_read():
+    assert unread(["epochs", "lr", "upload-density"], {"subfedavg"}) == {
+        "epochs": (CENTRAL,), "upload-density": ("personal-ticket",)}
+    assert unread(["prune-rate"], {"fedavg", "subfedavg"}) == {}
+
+
+def test_a_scenario_file_key_the_algorithm_ignores_is_a_note_not_an_error():
+    sc = load_scenario(ROOT / "scenarios" / "w1-pathological-mnist1d.toml", ["algorithm=fedavg"])
+    notes = check_run_keys(sc, ["algorithm=fedavg"], {"fedavg"})
+    assert len(notes) == 1 and "prune-rate" in notes[0] and "acc-threshold" in notes[0]
+    assert check_run_keys(load_scenario(ROOT / "scenarios" / "w1-pathological-mnist1d.toml"), [], {"subfedavg"}) == []
+
+
+@pytest.mark.parametrize("command, setting, says", [
+    (["run", "scenarios/quickstart.toml"], "epochs=10", "read by: fedlth ticket (federated runs train local-epochs per round)"),
+    (["run", "scenarios/quickstart.toml"], "skip-first-layer=true", "read by: fedlth ticket"),
+    (["run", "scenarios/quickstart.toml", "--set", "algorithm=fedavg"], "upload-density=0.2", "read by: personal-ticket"),
+    (["ticket", "scenarios/central-ticket.toml"], "upload-density=0.2", "not read by fedlth ticket"),
+    (["compare", "scenarios/quickstart.toml", "--algorithms", "fedavg,local"], "dispfl-density=0.2", "read by: dispfl"),
+])
+def test_a_set_key_nobody_reads_exits_2_before_any_work(tmp_path, command, setting, says):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, [*command, "--set", setting, "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+    assert not out.exists()
+
+
+def test_the_shipped_scenarios_set_no_key_their_algorithm_ignores():
+    for path in sorted((ROOT / "scenarios").glob("*.toml")):
+        sc = load_scenario(path)
+        present = {CENTRAL} if path.stem.startswith("central") else {sc["algorithm"]}
+        assert check_run_keys(sc, [], present) == [], path.name
