@@ -88,8 +88,9 @@ class TicketRun:
 
     def fresh_model(self, init_seed: int) -> nn.Module:
         """A new model whose initialization depends only on `init_seed`."""
-        torch.manual_seed(init_seed)
-        return build_model(self.sc["model"], self.data.input_shape, self.data.num_classes)
+        with torch.random.fork_rng(devices=[]):  # torch's layers init from the global RNG; leave it as it was
+            torch.manual_seed(init_seed)
+            return build_model(self.sc["model"], self.data.input_shape, self.data.num_classes)
 
     def train(self, model: nn.Module, start: Weights, mask: Mask, level: int, start_step: int, **hooks: Any) -> dict[str, float]:
         """Load `start`, train to the end of the schedule, return val/test accuracy."""
