@@ -280,8 +280,12 @@ def describe_keys(keys: Mapping[str, Key]) -> str:
 
 def _describe_key(key: str, spec: Key) -> str:
     """One key's line and its wrapped help."""
+    from fedlth.key_readers import readers_of
+
     head = f"{key} = {toml_value(spec.default)}  # {spec.type.__name__}; {allowed_values(spec)}"
-    return "\n".join([head, *textwrap.wrap(spec.help, 96, initial_indent="    # ", subsequent_indent="    # ")])
+    who = readers_of(key)
+    text = spec.help + (f" Read only by: {', '.join(who)}." if who else "")
+    return "\n".join([head, *textwrap.wrap(text, 96, initial_indent="    # ", subsequent_indent="    # ")])
 
 
 def defaults() -> dict[str, Any]:

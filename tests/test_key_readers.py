@@ -72,3 +72,8 @@ def test_the_shipped_scenarios_set_no_key_their_algorithm_ignores():
         sc = load_scenario(path)
         present = {CENTRAL} if path.stem.startswith("central") else {sc["algorithm"]}
         assert check_run_keys(sc, [], present) == [], path.name
+
+
+def test_fedlth_keys_says_who_reads_a_key():
+    result = CliRunner().invoke(main, ["keys", "upload-density"])
+    assert result.exit_code == 0 and "Read only by: personal-ticket." in result.output
