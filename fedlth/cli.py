@@ -380,7 +380,9 @@ def _check_data(sc: dict) -> None:
 
     if sc["partition"] == partition_file.METHOD:  # its checks need no data: their error comes alone
         partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
-    current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+    from fedlth.sampled_partition import SAMPLED
+
+    current().task(f"loading {sc['dataset']}" + ("" if sc["partition"] in SAMPLED else f" and building {sc['num-clients']:,} partitions"))
     check_data_settings(sc)
     from fedlth.client_data import dataset_info
     from fedlth.models import build_model
