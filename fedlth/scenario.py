@@ -127,6 +127,7 @@ KEYS: dict[str, Key] = {
         "clients-per-round": _int(1, None, "Clients sampled per round (seeded).", 5),
         "local-epochs": _int(1, None, "Local epochs per round.", 2),
         "eval-every": _int(0, None, "Evaluate every client's ticket every k rounds (0: only after the last round).", 0),
+        "eval-clients": _int(0, None, "Clients scored at each evaluation round: 0 = every client; k > 0 = a sample of k drawn by (seed, round), so evaluation costs k clients however large the federation (the report says how many were scored, and how many of them ever trained).", 0),
         "acc-threshold": _float(0.5, "Pruning gate: validation accuracy a client needs before it prunes.", 0.0, 1.0),
         "target-density": _float(0.3, "Clients stop pruning at this density.", 0.0, 1.0, lo_open=True),
         "prune-tolerance": _float(0.02, "A prune is kept only if validation accuracy drops by at most this.", 0.0, 1.0),
