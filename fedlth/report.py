@@ -179,6 +179,7 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any], figures: 
         "| metric | value |",
         "|---|---|",
         f"| personalized accuracy (mean ± population std over {_over(acc, summary['num_clients'])}) | {pct(acc['mean'])} ± {pct(acc['std'])} |",
+        *_trained_row(acc),
         f"| worst-10 % clients | {pct(acc['worst10'])} |",
         f"| worst client | {pct(acc['worst'])} |",
         f"| global model accuracy | {pct(summary['global_accuracy'])} |",
@@ -222,6 +223,14 @@ def _reference_lines(summary: Mapping[str, Any]) -> list[str]:
         "under label skew it scores well with nothing learnt.",
         "",
     ]
+
+
+def _trained_row(acc: Mapping[str, Any]) -> list[str]:
+    """The mean over the scored clients that ever trained, where some never did (else nothing)."""
+    if not acc.get("never_trained_clients") or acc.get("mean_trained") is None:
+        return []
+    return [f"| personalized accuracy of the {acc['trained_clients']} scored clients that ever trained "
+            f"({acc['never_trained_clients']} never did) | {_pct(acc['mean_trained'])} |"]
 
 
 def _over(acc: Mapping[str, Any], num_clients: int) -> str:

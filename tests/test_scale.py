@@ -113,3 +113,12 @@ def test_offset_ids_are_a_mapping_that_stores_nothing_per_client():
     with pytest.raises(KeyError):
         node_of[-1]
     assert sorted_keys(node_of) == range(5) and sorted_keys({3: 1, 1: 2}) == [1, 3]
+
+
+def test_the_report_names_the_trained_clients_mean_when_some_never_trained():
+    from fedlth.report import _over, _trained_row
+
+    acc = {"scored_clients": 200, "evaluated_clients": 200, "trained_clients": 4, "never_trained_clients": 196, "mean_trained": 0.17}
+    assert _trained_row(acc) == ["| personalized accuracy of the 4 scored clients that ever trained (196 never did) | 17.0 % |"]
+    assert _over(acc, 100_000) == "200 scored of 200 clients sampled (eval-clients) of 100,000; 4 trained, 196 never trained"
+    assert _trained_row(acc | {"never_trained_clients": 0}) == [] and _trained_row(acc | {"mean_trained": None}) == []
