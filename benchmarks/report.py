@@ -60,7 +60,7 @@ BENCHES: dict[str, Bench] = {
     "export_ticket": Bench("export_ticket.py", "Ticket export: file size and CPU latency", (),
                            ("--models", "cnn1d,lenet5", "--reps", "10"), ("export_ticket",)),
     "aggregation": Bench("aggregation.py", "Streaming and robust aggregation", (), ("--repeats", "2"), ("aggregation",)),
-    "scale": Bench("scale.py", "Scale: 100 and 1,000 clients", (), ("--rounds", "3"), ("scale",)),
+    "scale": Bench("scale.py", "Scale: 1,000 to 100,000 clients", (), ("--rounds", "3"), ("scale",)),
     "cores": Bench("cores.py", "Cores: concurrent clients and torch threads", (), (), ("cores",)),
     "first_round": Bench("first_round.py", "Time to first round", (), ("--repeats", "1"), ("first_round",)),
     "first_metrics": Bench("first_metrics.py", "Time to first metrics, per backend, against `import torch, flwr`",

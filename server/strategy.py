@@ -26,6 +26,7 @@ from fedlth.records import (
     weights_to_record,
 )
 from fedlth.shared_ticket import density_at, reinit_kept, server_prune
+from server.directory import OffsetIds, sorted_keys
 from server.exchange import stream_replies
 from server.replies import (
     EVALUATE,
@@ -71,8 +72,9 @@ class TicketStrategy(Strategy):
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
         self._initial_masks: dict[int, Mask] = {}  # partition id -> its initial mask (alg.initial_mask), drawn once
         self._initial = initial
-        self.node_of: dict[int, int] = {}  # partition id -> Flower node id
-        self.pid_of: dict[int, int] = {}  # Flower node id -> partition id
+        # partition id -> Flower node id and back: learnt by query (dicts), or the grid's own (OffsetIds)
+        self.node_of: dict[int, int] | OffsetIds = {}
+        self.pid_of: dict[int, int] | OffsetIds = {}
         self.dense_bytes = record_bytes(encode_record(initial, None))
         self.max_update_bytes = sc["max-update-bytes"] or 2 * self.dense_bytes
         self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"])
@@ -97,14 +99,30 @@ class TicketStrategy(Strategy):
 
     # --- who is who ----------------------------------------------------------------------
 
+    def adopt_known_partitions(self, grid: Grid) -> bool:
+        """Take the node <-> partition map from a grid that knows it (fedlth's in-process
+        simulation: no message, no per-client storage); False for a grid that does not
+        (deployment, Flower's Ray engine: their nodes say who they are, see identify)."""
+        if isinstance(self.node_of, OffsetIds):
+            return True
+        known = getattr(grid, "known_partitions", None)
+        maps = known() if callable(known) else None
+        if maps is None:
+            return False
+        self.node_of, self.pid_of = maps
+        return True
+
     def identify(self, grid: Grid, timeout: float) -> None:
         """Ask every node not yet known for its partition id: node ids are random, partition
         ids are not (a SuperNode restarted without authentication comes back as a new node).
+        A grid that knows every node's partition is asked nothing (adopt_known_partitions).
 
         A partition stays with the first node bound to it while that node is online: another
         node claiming it is refused (counted in the next round's `rejected`, kind "query"); a
         node that left (`grid.get_node_ids()` no longer lists it) hands it to the newcomer.
         """
+        if self.adopt_known_partitions(grid):
+            return
         online = set(grid.get_node_ids())
         nodes = sorted(n for n in online if n not in self.pid_of)
         if not nodes:
@@ -129,6 +147,7 @@ class TicketStrategy(Strategy):
         pid = int(metrics["partition-id"])
         if pid >= self.sc["num-clients"]:
             return f"claims partition {pid}; allowed: 0 .. {self.sc['num-clients'] - 1}"
+        assert isinstance(self.node_of, dict) and isinstance(self.pid_of, dict)  # learnt by query
         held = self.node_of.get(pid)
         if held is not None and held != node:
             if held in online:
@@ -141,7 +160,7 @@ class TicketStrategy(Strategy):
 
     def sample(self) -> list[int]:
         """This round's clients: a seeded draw from the sorted partition ids."""
-        ids = sorted(self.node_of)
+        ids = sorted_keys(self.node_of)
         k = min(self.sc["clients-per-round"], len(ids))
         return sorted(self.rng.sample(ids, k))
 
@@ -191,12 +210,23 @@ class TicketStrategy(Strategy):
         self.open_round(server_round, pids)
         return self._messages(pids, server_round, MessageType.TRAIN)
 
+    def eval_sample(self, server_round: int) -> Sequence[int]:
+        """The clients scored in `server_round`: every known client (eval-clients = 0, or at least
+        as many as are known), else a draw of eval-clients of them seeded by (seed, round) alone,
+        so the training sampler's sequence and a resumed run's draws are unchanged. O(eval-clients)."""
+        ids = sorted_keys(self.node_of)
+        k = self.sc["eval-clients"]
+        if k <= 0 or k >= len(ids):
+            return ids
+        return sorted(random.Random(f"fedlth-eval/{self.sc['seed']}/{server_round}").sample(ids, k))
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
-        """Every client scores its personal ticket (and sends it, after the last round)."""
+        """Each evaluated client (eval_sample) scores its personal ticket (and sends it, after the last round)."""
         self._send_ticket = server_round == self.sc["rounds"] and self.sc["save-tickets"]
-        self._eval_expected = set(self.node_of)
+        pids = self.eval_sample(server_round)
+        self._eval_expected = set(pids)
         self.eval_log, self.eval_missing = {}, []
-        return self._messages(sorted(self.node_of), server_round, MessageType.EVALUATE, **{"send-ticket": int(self._send_ticket)})
+        return self._messages(pids, server_round, MessageType.EVALUATE, **{"send-ticket": int(self._send_ticket)})
 
     # --- replies -------------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def _flwr_run(run_config: dict, state: Path, tamper: dict[int, Tamper] | None = 
 
 def _outcome(out: Path) -> tuple[dict, list[dict]]:
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance"):  # when and how long: differ by design
+    for key in ("wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance", "timing"):  # when and how long: differ by design
         summary.pop(key, None)
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     for r in rounds:

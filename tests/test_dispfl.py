@@ -278,7 +278,7 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
 
     def outcome(out):
         s = json.loads((out / "summary.json").read_text())
-        for k in ("wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance"):
+        for k in ("wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance", "timing"):
             s.pop(k, None)
         rounds = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         for r in rounds:

@@ -181,3 +181,21 @@ def test_run_joins_a_running_ray_cluster(tmp_path, ray_head):
     assert len(run_jobs) == 1, state["jobs"]
     client_actors = [a for a in state["actors"] if a["class"] == "ClientAppActor" and a["job"] in run_jobs]
     assert len(client_actors) == 2, state["actors"]  # 2 CPUs, 1 CPU per client
+
+
+def test_the_100k_scenario_runs_on_a_ray_cluster(tmp_path, ray_head):
+    """scenarios/scale-100k.toml on the cluster, at a size a test affords (Flower's Ray engine
+    registers every node up front, and its nodes are asked for their partition ids: see the
+    README's sizing notes); the same keys, partition and sampled evaluation as the 100,000 run."""
+    out = tmp_path / "run"
+    sets = ["backend=ray", f"ray-address={ray_head}", "num-clients=40", "clients-per-round=2", "rounds=1",
+            "client-examples=6", "batch-size=4", "eval-clients=3"]
+    cmd = [sys.executable, "-c", "from fedlth.cli import main; main()", "run", str(ROOT / "scenarios" / "scale-100k.toml"),
+           "--out", str(out), "--quiet", *(x for s in sets for x in ("--set", s))]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=RUN_S)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    acc = summary["personalized_accuracy"]
+    assert summary["num_clients"] == 40 and acc["evaluated_clients"] == 3 and acc["scored_clients"] == 3
+    rounds = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rounds[0]["train"]) == 2 and rounds[0]["rejected"] == []

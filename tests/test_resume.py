@@ -39,7 +39,7 @@ def _run(out: Path, resume: bool = False, tamper: dict[int, Tamper] | None = Non
 
 def _outcome(out: Path) -> tuple[dict, list[dict]]:
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("wall_seconds", "wall_seconds_segments", "wall_seconds_note"):  # time, by design
+    for key in ("wall_seconds", "wall_seconds_segments", "wall_seconds_note", "timing"):  # time, by design
         summary.pop(key, None)
     summary.pop("provenance")  # who ran it and when: differs between the runs by design
     rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

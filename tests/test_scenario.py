@@ -27,11 +27,12 @@ def test_registries_match_the_names_the_validator_allows():
     from fedlth.partition import PARTITIONERS
     from fedlth.partition_file import METHOD
     from fedlth.pruning import PRUNERS
+    from fedlth.sampled_partition import SAMPLED
 
     assert set(sc_mod.DATASET_NAMES) == set(DATASETS)
     assert set(sc_mod.MODEL_NAMES) == set(MODELS)
     assert set(sc_mod.PRUNER_NAMES) == set(PRUNERS)
-    assert set(sc_mod.PARTITION_NAMES) == {*PARTITIONERS, METHOD}  # flwr-datasets' and "file"
+    assert set(sc_mod.PARTITION_NAMES) == {*PARTITIONERS, METHOD, *SAMPLED}  # flwr-datasets', "file", drawn per client
 
 
 @pytest.mark.parametrize(

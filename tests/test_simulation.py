@@ -133,7 +133,7 @@ def _check_two_rounds(out: Path, algorithm: str) -> None:
 
 def _summary_metrics(out: Path) -> dict:
     """summary.json less what differs between two runs of one seed (their clocks and provenance)."""
-    return {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k not in {"wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance"}}
+    return {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k not in {"wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance", "timing"}}
 
 
 def test_ray_and_inprocess_backends_give_bit_identical_results(tmp_path):
