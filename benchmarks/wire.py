@@ -1,6 +1,8 @@
 """Benchmark: the recommended algorithm (personal-ticket) under wire options, bytes and bits both ways.
 
     python benchmarks/wire.py --workload w1 [--seeds 0,1,2] [--variants float32,float16-lzma-delta,...] [--set k=v ...] [--tag probe]
+    python benchmarks/wire.py --merge benchmarks/results/wire-w3.json   # a tagged run's section into wire.md
+The committed wire.md: the W1 command in it, then `--workload w3 ... --tag w3` and this merge.
 
 Each variant is the same federation (same seeds) with other wire keys. The coded ones are
 lossless against their value dtype, so their accuracy differs from float32's only through the
@@ -19,10 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, pm  # noqa: E402
+from common import machine, pm, results_dir  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-OUT = ROOT / "benchmarks" / "results"
+OUT = results_dir()
 WORKLOADS = {"w1": "scenarios/w1-pathological-mnist1d.toml", "w3": "scenarios/w3-dirichlet-mnist1d.toml"}
 # the recommended algorithm as benchmarks/federated.py runs it (its wire-dtype comes from the variant)
 RECOMMENDED = ["algorithm=personal-ticket", "target-density=0.3", "upload-density=0.5"]
@@ -140,7 +142,15 @@ def main() -> None:
     ap.add_argument("--variants", default="float32,float16-lzma-delta,bfloat16-lzma-delta")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--tag", default="", help="Suffix of the result files (a probe, a variant run).")
+    ap.add_argument("--merge", default="", help="Add the sections of another results file (a run with --tag) to wire.json/.md; nothing runs.")
     a = ap.parse_args()
+    if a.merge:
+        path = OUT / "wire.json"
+        data = json.loads(path.read_text()) if path.is_file() else {"workloads": {}}
+        data["workloads"].update(json.loads(Path(a.merge).read_text())["workloads"])
+        path.write_text(json.dumps(data, indent=1))
+        (OUT / "wire.md").write_text(_markdown(data))
+        return
     from fedlth.scenario import load_scenario
     from server.simulate import simulate
 

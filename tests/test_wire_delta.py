@@ -257,3 +257,13 @@ def test_a_run_killed_mid_round_resumes_to_the_same_bytes_and_metrics(tmp_path):
     again = run(tmp_path / "cut", resume=True)
     assert again == whole and sum(len(r["rejected"]) for r in whole) == 0
     assert any(m["download_bytes"] < whole[0]["train"][p]["download_bytes"] for r in whole[1:] for p, m in r["train"].items() if p in whole[0]["train"])
+
+
+@pytest.mark.parametrize("algorithm", ["fedper", "dispfl", "shared-ticket"])
+def test_every_kind_of_message_goes_through_the_coded_deltas_losslessly(tmp_path, algorithm):
+    """fedper's head mask, dispfl's regrown masks (full replies) and shared-ticket's server mask:
+    the same global model as plain bfloat16, nothing rejected."""
+    extra = {"algorithm": algorithm, "wire-dtype": "bfloat16", "rounds": 3, "prune-start": 1, "prune-end": 2, "fedrep-head-epochs": 1}
+    _, _, plain = _federate(tmp_path / "plain", **extra)
+    coded, _, glob = _federate(tmp_path / "coded", **extra, **{**CODED, "wire-codec": "zlib"})
+    assert coded["rejected_updates"] == 0 and all(torch.equal(plain[k], glob[k]) for k in plain)
