@@ -143,7 +143,11 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--tag", default="", help="Suffix of the result files (a probe, a variant run).")
     ap.add_argument("--merge", default="", help="Add the sections of another results file (a run with --tag) to wire.json/.md; nothing runs.")
+    ap.add_argument("--costs", action="store_true", help="Only time encoding and decoding one W1 message per format (CPU cost).")
     a = ap.parse_args()
+    if a.costs:
+        _costs()
+        return
     if a.merge:
         path = OUT / "wire.json"
         data = json.loads(path.read_text()) if path.is_file() else {"workloads": {}}
@@ -191,6 +195,46 @@ def main() -> None:
     print(_markdown(data))
 
 
+def _costs(reps: int = 20) -> None:
+    """Median milliseconds to encode and to decode one cnn1d message (the W1 model: a dense
+    download, and an upload at density 0.5 as a delta against it) in each format."""
+    import torch
+
+    from fedlth.algorithms import initial_weights, model_names
+    from fedlth.client_data import dataset_info
+    from fedlth.records import decode_record, encode_record, record_bytes
+    from fedlth.scenario import load_scenario
+    from fedlth.wire_delta import as_received, base_of
+
+    sc = load_scenario(ROOT / WORKLOADS["w1"], [])
+    shape, classes = dataset_info(sc)
+    theta = initial_weights(sc, shape, classes)
+    shapes, dtypes = {k: tuple(v.shape) for k, v in theta.items()}, {k: v.dtype for k, v in theta.items()}
+    g = torch.Generator().manual_seed(0)
+    new = {k: v + 0.01 * v.abs().mean() * torch.randn(v.shape, generator=g) for k, v in theta.items()}  # one round's move
+    mask = {k: torch.rand(v.shape, generator=g) < 0.5 for k, v in theta.items() if k in model_names(sc, shape, classes)}
+    rows = []
+    for name in ("float32", "float16", "float16-zlib", "float16-lzma", "float16-lzma-delta", "bfloat16-lzma-delta", "bfloat16-zlib-delta"):
+        v = VARIANTS[name]
+        dtype, codec = v["wire-dtype"], v.get("wire-codec", "none")
+        base = base_of(as_received(theta, dtype), {}, 0) if v.get("wire-upload") == "delta" else None
+        enc, dec = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            rec = encode_record(new, mask, with_shapes=False, wire_dtype=dtype, codec=codec, base=base)
+            t1 = time.perf_counter()
+            decode_record(rec, shapes, dtypes, base)
+            dec.append(time.perf_counter() - t1)
+            enc.append(t1 - t0)
+        rows.append({"format": name, "bytes": record_bytes(rec), "encode_ms": 1e3 * statistics.median(enc), "decode_ms": 1e3 * statistics.median(dec)})
+    path = OUT / "wire.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"workloads": {}}
+    data["costs"] = {"command": "python benchmarks/wire.py --costs", "machine": machine(), "rows": rows}
+    path.write_text(json.dumps(data, indent=1))
+    (OUT / "wire.md").write_text(_markdown(data))
+    print(_markdown(data))
+
+
 def _markdown(data: dict) -> str:
     md = [
         "# Wire options for the recommended algorithm (personal-ticket)", "",
@@ -209,6 +253,15 @@ def _markdown(data: dict) -> str:
         ]
         if sec["verdict"]:
             md += ["Issue 17 targets (W1):", *sec["verdict"], ""]
+    if "costs" in data:
+        c = data["costs"]
+        md += [
+            "## CPU cost of the formats", "", f"Command: `{c['command']}`  ", f"Machine: {c['machine']}", "",
+            "One upload of the W1 model (cnn1d, 19,210 parameters) at density 0.5, one round's move from the base "
+            "(a delta's base: the download it was sent); median of 20.", "",
+            "| format | bytes | encode ms | decode ms |", "|---|---|---|---|",
+            *[f"| {r['format']} | {r['bytes']:,} | {r['encode_ms']:.2f} | {r['decode_ms']:.2f} |" for r in c["rows"]], "",
+        ]
     return "\n".join(md)
 
 
