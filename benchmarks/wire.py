@@ -243,8 +243,10 @@ def _markdown(data: dict) -> str:
         "entries of masked tensors plus every entry of the others; a delta download counts the subnet the client ends up "
         "with); bits per parameter: 8 × bytes / (messages × model parameters). Accuracy: each client's final personal "
         "ticket on its own test split, mean ± std over seeds; Δ: paired per seed against float32. Coded variants are "
-        "lossless against their value dtype (tests/test_wire_delta.py: same global model bit for bit). The machine "
-        "was loaded (2 cores shared with other jobs): wall times are indicative only.", "",
+        "lossless against their value dtype (tests/test_wire_delta.py: same global model bit for bit), so a Δ is the "
+        "effect of the narrower values on the training trajectory; on W1 that trajectory is chaotic (a seed moves by "
+        "points under any rounding change), so read Δ with its std: 3 seeds do not resolve 0.5 points there. The "
+        "machine was loaded (2 cores shared with other jobs, load 9–15): wall times are indicative only.", "",
     ]
     for w, sec in data["workloads"].items():
         md += [
