@@ -48,11 +48,14 @@ from fedlth.records import (
 from fedlth.scenario import resolve
 from fedlth.state_store import load_entry, mask_digest, state_tag
 from fedlth.state_store import save_state as save_state_file
+from fedlth.wire_delta import Base, base_of
 
 app = ClientApp()
 log = logging.getLogger("fedlth")
 
-_STATE = {"mask": "fedlth.mask", "personal": "fedlth.personal", "candidate": "fedlth.candidate"}
+_STATE = {"mask": "fedlth.mask", "personal": "fedlth.personal", "candidate": "fedlth.candidate", "base": "fedlth.base",
+          "base_mask": "fedlth.base-mask"}
+_WEIGHTS = ("personal", "base")  # the other fields are masks
 _META = "fedlth.meta"
 
 
@@ -66,6 +69,9 @@ def load_state(context: Context) -> ClientState:
         personal=weights_from_record(arrays[_STATE["personal"]]) if _STATE["personal"] in arrays else None,
         candidate=mask_from_record(arrays[_STATE["candidate"]]) if _STATE["candidate"] in arrays else None,
         rounds=int(meta["rounds"]) if meta is not None else 0,
+        base=weights_from_record(arrays[_STATE["base"]]) if _STATE["base"] in arrays else None,
+        base_mask=mask_from_record(arrays[_STATE["base_mask"]]) if _STATE["base_mask"] in arrays else None,
+        base_version=int(meta.get("base-version", -1)) if meta is not None else -1,
     )
 
 
@@ -84,8 +90,8 @@ def save_state_(context: Context, state: ClientState, round_: int = 0) -> None:
             if key in st:
                 del st[key]
         else:
-            st[key] = mask_to_record(value) if field != "personal" else weights_to_record(value)
-    st[_META] = ConfigRecord({"rounds": state.rounds, "round": int(round_)})
+            st[key] = weights_to_record(value) if field in _WEIGHTS else mask_to_record(value)
+    st[_META] = ConfigRecord({"rounds": state.rounds, "round": int(round_), "base-version": int(state.base_version)})
 
 
 Config = Mapping[str, Any] | None  # the message's config: the server's `run-key` and `state-dir`
@@ -208,8 +214,14 @@ def _fitting(context: Context, state: ClientState, shapes: dict[str, tuple[int, 
     return ClientState()
 
 
-def _received(msg: Message, ctx: Ctx, state: ClientState):
-    """The weights the server sent (None when none) and the state to start from.
+def _held_base(state: ClientState) -> Base | None:
+    """The last training download this client holds (wire-download = delta), for a delta against it."""
+    return Base(state.base, state.base_mask or {}, state.base_version) if state.base is not None else None
+
+
+def _received(msg: Message, ctx: Ctx, state: ClientState, sent: dict[str, Any] | None = None):
+    """The weights the server sent (None when none) and the state to start from; `sent`, when
+    given, receives the mask that came with them under "mask".
 
     A node that lost its ticket (fresh state after a restart with no usable state file) takes
     the server's copy of its mask, which comes with its subnet, rather than restarting dense.
@@ -218,12 +230,14 @@ def _received(msg: Message, ctx: Ctx, state: ClientState):
     if rec is None or len(rec) == 0:
         return None, state
     try:
-        weights, mask = decode_record(rec, _shapes(ctx), _dtypes(ctx))
+        weights, mask = decode_record(rec, _shapes(ctx), _dtypes(ctx), _held_base(state))
     except ValueError as exc:
         raise ValueError(
             f"the server's weights do not decode for this node's model (its data: input shape "
             f"{ctx.data.input_shape}, {ctx.data.num_classes} classes): {exc}"
         ) from exc
+    if sent is not None:
+        sent["mask"] = mask
     alg = get_algorithm(ctx.sc["algorithm"])
     if alg.server_mask:
         return weights, replace(state, mask=mask or None)  # the server owns the shared mask
@@ -257,12 +271,22 @@ def train(msg: Message, context: Context) -> Message:
 
     if sc["torch-threads"] > 0:
         torch.set_num_threads(sc["torch-threads"])
-    received, state = _received(msg, ctx, state)
+    sent: dict[str, Any] = {}
+    received, state = _received(msg, ctx, state, sent)
     reply = get_algorithm(sc["algorithm"]).train(received, state, ctx)
-    persist_state_(context, sc, reply.state, dict(msg.content["config"]), ctx.server_round, (state, made_in))
+    # the download as decoded, with the version the server gives it (its round minus one): the base
+    # of this reply's delta (wire-upload) and, kept, of the next download's (wire-download)
+    base = base_of(received, sent.get("mask"), ctx.server_round - 1) if received is not None else None
+    kept = reply.state
+    if sc["wire-download"] == "delta" and base is not None:
+        kept = replace(kept, base=base.weights, base_mask=base.mask, base_version=base.version)
+    persist_state_(context, sc, kept, dict(msg.content["config"]), ctx.server_round, (state, made_in))
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
     has = reply.weights is not None
-    content["arrays"] = encode_record(reply.weights, reply.mask, with_shapes=False, wire_dtype=sc["wire-dtype"]) if has else ArrayRecord()
+    up_base = base if sc["wire-upload"] == "delta" else None
+    content["arrays"] = encode_record(
+        reply.weights, reply.mask, with_shapes=False, wire_dtype=sc["wire-dtype"], codec=sc["wire-codec"], base=up_base,
+    ) if has else ArrayRecord()
     if get_algorithm(sc["algorithm"]).mask_posterior and reply.mask is not None:  # fedpm: the sampled mask's bits alone
         names = fedpm_network(sc, ctx.data.input_shape, ctx.data.num_classes)[1]
         content["arrays"] = encode_mask_upload(reply.mask, names, sc["fedpm-codec"])

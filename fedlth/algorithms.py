@@ -38,6 +38,11 @@ class ClientState:
     personal: Weights | None = None  # the model after its last local training
     candidate: Mask | None = None  # Sub-FedAvg: the mask the last round's weights would give
     rounds: int = 0  # rounds this client has trained
+    # wire-download = delta: the last training download as decoded (zeros off base_mask), the mask
+    # it came with ({}: dense) and its version (the server round it was sent in, minus one)
+    base: Weights | None = None
+    base_mask: Mask | None = None
+    base_version: int = -1
 
 
 @dataclass(frozen=True)

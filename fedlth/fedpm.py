@@ -182,25 +182,29 @@ def unpack_masks(bits: np.ndarray, names: Sequence[str], shapes: Mapping[str, tu
     return out
 
 
-def compress(data: bytes, codec: str) -> bytes:
-    """`data` through a standard codec (none, lzma raw LZMA2 at preset 9e, zlib raw deflate at level 9)."""
+def _lzma_filters(preset: int | None) -> list[dict[str, int]]:
+    return _LZMA_FILTERS if preset is None else [{"id": lzma.FILTER_LZMA2, "preset": preset}]
+
+
+def compress(data: bytes, codec: str, lzma_preset: int | None = None) -> bytes:
+    """`data` through a standard codec (none, lzma raw LZMA2 at preset 9e or `lzma_preset`, zlib raw deflate at level 9)."""
     if codec == "none":
         return data
     if codec == "lzma":
-        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_lzma_filters(lzma_preset))
     if codec == "zlib":
         c = zlib.compressobj(9, zlib.DEFLATED, -15)
         return c.compress(data) + c.flush()
     raise ValueError(f"unknown fedpm codec {codec!r}; valid: {', '.join(CODECS)}")
 
 
-def decompress(data: bytes, codec: str, size: int) -> bytes:
+def decompress(data: bytes, codec: str, size: int, lzma_preset: int | None = None) -> bytes:
     """compress inverted, refusing anything that does not decode to exactly `size` bytes (and
     never inflating more than that: a hostile payload can't make the server allocate more)."""
     if codec == "none":
         out, rest = data, b""
     elif codec == "lzma":
-        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+        d = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_lzma_filters(lzma_preset))
         try:
             out = d.decompress(data, max_length=size + 1)
         except lzma.LZMAError as exc:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
 
-from fedlth import fedpm, wire
+from fedlth import fedpm, wire, wire_delta
 from fedlth.masks import Mask, Weights
 
 ConfigValue = int | float | str | bool
@@ -27,22 +27,37 @@ def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in record.items()}
 
 
-WIRE_DTYPES = {"float32": None, "float16": torch.float16}
+WIRE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def encode_record(weights: Weights, mask: Mask | None, *, with_shapes: bool = True, wire_dtype: str = "float32") -> ArrayRecord:
+def encode_record(
+    weights: Weights, mask: Mask | None, *, with_shapes: bool = True, wire_dtype: str = "float32", codec: str = "none",
+    base: wire_delta.Base | None = None, version: int = -1,
+) -> ArrayRecord:
     """Weights in the sparse wire format (see fedlth.wire), ready for a Message; `wire_dtype`
-    is the scenario key of that name (float16 narrows floating values for transport)."""
+    and `codec` are the scenario keys wire-dtype and wire-codec. bfloat16, a codec or a `base`
+    (a delta against what the receiver holds) or a `version` (>= 0: the download's version, its
+    server round minus one) take the coded format (fedlth.wire_delta); the defaults keep the
+    plain format."""
+    if wire_dtype == "bfloat16" or codec != "none" or base is not None or version >= 0:
+        return to_array_record(wire_delta.encode(weights, mask, value_dtype=wire_dtype, codec=codec, base=base, version=version))
     return to_array_record(wire.encode(weights, mask, with_shapes=with_shapes, value_dtype=WIRE_DTYPES[wire_dtype]))
 
 
 def decode_record(
     record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]] | None = None,
-    dtypes: Mapping[str, torch.dtype] | None = None,
+    dtypes: Mapping[str, torch.dtype] | None = None, base: wire_delta.Base | None = None,
 ) -> tuple[Weights, Mask]:
-    """Weights and mask from a sparse-format record (float16 values widened to `dtypes`);
-    raises wire.WireError when malformed."""
-    return wire.decode(from_array_record(record), shapes, dtypes)
+    """Weights and mask from a sparse-format or coded record (narrow values widened to `dtypes`);
+    a delta decodes against `base` only if that is the base it names. Raises wire.WireError
+    when malformed."""
+    arrays = from_array_record(record)
+    if wire_delta.HEAD in arrays:
+        if shapes is None or dtypes is None:
+            raise wire.WireError("a coded payload needs the receiver's shapes and dtypes")
+        return wire_delta.decode(arrays, shapes, dtypes, base)
+    return wire.decode(arrays, shapes, dtypes)
+
 
 
 def encode_mask_upload(mask: Mask, names: list[str], codec: str) -> ArrayRecord:

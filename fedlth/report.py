@@ -72,21 +72,45 @@ def evaluation_summary(evaluate: Mapping[Any, Mapping[str, float]]) -> dict[str,
 
 
 def round_bytes(
-    train: Mapping[int, Mapping[str, Any]], dense_bytes: int, rejected: Sequence[Mapping[str, Any]] = ()
+    train: Mapping[int, Mapping[str, Any]], dense_bytes: int, rejected: Sequence[Mapping[str, Any]] = (), params: int = 0,
 ) -> dict[str, int]:
     """Bytes of one training round, and what dense FedAvg would have moved for the same clients.
 
     Uploads count accepted replies only; the payloads of `rejected` replies are counted apart
     (`rejected`). What the server sent a client whose reply it rejected still counts as download.
+    With `params` (the model's parameter count), also the values (kept weights) and parameters
+    those bytes carried each way, for bits per kept weight and per parameter (bits_per_weight).
     """
     sent = [r for r in rejected if "download_bytes" in r]
     n = len(train)
-    return {
+    counts = {}
+    if params:
+        counts = {
+            "upload_values": int(sum(m.get("upload_values", 0) for m in train.values())),
+            "download_values": int(sum(m.get("download_values", 0) for m in train.values()) + sum(r.get("download_values", 0) for r in sent)),
+            "upload_params": n * params, "download_params": (n + len(sent)) * params,
+        }
+    return counts | {
         "upload": int(sum(m.get("upload_bytes", 0) for m in train.values())),
         "download": int(sum(m.get("download_bytes", 0) for m in train.values()) + sum(r["download_bytes"] for r in sent)),
         "rejected": int(sum(r.get("bytes", 0) for r in rejected)),
         "dense_fedavg_upload": n * dense_bytes,
         "dense_fedavg_download": (n + len(sent)) * dense_bytes,
+    }
+
+
+def bits_per_weight(b: Mapping[str, Any]) -> dict[str, float | None] | None:
+    """Bits per kept weight (value carried) and per model parameter, up and down, from a round's
+    or a run's byte counts (None where round_bytes had no parameter count: older logs)."""
+    if not b.get("upload_params") and not b.get("download_params"):
+        return None
+
+    def ratio(num: str, den: str) -> float | None:
+        return 8 * b[num] / b[den] if b.get(den) else None
+
+    return {
+        "upload_per_value": ratio("upload", "upload_values"), "upload_per_param": ratio("upload", "upload_params"),
+        "download_per_value": ratio("download", "download_values"), "download_per_param": ratio("download", "download_params"),
     }
 
 
@@ -116,7 +140,8 @@ def summarize(
     acc["scored_clients"] = len(last) - (acc["unscored_clients"] - acc["missing_clients"])
     dens = {int(pid): m["density"] for pid, m in last.items()}
     glob = pooled_accuracy(last, "global-accuracy") if has_global and last else None
-    totals = {k: 0 for k in ("upload", "download", "rejected", "dense_fedavg_upload", "dense_fedavg_download")}
+    totals = {k: 0 for k in ("upload", "download", "rejected", "dense_fedavg_upload", "dense_fedavg_download",
+                             "upload_values", "download_values", "upload_params", "download_params")}
     for r in rounds:
         for k in totals:
             totals[k] += r["bytes"].get(k, 0)  # logs older than `rejected` lack it
@@ -129,6 +154,8 @@ def summarize(
         "density": {"mean": sum(dens.values()) / len(dens) if dens else None, "per_client": {str(k): dens[k] for k in sorted(dens)}},
         "bytes": totals,
         "upload_ratio_vs_dense_fedavg": totals["upload"] / totals["dense_fedavg_upload"] if totals["dense_fedavg_upload"] else None,
+        "download_ratio_vs_dense_fedavg": totals["download"] / totals["dense_fedavg_download"] if totals["dense_fedavg_download"] else None,
+        "bits_per_weight": bits_per_weight(totals),
         "rejected_updates": sum(len(r.get("rejected", [])) for r in rounds),
         "rejected_by_kind": _by_kind(rounds),
         "evaluation": evaluation_summary(last) if last else None,

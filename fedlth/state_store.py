@@ -45,7 +45,7 @@ def mask_digest(mask: dict[str, torch.Tensor] | None) -> str:
 
 def _blob(state: ClientState, round_: int) -> dict[str, Any]:
     return {"mask": state.mask, "personal": state.personal, "candidate": state.candidate, "rounds": state.rounds,
-            "round": int(round_)}
+            "round": int(round_), "base": state.base, "base_mask": state.base_mask, "base_version": int(state.base_version)}
 
 
 def save_state(
@@ -80,6 +80,9 @@ def _entry(blob: Any) -> tuple[ClientState, int]:
     state = ClientState(
         mask=_tensors(blob["mask"], "mask", torch.bool), personal=_tensors(blob["personal"], "personal"),
         candidate=_tensors(blob["candidate"], "candidate", torch.bool), rounds=rounds,
+        # wire-download = delta (files written before it: none, so the next download is full)
+        base=_tensors(blob.get("base"), "base"), base_mask=_tensors(blob.get("base_mask"), "base mask", torch.bool),
+        base_version=int(blob.get("base_version", -1)),
     )
     return state, round_
 

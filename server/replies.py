@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Message
 from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.masks import Mask, Weights
 from fedlth.records import decode_mask_upload, decode_record, record_bytes
+from fedlth.wire_delta import Base
 
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 MAX_EXAMPLES = 2**40  # no client holds a trillion examples; sums of counts stay far from int64's end
@@ -142,17 +143,19 @@ def payload_bytes(reply: Message) -> int:
 
 
 def decode_payload(
-    record: ArrayRecord | None, shapes: Mapping[str, tuple[int, ...]], limit: int, dtypes: Mapping[str, Any] | None = None
+    record: ArrayRecord | None, shapes: Mapping[str, tuple[int, ...]], limit: int, dtypes: Mapping[str, Any] | None = None,
+    base: Base | None = None,
 ) -> tuple[Weights, Mask]:
-    """Weights and mask from a reply's ArrayRecord (float16 values widened to `dtypes`),
-    refused when missing, too large or malformed."""
+    """Weights and mask from a reply's ArrayRecord (narrow values widened to `dtypes`), refused
+    when missing, too large or malformed, or a delta against anything but `base` (what the
+    server sent this client this round)."""
     if record is None or len(record) == 0:
         raise ReplyError("no weights in the reply")
     size = record_bytes(record)
     if size > limit:
         raise ReplyError(f"payload of {size} bytes exceeds the limit of {limit}")
     try:
-        return decode_record(record, shapes, dtypes)
+        return decode_record(record, shapes, dtypes, base)
     except Exception as exc:  # hostile arrays can fail numpy or the decoder in many ways
         raise ReplyError(f"{type(exc).__name__}: {exc}") from None
 

@@ -180,7 +180,7 @@ def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: 
     return {
         "round": rnd, "train": train, "rejected": list(strategy.rejected),
         "rejected_updates": len(strategy.rejected), "dropped": list(strategy.dropped), "aggregated": aggregated,
-        "bytes": round_bytes(train, strategy.dense_bytes, strategy.rejected), "evaluate": None,
+        "bytes": round_bytes(train, strategy.dense_bytes, strategy.rejected, strategy.num_params), "evaluate": None,
     }
 
 

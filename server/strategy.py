@@ -26,6 +26,7 @@ from fedlth.records import (
     weights_to_record,
 )
 from fedlth.shared_ticket import density_at, reinit_kept, server_prune
+from fedlth.wire_delta import Base, as_received, base_of, kept_count
 from server.directory import OffsetIds, sorted_keys
 from server.exchange import stream_replies
 from server.replies import (
@@ -96,6 +97,15 @@ class TicketStrategy(Strategy):
         self.sent_bytes: dict[int, int] = {}
         self.tickets: dict[int, tuple[Weights, Mask]] = {}  # the personal tickets sent after the last round
         self.ticket_bytes: dict[int, int] = {}
+        # wire-download = delta: past downloads (version = the server round they were sent in, minus
+        # one) as the clients decoded them, and per client the version and mask it holds (updated
+        # when its reply is accepted: only then is it known to have them); checkpointed
+        self.versions: dict[int, Weights] = {}
+        self.held: dict[int, tuple[int, Mask | None]] = {}
+        self._sent: dict[int, tuple[int, Mask | None]] = {}  # this round's training downloads: version, mask
+        self._received_now: Weights = {}  # this round's download as the clients decode it (upload deltas' base)
+        self.sent_values: dict[int, int] = {}  # values (kept weights) of each download, for bits per kept weight
+        self.num_params = sum(w.numel() for w in initial.values())
 
     # --- who is who ----------------------------------------------------------------------
 
@@ -166,16 +176,49 @@ class TicketStrategy(Strategy):
 
     # --- messages ------------------------------------------------------------------------------
 
-    def _payload(self, pid: int) -> ArrayRecord:
-        """What client `pid` receives: nothing (local), its subnet, or the dense global."""
+    def _payload(self, pid: int, version: int = -1) -> ArrayRecord:
+        """What client `pid` receives: nothing (local), its subnet, or the dense global; `version`
+        (>= 0: a training download, the round before this one) makes it a delta candidate."""
         if not self.alg.uploads:
             return ArrayRecord()
         if self.alg.mask_posterior:  # fedpm: the probabilities alone; clients know the frozen weights
-            return encode_record(self.probs, None, with_shapes=False, wire_dtype=self.sc["wire-dtype"])
+            return self._encode_download(pid, self.probs, None, version)
         mask = self.shared_mask if self.alg.server_mask else self.known_mask(pid) if self.alg.masked else None
-        mask = self.head or mask
-        # both ends know the model's shapes: no shape arrays on the wire
-        return encode_record(self.global_weights, mask, with_shapes=False, wire_dtype=self.sc["wire-dtype"])
+        return self._encode_download(pid, self.global_weights, self.head or mask, version)
+
+    def _encode_download(self, pid: int, weights: Weights, mask: Mask | None, version: int) -> ArrayRecord:
+        """The download in the scenario's wire format (both ends know the shapes: none on the wire);
+        with wire-download = delta, against the version the client holds when that is smaller."""
+        sc = self.sc
+        opts: dict[str, Any] = {"with_shapes": False, "wire_dtype": sc["wire-dtype"], "codec": sc["wire-codec"]}
+        self.sent_values[pid] = kept_count(weights, mask or {})
+        if version < 0:
+            return encode_record(weights, mask, **opts)
+        self._sent[pid] = (version, mask)
+        if sc["wire-download"] != "delta":
+            return encode_record(weights, mask, **opts)
+        full = encode_record(weights, mask, **opts, version=version)
+        held = self.held.get(pid)
+        if held is None or held[0] not in self.versions:
+            return full
+        delta = encode_record(weights, mask, **opts, version=version, base=base_of(self.versions[held[0]], held[1], held[0]))
+        return delta if record_bytes(delta) < record_bytes(full) else full
+
+    def _keep_version(self, version: int, weights: Weights) -> None:
+        """wire-download = delta: remember this round's download as the clients decode it; keep at
+        most wire-history versions (the newest held ones), forgetting which client holds the rest."""
+        self.versions[version] = as_received(weights, self.sc["wire-dtype"])
+        held = {v for v, _ in self.held.values()} | {version}
+        keep = sorted(held)[-self.sc["wire-history"]:]
+        self.versions = {v: w for v, w in self.versions.items() if v in keep}
+        self.held = {pid: h for pid, h in self.held.items() if h[0] in self.versions}
+
+    def upload_base(self, pid: int) -> Base | None:
+        """wire-upload = delta: what client `pid` was sent this round, the base its reply may be a delta against."""
+        if self.sc["wire-upload"] != "delta" or pid not in self._sent:
+            return None
+        version, mask = self._sent[pid]
+        return base_of(self._received_now, mask, version)
 
     def known_mask(self, pid: int) -> Mask | None:
         """The mask the server holds for client `pid`: the last it reported, else the initial mask
@@ -194,9 +237,16 @@ class TicketStrategy(Strategy):
 
     def _messages(self, pids: Iterable[int], server_round: int, kind: str, **config: int | str) -> list[Message]:
         out = []
-        self.sent_bytes = {}
+        self.sent_bytes, self.sent_values = {}, {}
+        version = server_round - 1 if kind == MessageType.TRAIN else -1
+        if version >= 0:
+            self._sent = {}
+            sent = self.probs if self.alg.mask_posterior else self.global_weights
+            self._received_now = as_received(sent, self.sc["wire-dtype"])
+            if self.sc["wire-download"] == "delta" and self.alg.uploads:
+                self._keep_version(version, sent)
         for pid in pids:
-            arrays = self._payload(pid)
+            arrays = self._payload(pid, version)
             self.sent_bytes[pid] = record_bytes(arrays)
             content = RecordDict(
                 {"arrays": arrays, "config": ConfigRecord({"server-round": server_round, **self.run_config, **config}), "scenario": self.scenario_record}
@@ -265,7 +315,8 @@ class TicketStrategy(Strategy):
         try:
             self._waiting[pid] = self._update_of(pid, node, reply)
         except ReplyError as exc:
-            self._reject(pid, node, str(exc), nbytes=payload_bytes(reply), download=self.sent_bytes.get(pid, 0))
+            self._reject(pid, node, str(exc), nbytes=payload_bytes(reply), download=self.sent_bytes.get(pid, 0),
+                         download_values=self.sent_values.get(pid, 0))
             self._waiting[pid] = None
         self._advance()
 
@@ -299,9 +350,11 @@ class TicketStrategy(Strategy):
         except ValueError as exc:
             metrics = self._metrics.pop(pid, {})
             self._reject(pid, self.node_of.get(pid, -1), str(exc), nbytes=metrics.get("upload_bytes", 0),
-                         download=self.sent_bytes.get(pid, 0))
+                         download=self.sent_bytes.get(pid, 0), download_values=self.sent_values.get(pid, 0))
             return
         self.accepted.append(pid)
+        if self.sc["wire-download"] == "delta" and pid in self._sent:
+            self.held[pid] = self._sent[pid]  # it replied to that download: it holds it now
         self.declared.setdefault(pid, update.num_examples)
         self.train_log[pid] = self._metrics.pop(pid)
         if weight is not None:
@@ -347,6 +400,7 @@ class TicketStrategy(Strategy):
         arrays = reply.content.array_records.get("arrays")
         metrics["upload_bytes"] = record_bytes(arrays) if arrays is not None else 0
         metrics["download_bytes"] = self.sent_bytes.get(pid, 0)
+        metrics["download_values"] = self.sent_values.get(pid, 0)
         if not self.alg.uploads:
             self.train_log[pid] = metrics
             return None
@@ -357,10 +411,11 @@ class TicketStrategy(Strategy):
             mask = decode_mask_payload(arrays, self.fedpm_names, self.shapes, self.max_update_bytes, self.sc["fedpm-codec"])
             self._metrics[pid] = metrics
             return Update({}, mask, int(n))
-        weights, mask = decode_payload(arrays, self.shapes, self.max_update_bytes, self.dtypes)
+        weights, mask = decode_payload(arrays, self.shapes, self.max_update_bytes, self.dtypes, self.upload_base(pid))
         reason = self._check(pid, weights, mask)
         if reason is not None:
             raise ReplyError(reason)
+        metrics["upload_values"] = kept_count(weights, mask)
         self._metrics[pid] = metrics
         if self.alg.mask_regrows:
             # regrown entries hold no trained value yet: the mean takes only the entries the client
@@ -372,14 +427,17 @@ class TicketStrategy(Strategy):
 
     def _reject(
         self, pid: int | None, node: int, reason: str, *, kind: str = TRAIN, nbytes: int = 0, download: int | None = None,
-        into: list[dict[str, Any]] | None = None, rnd: int | None = None,
+        into: list[dict[str, Any]] | None = None, rnd: int | None = None, download_values: int = 0,
     ) -> None:
         """Log and count a refused reply; its payload bytes are counted apart from uploads."""
         rnd = self.round if rnd is None else rnd
         log(WARNING, "round %s: rejected the %s reply of client %s (node %s): %s", rnd, kind, pid, node, reason)
+        if kind == TRAIN and pid is not None:
+            self.held.pop(pid, None)  # whatever it holds now is unknown: its next download goes full
         entry: dict[str, Any] = {"round": rnd, "kind": kind, "client": pid, "node": node, "reason": reason, "bytes": nbytes}
         if download is not None:
             entry["download_bytes"] = download  # sent to a sampled client: still a real download
+            entry["download_values"] = download_values
         (self.rejected if into is None else into).append(entry)
 
     def _check(self, pid: int, weights: Weights, mask: Mask, need_mask: bool = True) -> str | None:
@@ -424,6 +482,7 @@ class TicketStrategy(Strategy):
         """Leave out clients that never replied; aggregate if at least `min-clients` updates are valid."""
         self.dropped = [pid for pid in self._expected if pid not in self._seen]
         for pid in self.dropped:
+            self.held.pop(pid, None)  # it may or may not hold this round's download
             log(WARNING, "round %s: client %s sent no reply within %.0f s; the round goes on without it",
                 self.round, pid, self.sc["round-timeout"])
             self._waiting[pid] = None
@@ -486,6 +545,7 @@ class TicketStrategy(Strategy):
         return {
             "global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate(), "declared": self.declared,
             "shared_mask": self.shared_mask, "fedpm": {"probs": self.probs, "alpha": self.alpha, "beta": self.beta},
+            "wire": {"versions": self.versions, "held": {pid: {"version": v, "mask": m} for pid, (v, m) in self.held.items()}},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -497,6 +557,9 @@ class TicketStrategy(Strategy):
             self.probs, self.alpha, self.beta = (state["fedpm"][k] for k in ("probs", "alpha", "beta"))
         self.rng.setstate(rng_state_tuple(state["rng"]))
         self.declared = {int(k): int(v) for k, v in state.get("declared", {}).items()}  # older checkpoints: none
+        wire = state.get("wire", {"versions": {}, "held": {}})  # older checkpoints: none (every client gets the full subnet)
+        self.versions = {int(v): w for v, w in wire["versions"].items()}
+        self.held = {int(pid): (int(h["version"]), h["mask"]) for pid, h in wire["held"].items()}
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Reply]) -> MetricRecord | None:
         """Check and file every client's scores (and ticket) under the partition of the node the
