@@ -29,6 +29,7 @@ from fedlth.algorithms import (
     get_algorithm,
     initial_weights,
     model_names,
+    received_loss,
     weight_specs,
 )
 from fedlth.client_data import ClientData, client_data
@@ -258,7 +259,10 @@ def train(msg: Message, context: Context) -> Message:
     if sc["torch-threads"] > 0:
         torch.set_num_threads(sc["torch-threads"])
     received, state = _received(msg, ctx, state)
+    # q-FFL weighs this reply by its loss at the model it received, measured before training
+    loss_in = {"received-loss": received_loss(ctx, received)} if sc["aggregation"] == "qffl" and received is not None else {}
     reply = get_algorithm(sc["algorithm"]).train(received, state, ctx)
+    reply = replace(reply, metrics=reply.metrics | loss_in) if loss_in else reply
     persist_state_(context, sc, reply.state, dict(msg.content["config"]), ctx.server_round, (state, made_in))
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
     has = reply.weights is not None

@@ -153,6 +153,12 @@ def local_train(
     return _snapshot(net), res.loss
 
 
+def received_loss(ctx: Ctx, received: Weights) -> float:
+    """q-FFL's F_k: the loss of the model the client received on its train split, before it trains
+    (eval mode: BatchNorm on running stats)."""
+    return evaluate(_model(ctx, received), ctx.data.x_train, ctx.data.y_train)[0]
+
+
 def val_accuracy(ctx: Ctx, weights: Weights) -> float:
     """Accuracy on the client's validation split: the only split gates may read."""
     return evaluate(_model(ctx, weights), ctx.data.x_val, ctx.data.y_val)[1]
