@@ -37,20 +37,22 @@ def main() -> None:
     ap.add_argument("--qs", default="1,5")
     ap.add_argument("--algorithms", default="fedavg,subfedavg")
     ap.add_argument("--set", action="append", default=[], help="scenario override for every run, key=value")
+    ap.add_argument("--tag", default="", help="suffix of the results files (qffl_<workload>-<tag>)")
+    ap.add_argument("--no-mean", action="store_true", help="leave out the masked-mean runs (made by another call)")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     qs = [float(q) for q in a.qs.split(",")]
     algs = a.algorithms.split(",")
     cmd = f"python benchmarks/qffl.py --workload {a.workload} --seeds {a.seeds} --qs {a.qs} --algorithms {a.algorithms}"
-    cmd += "".join(f" --set {x}" for x in a.set)
-    configs = {"mean": ["aggregation=mean"], **{f"qffl q={q:g}": ["aggregation=qffl", f"qffl-q={q}"] for q in qs}}
+    cmd += "".join(f" --set {x}" for x in a.set) + (f" --tag {a.tag}" if a.tag else "") + (" --no-mean" if a.no_mean else "")
+    configs = {**({} if a.no_mean else {"mean": ["aggregation=mean"]}), **{f"qffl q={q:g}": ["aggregation=qffl", f"qffl-q={q}"] for q in qs}}
     raw: dict = {}
     ref = None
     for alg in algs:
         for label, extra in configs.items():
             for seed in seeds:
                 sc = load_scenario(ROOT / SCENARIOS[a.workload], [f"algorithm={alg}", "evaluators=", "eval-every=0", *a.set, *extra, f"seed={seed}"])
-                out = ROOT / "runs" / "bench-qffl" / a.workload / f"{alg}-{label.replace(' ', '').replace('=', '')}-seed-{seed}"
+                out = ROOT / "runs" / "bench-qffl" / f"{a.workload}{a.tag}" / f"{alg}-{label.replace(' ', '').replace('=', '')}-seed-{seed}"
                 shutil.rmtree(out, ignore_errors=True)
                 print(f"== {a.workload}: {alg}, {label}, seed {seed}", flush=True)
                 t0 = time.perf_counter()
@@ -77,7 +79,8 @@ def main() -> None:
     md = [
         f"# q-FFL against the masked mean ({a.workload})", "", f"Command: `{cmd}`  ", f"Machine: {machine()}", "",
         f"{SCENARIOS[a.workload]} ({sc['num-clients']} clients, {sc['clients-per-round']} a round, {sc['rounds']} rounds, "
-        f"{sc['local-epochs']} local epochs, lr {sc['lr']:g} so L = 1/lr = {1 / sc['lr']:g}; weighting {sc['weighting']}). "
+        f"{sc['local-epochs']} local epochs, lr {sc['lr']:g}, L = {sc['qffl-lipschitz'] or 1 / sc['lr']:g}"
+        f"{'' if sc['qffl-lipschitz'] else ' = 1/lr'}; weighting {sc['weighting']}). "
         "Personalized test accuracy of every client (fedavg: the global model on each client's test split; subfedavg: "
         "each client's ticket), then mean ± sample std over seeds "
         f"{seeds}: mean (%), population variance of client accuracies in %² (= variance × 10⁴ of fractions, q-FFL's "
@@ -96,8 +99,9 @@ def main() -> None:
             "",
         ]
     OUT.mkdir(exist_ok=True)
-    (OUT / f"qffl_{a.workload}.md").write_text("\n".join(md))
-    (OUT / f"qffl_{a.workload}.json").write_text(json.dumps({"command": cmd, "raw": raw, "reference": ref}, indent=1, default=str))
+    stem = f"qffl_{a.workload}" + (f"-{a.tag}" if a.tag else "")
+    (OUT / f"{stem}.md").write_text("\n".join(md))
+    (OUT / f"{stem}.json").write_text(json.dumps({"command": cmd, "raw": raw, "reference": ref}, indent=1, default=str))
     print("\n".join(md))
 
 

@@ -184,7 +184,8 @@ KEYS: dict[str, Key] = {
     **_group("reliability at the server", {
         "aggregation": _choice("mean", ("mean", "median", "trimmed-mean", "qffl"), "Server rule per weight over the clients that keep it: example-weighted mean, the robust coordinate-wise median / trimmed mean, or q-FFL (Li et al. 2020: clients with a higher loss at the received model get a larger share of the step; fairer spread across clients)."),
         "trim-fraction": _float(0.1, "trimmed-mean: share of the keepers cut from each end, per weight.", 0.0, 0.5, hi_open=True),
-        "qffl-q": _float(1.0, "qffl: the fairness exponent q (0: the masked mean; larger: more weight on high-loss clients); the Lipschitz constant is 1 / lr, as in the paper.", 0.0, 100.0),
+        "qffl-q": _float(1.0, "qffl: the fairness exponent q (0: the masked mean; larger: more weight on high-loss clients).", 0.0, 100.0),
+        "qffl-lipschitz": _float(0.0, "qffl: the Lipschitz constant L of the step (0: 1 / lr, the paper's and Flower's estimate, which assumes an update of about one SGD step; many local steps make ‖Δ‖² large and the step small).", 0.0),
         "min-clients": _int(1, None, "A round aggregates only if at least this many valid updates arrive; else the global model is kept.", 1),
         "round-timeout": _float(3600.0, "Seconds the server waits for a round's replies; late clients are left out of that round.", 0.0, None, lo_open=True),
         "max-update-bytes": _int(0, None, "Reject replies larger than this many bytes (0: twice the dense model's payload).", 0),

@@ -216,8 +216,9 @@ class TicketStrategy(Strategy):
         self._stream: MaskedMeanStream | QFFLStream | None = None
         if rule == "mean":
             self._stream = MaskedMeanStream(self.global_weights)
-        elif rule == "qffl":  # the paper's Lipschitz constant: 1 / the clients' learning rate
-            self._stream = QFFLStream(self.global_weights, self.sc["qffl-q"], 1.0 / self.sc["lr"])
+        elif rule == "qffl":  # the paper's Lipschitz constant, 1 / the clients' learning rate, unless set
+            lipschitz = self.sc["qffl-lipschitz"] or 1.0 / self.sc["lr"]
+            self._stream = QFFLStream(self.global_weights, self.sc["qffl-q"], lipschitz)
         self._losses: dict[int, float] = {}  # qffl: each reply's loss at the model it received
         self._kept: list[Update] = []
         self._sampled: list[Mask] = []  # fedpm: the round's accepted masks, in client-id order
