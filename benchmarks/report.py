@@ -63,7 +63,7 @@ BENCHES: dict[str, Bench] = {
                             ("--seeds", "0", "--set", "rounds=2", "--set", "ticket-warmup-epochs=1", "--set", "finetune-epochs=1"),
                             ("robust_tickets",)),
     "qffl_w3": Bench("qffl.py", "q-FFL against the masked mean on W3", ("--workload", "w3", "--algorithms", "fedavg", "--set", "rounds=20"),
-                     ("--workload", "w3", "--seeds", "0", "--set", "rounds=5"), ("qffl_w3", "qffl_w3-lipschitz2.5")),
+                     ("--workload", "w3", "--seeds", "0", "--set", "rounds=5"), ("qffl_w3", "qffl_w3-lipschitz2.5", "qffl_w3-60rounds-lipschitz2.5")),
     "qffl_adult": Bench("qffl.py", "q-FFL against the masked mean on Adult", ("--workload", "adult", "--set", "rounds=20"),
                         ("--workload", "adult", "--seeds", "0", "--set", "rounds=5"), ("qffl_adult", "qffl_adult-lipschitz0.5")),
     "export_ticket": Bench("export_ticket.py", "Ticket export: file size and CPU latency", (),
