@@ -29,6 +29,7 @@ from fedlth.algorithms import (
     get_algorithm,
     initial_weights,
     model_names,
+    received_loss,
     weight_specs,
 )
 from fedlth.client_data import ClientData, client_data
@@ -273,7 +274,10 @@ def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(sc["torch-threads"])
     sent: dict[str, Any] = {}
     received, state = _received(msg, ctx, state, sent)
+    # q-FFL weighs this reply by its loss at the model it received, measured before training
+    loss_in = {"received-loss": received_loss(ctx, received)} if sc["aggregation"] == "qffl" and received is not None else {}
     reply = get_algorithm(sc["algorithm"]).train(received, state, ctx)
+    reply = replace(reply, metrics=reply.metrics | loss_in) if loss_in else reply
     # the download as decoded, with the version the server gives it (its round minus one): the base
     # of this reply's delta (wire-upload) and, kept, of the next download's (wire-download)
     base = base_of(received, sent.get("mask"), ctx.server_round - 1) if received is not None else None

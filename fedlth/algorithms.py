@@ -117,15 +117,23 @@ def _snapshot(net: nn.Module) -> Weights:
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
-def _pgd_at(ctx: Ctx):
-    """The batch transform of PGD adversarial training (Madry et al.), or None."""
+def _pgd_at(ctx: Ctx) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """The batch transform of PGD adversarial training (Madry et al.), or None.
+
+    Its random starts come from a generator of its own, seeded by (seed, round, client) on a
+    stream apart from the batch order's: each call gives a transform that replays the same
+    noise, whichever clients trained before and whatever torch's global RNG holds.
+    """
     sc = ctx.sc
     if not sc["adv-train"]:
         return None
     eps, steps = sc["adv-eps"], sc["adv-steps"]
+    gen = _seeded(ctx, 4)
 
     def perturb(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return pgd_adversarial_examples(net, x, y, eps=eps, steps=steps, alpha=2.5 * eps / steps, input_range=ctx.data.input_range)
+        return pgd_adversarial_examples(
+            net, x, y, eps=eps, steps=steps, alpha=2.5 * eps / steps, input_range=ctx.data.input_range, generator=gen
+        )
 
     return perturb
 
@@ -148,6 +156,12 @@ def local_train(
         prox=prox,
     )
     return _snapshot(net), res.loss
+
+
+def received_loss(ctx: Ctx, received: Weights) -> float:
+    """q-FFL's F_k: the loss of the model the client received on its train split, before it trains
+    (eval mode: BatchNorm on running stats)."""
+    return evaluate(_model(ctx, received), ctx.data.x_train, ctx.data.y_train)[0]
 
 
 def val_accuracy(ctx: Ctx, weights: Weights) -> float:
@@ -216,6 +230,7 @@ def _finetune(ctx: Ctx, start: Weights, mask: Mask | None, *, epochs: int | None
         lambda w: _model(ctx, w), start, mask or {}, (ctx.data.x_train, ctx.data.y_train), (ctx.data.x_val, ctx.data.y_val),
         train_config(sc), epochs=sc["finetune-epochs"] if epochs is None else epochs,
         lrs=parse_lrs(sc["finetune-lrs"], sc["lr"]) if lrs is None else lrs, generator=ctx.generator, select=sc["finetune-select"],
+        make_perturb=(lambda: _pgd_at(ctx)) if sc["adv-train"] else None,  # PGD-AT in fine-tuning too
     )
 
 

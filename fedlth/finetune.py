@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from fedlth.masks import Mask, Weights
 from fedlth.training import TrainConfig, evaluate, train_
 
+Perturb = Callable[[nn.Module, Tensor, Tensor], Tensor]  # train_'s batch transform
+
 
 @dataclass(frozen=True)
 class Selection:
@@ -38,6 +40,7 @@ def finetune_select(
     lrs: Sequence[float],
     generator: torch.Generator,
     select: str = "val-best",
+    make_perturb: Callable[[], Perturb | None] | None = None,
 ) -> tuple[Weights, Selection]:
     """Fine-tune `start` up to `epochs` epochs per learning rate (one optimizer each, momentum
     kept across epochs) and return the checkpoint with the best validation accuracy.
@@ -47,6 +50,8 @@ def finetune_select(
     cannot tell two models apart keeps the cheaper one. `select = "last"` returns the last
     epoch of the first learning rate (the weak baseline, kept for ablations). Pruned entries
     stay exactly zero (train_ masks gradients and re-masks after every step).
+    `make_perturb()` gives train_'s batch transform (adversarial training), made afresh for
+    every learning rate so each replays the same adversarial noise as it replays the batches.
     """
     if select not in ("val-best", "last"):
         raise ValueError(f"unknown fine-tuning selection {select!r}; valid: val-best, last")
@@ -67,7 +72,9 @@ def finetune_select(
             if select == "val-best":
                 scores.append((evaluate(model, *val)[1], _snapshot(model)))
 
-        train_(net, *train, mask, replace(cfg, lr=lr), epochs=epochs, generator=torch.Generator().manual_seed(seed), on_epoch=keep)
+        perturb = make_perturb() if make_perturb is not None else None
+        train_(net, *train, mask, replace(cfg, lr=lr), epochs=epochs, generator=torch.Generator().manual_seed(seed), on_epoch=keep,
+               perturb=perturb)
         run += epochs
         if select == "last":
             return _snapshot(net), Selection(lr, epochs, evaluate(net, *val)[1], run)

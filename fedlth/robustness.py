@@ -303,12 +303,15 @@ def pgd_adversarial_examples(
     steps: int,
     alpha: float,
     input_range: tuple[float, float],
+    generator: torch.Generator,
 ) -> Tensor:
     """L-inf PGD examples for adversarial training (Madry et al.), in model units, detached.
 
-    Plain torch, uniform random start from torch's global RNG (so a seeded run repeats), the
-    model left in its current mode: in train mode BatchNorm sees, and its running stats take in,
-    the adversarial batches, as in standard PGD-AT. Only the input gets gradients.
+    Plain torch, uniform random start drawn from `generator` (a CPU generator: the caller
+    seeds it by seed, round and client, so a client's noise does not depend on which clients
+    ran before it or on torch's global RNG), the model left in its current mode: in train mode
+    BatchNorm sees, and its running stats take in, the adversarial batches, as in standard
+    PGD-AT. Only the input gets gradients.
     """
     lo, hi = float(input_range[0]), float(input_range[1])
     if not hi > lo:
@@ -316,7 +319,8 @@ def pgd_adversarial_examples(
     if eps < 0 or steps < 0 or alpha < 0:
         raise ValueError(f"eps, steps and alpha must be non-negative; got {eps}, {steps}, {alpha}")
     x0 = x.detach().clamp(lo, hi)
-    x_adv = (x0 + torch.empty_like(x0).uniform_(-eps, eps)).clamp(lo, hi)
+    start = torch.rand(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    x_adv = (x0 + (2.0 * start - 1.0) * eps).clamp(lo, hi)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)

@@ -188,8 +188,10 @@ KEYS: dict[str, Key] = {
         "adv-steps": _int(1, None, "PGD-AT: PGD steps per batch.", 5),
     }),
     **_group("reliability at the server", {
-        "aggregation": _choice("mean", ("mean", "median", "trimmed-mean"), "Server rule per weight over the clients that keep it: example-weighted mean, or the robust coordinate-wise median / trimmed mean."),
+        "aggregation": _choice("mean", ("mean", "median", "trimmed-mean", "qffl"), "Server rule per weight over the clients that keep it: example-weighted mean, the robust coordinate-wise median / trimmed mean, or q-FFL (Li et al. 2020: clients with a higher loss at the received model get a larger share of the step; fairer spread across clients)."),
         "trim-fraction": _float(0.1, "trimmed-mean: share of the keepers cut from each end, per weight.", 0.0, 0.5, hi_open=True),
+        "qffl-q": _float(1.0, "qffl: the fairness exponent q (0: the masked mean; larger: more weight on high-loss clients).", 0.0, 100.0),
+        "qffl-lipschitz": _float(0.0, "qffl: the Lipschitz constant L of the step (0: 1 / lr, the paper's and Flower's estimate, which assumes an update of about one SGD step; many local steps make ‖Δ‖² large and the step small).", 0.0),
         "min-clients": _int(1, None, "A round aggregates only if at least this many valid updates arrive; else the global model is kept.", 1),
         "round-timeout": _float(3600.0, "Seconds the server waits for a round's replies; late clients are left out of that round.", 0.0, None, lo_open=True),
         "max-update-bytes": _int(0, None, "Reject replies larger than this many bytes (0: twice the dense model's payload).", 0),
@@ -219,6 +221,10 @@ def _lrs_ok(text: str) -> bool:
     return all(v > 0 and v < float("inf") for v in values)
 
 
+# local uploads nothing, fedpm uploads masks, fedper/fedrep start from their own head, not the received one
+QFFL_REFUSED = ("local", "fedpm", "fedper", "fedrep")
+
+
 def check_cross(sc: dict[str, Any]) -> None:
     """Rules between keys."""
     if sc["prune-end"] <= sc["prune-start"]:
@@ -237,6 +243,12 @@ def check_cross(sc: dict[str, Any]) -> None:
         raise ScenarioError(
             "key 'model' is 'cifar-cnn' with algorithm fedpm; allowed: a model without norm layers "
             f"({', '.join(m for m in MODEL_NAMES if m != 'cifar-cnn')}): FedPM masks frozen random weights, and its code has no norm layers"
+        )
+    if sc["aggregation"] == "qffl" and sc["algorithm"] in QFFL_REFUSED:
+        raise ScenarioError(
+            f"key 'aggregation' is 'qffl' with algorithm {sc['algorithm']}; allowed: an algorithm whose clients train the "
+            f"global model they receive and upload weights (not {', '.join(QFFL_REFUSED)}): q-FFL weighs each client by its "
+            "loss at that model"
         )
     if sc["min-clients"] > sc["clients-per-round"]:
         raise ScenarioError(

@@ -47,6 +47,10 @@ def _loss(x: float) -> bool:
     return math.isnan(x) or x >= 0.0  # a diverged model's loss may be +Inf
 
 
+def _finite_loss(x: float) -> bool:
+    return math.isfinite(x) and x >= 0.0  # q-FFL raises it to the power q: NaN or Inf would poison the step
+
+
 def _flag(x: float) -> bool:
     return x in (0, 1)
 
@@ -71,6 +75,7 @@ RULES: dict[str, Rule] = {
     "train-loss": (_loss, "a number >= 0 or NaN"),
     "head-loss": (_loss, "a number >= 0 or NaN"),
     "personal-loss": (_loss, "a number >= 0 or NaN"),
+    "received-loss": (_finite_loss, "a finite number >= 0"),
     "mask-ones": (_fraction, "a number in [0, 1]"),
 }
 OTHER: Rule = (_not_inf, "a number or NaN, not ±Inf")

@@ -19,6 +19,7 @@ from fedlth import fedpm
 from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
 from fedlth.algorithms import get_algorithm, head_off
 from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
+from fedlth.qffl import QFFLStream
 from fedlth.records import (
     config_to_record,
     encode_record,
@@ -78,7 +79,8 @@ class TicketStrategy(Strategy):
         self.pid_of: dict[int, int] | OffsetIds = {}
         self.dense_bytes = record_bytes(encode_record(initial, None))
         self.max_update_bytes = sc["max-update-bytes"] or 2 * self.dense_bytes
-        self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"])
+        # qffl folds replies with their losses (QFFLStream); the other rules are (previous, updates) -> weights
+        self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"]) if sc["aggregation"] != "qffl" else None
         # sent with every message: "run-key" names this run's lineage (a resumed run keeps it),
         # "state-dir" where simulated clients keep their tickets (fedlth run only)
         self.run_config: dict[str, str] = {}
@@ -290,8 +292,14 @@ class TicketStrategy(Strategy):
         self._seen: set[int] = set()
         self._waiting: dict[int, Update | None] = {}  # replied, not yet folded (None: nothing to fold)
         self._metrics: dict[int, dict[str, Any]] = {}  # checked metrics, logged once the update is accepted
-        mean = self.sc["aggregation"] == "mean"
-        self._stream = MaskedMeanStream(self.global_weights) if mean else None
+        rule = self.sc["aggregation"]
+        self._stream: MaskedMeanStream | QFFLStream | None = None
+        if rule == "mean":
+            self._stream = MaskedMeanStream(self.global_weights)
+        elif rule == "qffl":  # the paper's Lipschitz constant, 1 / the clients' learning rate, unless set
+            lipschitz = self.sc["qffl-lipschitz"] or 1.0 / self.sc["lr"]
+            self._stream = QFFLStream(self.global_weights, self.sc["qffl-q"], lipschitz)
+        self._losses: dict[int, float] = {}  # qffl: each reply's loss at the model it received
         self._kept: list[Update] = []
         self._sampled: list[Mask] = []  # fedpm: the round's accepted masks, in client-id order
         # the median first-update count the weights are bounded by; None: no client known yet,
@@ -372,7 +380,9 @@ class TicketStrategy(Strategy):
         update = Update(update.weights, update.mask, n)
         if self.alg.sparse_upload and self.sc["sparse-fill"] == "global":
             update = fill_unsent(update, self.global_weights)
-        if self._stream is not None:
+        if isinstance(self._stream, QFFLStream):
+            self._stream.add(update, self._losses[pid], client=pid)
+        elif self._stream is not None:
             self._stream.add(update, client=pid)
         else:
             validate_update(self.global_weights, update, client=pid)  # robust rules fold at the end
@@ -395,8 +405,11 @@ class TicketStrategy(Strategy):
     def _update_of(self, pid: int, node: int, reply: Message) -> Update | None:
         """The reply as an Update, None when the algorithm uploads nothing; ReplyError when it
         fails a check (every metric, the partition it claims, the payload)."""
-        metrics = reply_metrics(reply, TRAIN)
+        qffl = self.sc["aggregation"] == "qffl" and self.alg.uploads
+        metrics = reply_metrics(reply, TRAIN, ("received-loss",) if qffl else ())
         claimed_partition(metrics, pid, node)
+        if qffl:
+            self._losses[pid] = metrics["received-loss"]
         arrays = reply.content.array_records.get("arrays")
         metrics["upload_bytes"] = record_bytes(arrays) if arrays is not None else 0
         metrics["download_bytes"] = self.sent_bytes.get(pid, 0)

@@ -64,3 +64,33 @@ def test_adversarial_training_changes_what_clients_learn():
         w, _ = local_train(ctx, initial_weights(sc, *dataset_info(sc)), None)
         trained.append(w)
     assert any(not torch.equal(trained[0][k], trained[1][k]) for k in trained[0])
+
+
+def test_adversarial_training_repeats_whatever_the_global_rng_holds():
+    # PGD-AT's random starts come from the client's (seed, round, client) generator: a client
+    # trains the same whichever clients ran before it (they move torch's global RNG)
+    sc = resolve({"dataset": "digits", "model": "mlp", "num-clients": 2, "clients-per-round": 2, "local-epochs": 1,
+                  "adv-train": True, "adv-eps": 0.2, "adv-steps": 2})
+    ctx = Ctx(sc, client_data(sc, 1), 1, 3)
+    start = initial_weights(sc, *dataset_info(sc))
+    runs = []
+    for global_seed in (0, 4321):
+        torch.manual_seed(global_seed)
+        runs.append(local_train(ctx, start, None)[0])
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_personal_ticket_fine_tunes_and_retrains_adversarially():
+    # personal-ticket's warm-up and its retraining inside the mask both run PGD-AT when adv-train is on
+    from fedlth.algorithms import ClientState, personal_ticket
+
+    base = {"dataset": "digits", "model": "mlp", "num-clients": 2, "clients-per-round": 2, "algorithm": "personal-ticket",
+            "ticket-warmup-epochs": 1, "finetune-epochs": 1, "target-density": 0.5, "adv-eps": 0.3, "adv-steps": 2}
+    out = []
+    for adv in (False, True):
+        sc = resolve(base | {"adv-train": adv})
+        ctx = Ctx(sc, client_data(sc, 0), 0, 1)
+        out.append(personal_ticket(initial_weights(sc, *dataset_info(sc)), ClientState(), ctx))
+    (clean, clean_info), (robust, robust_info) = out
+    assert clean_info["density"] == robust_info["density"] == pytest.approx(0.5, abs=0.01)
+    assert any(not torch.equal(clean[k], robust[k]) for k in clean)

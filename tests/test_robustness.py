@@ -296,8 +296,9 @@ def test_pgd_training_examples(cnn1d):
     model, x, y = cnn1d
     model = model.train()
     lo, hi, eps = -3.0, 3.0, 0.5
-    torch.manual_seed(0)
-    x_adv = pgd_adversarial_examples(model, x, y, eps=eps, steps=5, alpha=0.2, input_range=(lo, hi))
+    x_adv = pgd_adversarial_examples(
+        model, x, y, eps=eps, steps=5, alpha=0.2, input_range=(lo, hi), generator=torch.Generator().manual_seed(0)
+    )
     model.eval()
     assert not x_adv.requires_grad and x_adv.shape == x.shape
     assert x_adv.min() >= lo and x_adv.max() <= hi
@@ -305,6 +306,31 @@ def test_pgd_training_examples(cnn1d):
     assert all(p.grad is None for p in model.parameters())
     with torch.no_grad():
         assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
+
+
+def test_pgd_training_start_comes_from_its_generator_alone(cnn1d):
+    # the random start reads only the generator it is given: the same seed gives the same
+    # examples whatever the global RNGs hold (i.e. whichever clients ran before), and the
+    # global RNG is neither read nor moved
+    model, x, y = cnn1d
+    model = model.train()
+
+    def examples(global_seed: int, steps: int = 3) -> Tensor:
+        torch.manual_seed(global_seed)
+        random.seed(global_seed)
+        before = torch.get_rng_state()
+        out = pgd_adversarial_examples(
+            model, x, y, eps=0.3, steps=steps, alpha=0.1, input_range=(-3.0, 3.0), generator=torch.Generator().manual_seed(7)
+        )
+        assert torch.equal(torch.get_rng_state(), before)
+        return out
+
+    assert torch.equal(examples(0), examples(12345))
+    assert torch.equal(examples(0, steps=0), examples(99, steps=0))  # the start itself
+    other = pgd_adversarial_examples(
+        model, x, y, eps=0.3, steps=0, alpha=0.1, input_range=(-3.0, 3.0), generator=torch.Generator().manual_seed(8)
+    )
+    assert not torch.equal(other, examples(0, steps=0))
 
 
 def test_unknown_attack_lists_valid_names(tabular):

@@ -125,10 +125,11 @@ def test_adversarial_training_hook_sees_every_batch_and_keeps_the_mask():
 
     model, x, y, mask = _setup()
     calls = []
+    gen = torch.Generator().manual_seed(1)
 
     def perturb(m, xb, yb):
         calls.append(len(xb))
-        return pgd_adversarial_examples(m, xb, yb, eps=0.3, steps=3, alpha=0.1, input_range=(-4.0, 4.0))
+        return pgd_adversarial_examples(m, xb, yb, eps=0.3, steps=3, alpha=0.1, input_range=(-4.0, 4.0), generator=gen)
 
     res = train_(model, x, y, mask, TrainConfig(lr=0.1, batch_size=32), epochs=2, generator=torch.Generator().manual_seed(0), perturb=perturb)
     assert len(calls) == res.steps == 16 and sum(calls) == 2 * len(x)
