@@ -173,7 +173,7 @@ def study_arms(
     sc: dict[str, Any], densities: Sequence[float], out: Path, runner: Runner, arms: Sequence[str] = ("ticket",),
     seeds: Sequence[int] | None = None, on_run: Callable[..., None] | None = None,
     on_personalize: Callable[..., None] | None = None, prov: Mapping[str, Any] | None = None,
-    personalizer: Personalizer = _repersonalize,
+    personalizer: Personalizer = _repersonalize, reuse: bool = False,
 ) -> list[dict[str, Any]]:
     """personal-ticket's study: its federation trains a dense global model whatever the target
     density, and each client's ticket is cut from the final global model. So one federation
@@ -182,7 +182,9 @@ def study_arms(
     for each arm (ticket, random-mask, reinit: the controls with the ticket's per-layer counts),
     judged by the scenario's evaluators. Writes study.md/csv/json/png; study.json records each
     client's per-layer kept counts per arm and whether the ticket arm reproduced the run's own
-    evaluation (same density, same accuracy per client)."""
+    evaluation (same density, same accuracy per client). `reuse`: a seed whose run finished
+    (summary.json) is not run again, and a density x arm already written to
+    seed-S/personalized/ is read back (how seeds run in parallel processes are gathered)."""
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
         raise ValueError(f"arms {unknown or 'empty'}; allowed: {', '.join(ARMS)}")
@@ -197,7 +199,8 @@ def study_arms(
         if on_run is not None:
             on_run(seed)
         run_dir = out / f"seed-{seed}"
-        runner(fed_sc | {"seed": seed}, run_dir)
+        if not (reuse and (run_dir / "summary.json").is_file()):
+            runner(fed_sc | {"seed": seed}, run_dir)
         summary = json.loads((run_dir / "summary.json").read_text())
         if summary.get("reference"):
             references[seed] = summary["reference"]
@@ -206,11 +209,17 @@ def study_arms(
             for arm in arms:
                 if on_personalize is not None:
                     on_personalize(seed, d, arm)
-                counts: dict[int, dict[str, int]] = {}
-                per_client = personalizer(run_dir, sc | {"seed": seed, "target-density": d, "ticket-control": ARMS[arm]},
-                                          lambda pid, w, counts=counts: counts.__setitem__(pid, layer_kept(w)))
-                write_json_atomic(run_dir / "personalized" / f"{arm}-density-{d:g}.json",
-                                  {str(p): m for p, m in sorted(per_client.items())})
+                path = run_dir / "personalized" / f"{arm}-density-{d:g}.json"
+                if reuse and path.is_file():
+                    done = json.loads(path.read_text())
+                    per_client = {int(p): m for p, m in done["per_client"].items()}
+                    counts = {int(p): c for p, c in done["layer_kept"].items()}
+                else:
+                    counts = {}
+                    per_client = personalizer(run_dir, sc | {"seed": seed, "target-density": d, "ticket-control": ARMS[arm]},
+                                              lambda pid, w, counts=counts: counts.__setitem__(pid, layer_kept(w)))
+                    write_json_atomic(path, {"per_client": {str(p): m for p, m in sorted(per_client.items())},
+                                             "layer_kept": {str(p): c for p, c in sorted(counts.items())}})
                 kept.setdefault(str(seed), {}).setdefault(f"{d:g}", {})[arm] = {str(p): c for p, c in sorted(counts.items())}
                 row = {"arm": arm} | study_row(d, personal_summary(per_client))
                 per_seed_rows.setdefault(arm, {}).setdefault(f"{d:g}", []).append(row)

@@ -75,7 +75,7 @@ def test_the_ticket_arm_reproduces_the_runs_own_evaluation_over_seeds(tmp_path):
     assert out["ticket_reproduces_run"] == {"0": True, "1": True}
     for seed in (0, 1):  # the federation itself ran once per seed, at the first density, without evaluators
         run = json.loads((tmp_path / f"seed-{seed}" / "summary.json").read_text())
-        per_client = json.loads((tmp_path / f"seed-{seed}" / "personalized" / "ticket-density-0.3.json").read_text())
+        per_client = json.loads((tmp_path / f"seed-{seed}" / "personalized" / "ticket-density-0.3.json").read_text())["per_client"]
         assert {p: m["accuracy"] for p, m in per_client.items()} == run["personalized_accuracy"]["per_client"]
         assert out["per_seed"]["ticket"]["0.3"][seed]["accuracy"] == run["personalized_accuracy"]["mean"]
 
@@ -115,3 +115,15 @@ def test_controls_flag_refuses_an_algorithm_without_cut_tickets(tmp_path):
     result = CliRunner().invoke(main, ["study", str(scenario), "--controls", "--out", str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 2 and "--controls needs algorithm = personal-ticket" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_reuse_gathers_finished_seeds_without_running_anything_again(tmp_path):
+    sc = resolve(TINY)
+    first = study_arms(sc, [0.3], tmp_path, _runner, arms=("ticket", "reinit"), seeds=[0, 1])
+
+    def refuse(*_a):
+        raise AssertionError("nothing should run again")
+
+    again = study_arms(sc, [0.3], tmp_path, refuse, arms=("ticket", "reinit"), seeds=[0, 1], personalizer=refuse, reuse=True)
+    assert again == first
+    assert json.loads((tmp_path / "study.json").read_text())["controls_keep_layer_counts"] is True

@@ -1,0 +1,196 @@
+"""The cross-topic study (issue 14): personal-ticket tickets and both winning-ticket controls at
+six densities over 3 seeds, on MNIST-1D (robustness), Adult and COMPAS (group fairness).
+
+    python benchmarks/study.py --run      # every study (seeds in parallel processes), then render
+    python benchmarks/study.py            # render study.md / study.json from the committed results
+
+Each study is `fedlth study SCENARIO --densities 1,0.5,0.3,0.2,0.1,0.05 --controls --seeds 3`
+(fedlth.study.study_arms); --run runs its seeds as parallel processes into --work and gathers them
+with reuse=True, which gives the same files as one sequential call. The four study files of each
+go to benchmarks/results/study_<name>/; this script's summary (per-metric tables with the arms as
+columns, and the change from dense to density 0.05 paired over seeds) to results/study.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import machine  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+RESULTS = Path(os.environ.get("FEDLTH_BENCH_RESULTS", Path(__file__).parent / "results"))
+DENSITIES = (1.0, 0.5, 0.3, 0.2, 0.1, 0.05)
+ARMS = ("ticket", "random-mask", "reinit")
+# name -> (scenario, overrides, densities, arms, seeds)
+STUDIES: dict[str, tuple[str, tuple[str, ...], tuple[float, ...], tuple[str, ...], tuple[int, ...]]] = {
+    "mnist1d": ("scenarios/study-robust-mnist1d.toml", (), DENSITIES, ARMS, (0, 1, 2)),
+    "adult": ("scenarios/study-fair-adult.toml", (), DENSITIES, ARMS, (0, 1, 2)),
+    "compas": ("scenarios/study-fair-compas.toml", (), DENSITIES, ARMS, (0, 1, 2)),
+    # AutoAttack costs ~20 s per client here (Square's 5000 queries whenever one sample survives): a smaller grid
+    "mnist1d_autoattack": ("scenarios/study-robust-mnist1d.toml", ("attack=pgd,autoattack", "attack-eps=0.2"),
+                           (1.0, 0.2, 0.05), ("ticket",), (0,)),
+}
+FILES = ("study.md", "study.csv", "study.json", "study.png")
+
+
+def command(name: str) -> str:
+    """The fedlth command that gives the same study in one process."""
+    scenario, overrides, dens, arms, seeds = STUDIES[name]
+    sets = "".join(f" --set {o}" for o in overrides)
+    seeds_opt = f" --seeds {len(seeds)}" if len(seeds) > 1 else f" --set seed={seeds[0]}"
+    return (f"fedlth study {scenario} --densities {','.join(f'{d:g}' for d in dens)}"
+            f"{' --controls' if len(arms) > 1 else ''}{seeds_opt}{sets}")
+
+
+def run_one(name: str, seeds: list[int], work: Path, reuse: bool) -> None:
+    """study_arms for `seeds` of one study into work/name (reuse: gather what parallel processes wrote)."""
+    from fedlth.provenance import provenance
+    from fedlth.scenario import load_scenario
+    from fedlth.study import study_arms
+    from server.simulate import simulate
+
+    scenario, overrides, dens, arms, _ = STUDIES[name]
+    sc = load_scenario(ROOT / scenario, overrides)
+    prov = provenance(program="fedlth")
+    prov["command"] = command(name) + "  # via python benchmarks/study.py --run (seeds as parallel processes, gathered with reuse)"
+
+    def runner(run_sc: dict, out: Path) -> None:
+        simulate(run_sc, out, prov=prov)
+
+    study_arms(sc, list(dens), work / name, runner, arms=arms, seeds=seeds, prov=prov, reuse=reuse)
+
+
+def run_all(names: list[str], work: Path) -> None:
+    """Every seed of every study as its own process (at most --jobs at once), then one gathering call each."""
+    procs = []
+    for name in names:
+        for seed in STUDIES[name][4]:
+            log = open(work / f"{name}-seed-{seed}.log", "w")  # noqa: SIM115 (closed when the process ends)
+            cmd = [sys.executable, __file__, "--one", name, "--seed", str(seed), "--work", str(work)]
+            procs.append((subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log, name, seed))
+    for proc, log, name, seed in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"{name} seed {seed} failed; see {log.name}")
+        log.close()
+    for name in names:
+        run_one(name, list(STUDIES[name][4]), work, reuse=True)
+        dest = RESULTS / f"study_{name}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in FILES:
+            shutil.copy(work / name / f, dest / f)
+
+
+def _stat(vals: list[float]) -> str:
+    if not vals:
+        return ""
+    m = statistics.fmean(vals)
+    return f"{m:.3f}" if len(vals) == 1 else f"{m:.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def _scaled(vals: list[float | None], pct: bool) -> list[float]:
+    return [(100 * v if pct else v) for v in vals if v is not None]
+
+
+def _fmt(vals: list[float], pct: bool) -> str:
+    if not vals:
+        return "n/a"
+    m = statistics.fmean(vals)
+    d = 1 if pct else 3
+    return f"{m:.{d}f}" if len(vals) == 1 else f"{m:.{d}f} ± {statistics.stdev(vals):.{d}f}"
+
+
+def metric_table(st: dict, key: str, pct: bool) -> list[str]:
+    """Density rows, one column per arm (mean ± sample std over seeds), and the change from
+    dense to the sparsest density paired over seeds (the same federation per seed)."""
+    arms, dens = st["arms"], st["densities"]
+    per = st["per_seed"]
+    lines = ["| density | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for d in dens:
+        cells = [_fmt(_scaled([r.get(key) for r in per[a][f"{d:g}"]], pct), pct) for a in arms]
+        lines.append(f"| {d:g} | " + " | ".join(cells) + " |")
+    lo, hi = f"{min(dens):g}", f"{max(dens):g}"
+    deltas = []
+    for a in arms:
+        pairs = [(x.get(key), y.get(key)) for x, y in zip(per[a][lo], per[a][hi], strict=True)]
+        deltas.append(_fmt(_scaled([x - y for x, y in pairs if x is not None and y is not None], pct), pct))
+    lines.append(f"| **Δ {lo} − {hi}** (paired over seeds) | " + " | ".join(deltas) + " |")
+    return lines
+
+
+def _pct(v: object) -> str:
+    return f"{100 * (v['mean'] if isinstance(v, dict) else v):.1f} %"
+
+
+def render() -> tuple[str, dict]:
+    """study.md: per study, one table per metric; study.json: the same numbers."""
+    from fedlth.tables import human_name
+
+    out = ["# The cross-topic study: tickets and controls against density (issue 14)", "",
+           f"Rendered by `python benchmarks/study.py` on {machine()}; the runs: `python benchmarks/study.py --run` "
+           "on this 2-core machine while other jobs loaded it (load average 6–14). Each study's own files, "
+           "with its provenance and every column: `benchmarks/results/study_<name>/study.md` (and .csv, .json, .png).", "",
+           "One federation per seed (personal-ticket: the dense global model trained from sparse uploads); every client's "
+           "ticket then cut from its final global model at each density: **ticket** (fine-tune, magnitude-prune over all "
+           "layers, retrain in the mask, epochs chosen on validation), **random-mask** (the ticket's per-layer counts at "
+           "random positions), **reinit** (the ticket's mask on a fresh init), retrained alike. Cells: mean ± sample std "
+           "over seeds (ddof 1); accuracies in %, gaps as fractions. Δ: the sparsest density minus dense, per seed, "
+           "then mean ± std.", ""]
+    summary: dict = {}
+    for name, (scenario, *_) in STUDIES.items():
+        path = RESULTS / f"study_{name}" / "study.json"
+        out += [f"## {name}: `{command(name)}`", ""]
+        if not path.is_file():
+            out += ["_No result yet: run `python benchmarks/study.py --run`._", ""]
+            continue
+        st = json.loads(path.read_text())
+        keys = [k for k in ("accuracy", "worst10", "accuracy_std_over_clients", "pooled_accuracy", "positive_rate")
+                if any(k in r for r in st["rows"])]
+        keys += sorted(k for k in st["rows"][0] if k.endswith((".robust_accuracy", "_difference")) and "equal_opportunity" not in k)
+        out += [f"Scenario `{scenario}`, seeds {st['seeds']}. Controls kept the ticket's per-layer counts for every "
+                f"client: {'yes' if st['controls_keep_layer_counts'] else 'NO'}; the ticket arm reproduced each "
+                f"federation's own evaluation: {'yes' if all(st['ticket_reproduces_run'].values()) else 'NO'}.", "",
+                f"![{name}](study_{name}/study.png)", ""]
+        if st.get("baselines"):
+            b = st["baselines"]
+            maj, lr, loc = (b[0].get("pooled_accuracy"), b[2].get("pooled_accuracy"), b[1].get("accuracy"))
+            out += [f"Baselines (pooled test split): majority class {_pct(maj)}, pooled logistic regression {_pct(lr)}; "
+                    f"each client's own majority class (personalized) {_pct(loc)}.", ""]
+        for k in keys:
+            pct = k.endswith(("accuracy", "worst10", "positive_rate")) or k == "accuracy_std_over_clients"
+            out += [f"**{human_name(k)}**", "", *metric_table(st, k, pct), ""]
+        summary[name] = {"command": command(name), "seeds": st["seeds"], "keys": keys,
+                         "controls_keep_layer_counts": st["controls_keep_layer_counts"]}
+    return "\n".join(out).rstrip() + "\n", summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", action="store_true", help="Run the studies (else render the committed results).")
+    ap.add_argument("--only", default="", help=f"Comma-separated studies to run: {', '.join(STUDIES)}")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/fedlth-study"), help="Where the runs go (checkpoints: not committed).")
+    ap.add_argument("--one", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        run_one(a.one, [a.seed], a.work, reuse=False)
+        return
+    if a.run:
+        names = [n.strip() for n in a.only.split(",") if n.strip()] or list(STUDIES)
+        a.work.mkdir(parents=True, exist_ok=True)
+        run_all(names, a.work)
+    md, summary = render()
+    (RESULTS / "study.md").write_text(md)
+    (RESULTS / "study.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
