@@ -57,6 +57,8 @@ BENCHES: dict[str, Bench] = {
                         (), ("--clients", "1,10", "--rounds", "2"), ("round_time",)),
     "robust_fair": Bench("robust_fair.py", "Robust and fair tickets", (), ("--seeds", "0"),
                          ("robust_fair_robust", "robust_fair_fair")),
+    "study": Bench("study.py", "The cross-topic study: tickets and controls against density (robustness, fairness)",
+                   ("--run",), (), ("study",)),  # quick: renders only (the study takes ~1 h)
     "export_ticket": Bench("export_ticket.py", "Ticket export: file size and CPU latency", (),
                            ("--models", "cnn1d,lenet5", "--reps", "10"), ("export_ticket",)),
     "aggregation": Bench("aggregation.py", "Streaming and robust aggregation", (), ("--repeats", "2"), ("aggregation",)),

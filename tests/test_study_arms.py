@@ -83,11 +83,12 @@ def test_the_ticket_arm_reproduces_the_runs_own_evaluation_over_seeds(tmp_path):
 def test_study_row_has_the_pooled_accuracy_gap_between_groups():
     pooled = {"sex": {"overall": {"selection_rate": 0.4}, "demographic_parity_difference": 0.1, "equalized_odds_difference": 0.2,
                       "equal_opportunity_difference": 0.15,
-                      "by_group": {"f": {"accuracy": 0.9}, "m": {"accuracy": 0.75}, "x": {"accuracy": None}}}}
+                      "by_group": {"f": {"accuracy": 0.9, "count": 40}, "m": {"accuracy": 0.75, "count": 30},
+                                   "x": {"accuracy": None, "count": 0}, "tiny": {"accuracy": 0.0, "count": 2}}}}
     summary = {"personalized_accuracy": {"mean": 0.8, "std": 0.1, "worst10": 0.6}, "density": {"mean": 0.2},
                "evaluation": {"pooled_fairness": pooled}}
     row = study_row(0.2, summary)
-    assert row["sex.accuracy_difference"] == pytest.approx(0.15)  # 0.90 - 0.75; the undefined group takes no part
+    assert row["sex.accuracy_difference"] == pytest.approx(0.15)  # 0.90 - 0.75; neither the undefined group nor the 2-sample one takes part
 
 
 def test_attack_takes_several_names_each_at_every_eps():
