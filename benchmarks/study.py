@@ -39,6 +39,13 @@ STUDIES: dict[str, tuple[str, tuple[str, ...], tuple[float, ...], tuple[str, ...
                            (1.0, 0.2, 0.05), ("ticket",), (0,)),
 }
 FILES = ("study.md", "study.csv", "study.json", "study.png")
+RUNS = ("How the committed results were made, on this 2-core machine while other jobs loaded it (load average "
+        "6–14, so no timing is quoted): Adult and COMPAS by `fedlth study SCENARIO --densities 1,0.5,0.3,0.2,0.1,0.05 "
+        "--controls --seeds 3` (one process each, commit 4318e99), then re-gathered without re-running anything by "
+        "`python benchmarks/study.py --gather --only adult,compas` to add the accuracy gap over groups with ≥ 30 test "
+        "samples; MNIST-1D and its AutoAttack grid by `python benchmarks/study.py --run --only mnist1d,mnist1d_autoattack` "
+        "(each seed a process, gathered with reuse: the same files as one sequential `fedlth study`).")
+FINDINGS = "(findings: see README)"
 
 
 def command(name: str) -> str:
@@ -50,8 +57,9 @@ def command(name: str) -> str:
             f"{' --controls' if len(arms) > 1 else ''}{seeds_opt}{sets}")
 
 
-def run_one(name: str, seeds: list[int], work: Path, reuse: bool) -> None:
-    """study_arms for `seeds` of one study into work/name (reuse: gather what parallel processes wrote)."""
+def run_one(name: str, seeds: list[int], work: Path, reuse: bool, gather_only: bool = False) -> None:
+    """study_arms for `seeds` of one study into work/name (reuse: gather what parallel processes
+    wrote; gather_only: refuse to run anything, only re-gather finished seeds)."""
     from fedlth.provenance import provenance
     from fedlth.scenario import load_scenario
     from fedlth.study import study_arms
@@ -60,9 +68,13 @@ def run_one(name: str, seeds: list[int], work: Path, reuse: bool) -> None:
     scenario, overrides, dens, arms, _ = STUDIES[name]
     sc = load_scenario(ROOT / scenario, overrides)
     prov = provenance(program="fedlth")
-    prov["command"] = command(name) + "  # via python benchmarks/study.py --run (seeds as parallel processes, gathered with reuse)"
+    prov["command"] = command(name) + (
+        f"  # re-gathered from the finished runs: python benchmarks/study.py --gather --only {name} --work {work}" if gather_only
+        else "  # via python benchmarks/study.py --run (seeds as parallel processes, gathered with reuse)")
 
     def runner(run_sc: dict, out: Path) -> None:
+        if gather_only:
+            raise SystemExit(f"--gather: {out} has no finished run")
         simulate(run_sc, out, prov=prov)
 
     study_arms(sc, list(dens), work / name, runner, arms=arms, seeds=seeds, prov=prov, reuse=reuse)
@@ -82,10 +94,14 @@ def run_all(names: list[str], work: Path) -> None:
         log.close()
     for name in names:
         run_one(name, list(STUDIES[name][4]), work, reuse=True)
-        dest = RESULTS / f"study_{name}"
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in FILES:
-            shutil.copy(work / name / f, dest / f)
+        _copy(name, work)
+
+
+def _copy(name: str, work: Path) -> None:
+    dest = RESULTS / f"study_{name}"
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in FILES:
+        shutil.copy(work / name / f, dest / f)
 
 
 def _stat(vals: list[float]) -> str:
@@ -134,9 +150,9 @@ def render() -> tuple[str, dict]:
     from fedlth.tables import human_name
 
     out = ["# The cross-topic study: tickets and controls against density (issue 14)", "",
-           f"Rendered by `python benchmarks/study.py` on {machine()}; the runs: `python benchmarks/study.py --run` "
-           "on this 2-core machine while other jobs loaded it (load average 6–14). Each study's own files, "
+           f"Rendered by `python benchmarks/study.py` on {machine()}. " + RUNS + " Each study's own files, "
            "with its provenance and every column: `benchmarks/results/study_<name>/study.md` (and .csv, .json, .png).", "",
+           FINDINGS, "",
            "One federation per seed (personal-ticket: the dense global model trained from sparse uploads); every client's "
            "ticket then cut from its final global model at each density: **ticket** (fine-tune, magnitude-prune over all "
            "layers, retrain in the mask, epochs chosen on validation), **random-mask** (the ticket's per-layer counts at "
@@ -176,16 +192,21 @@ def main() -> None:
     ap.add_argument("--run", action="store_true", help="Run the studies (else render the committed results).")
     ap.add_argument("--only", default="", help=f"Comma-separated studies to run: {', '.join(STUDIES)}")
     ap.add_argument("--work", type=Path, default=Path("/tmp/fedlth-study"), help="Where the runs go (checkpoints: not committed).")
+    ap.add_argument("--gather", action="store_true", help="Only gather finished runs in --work again (e.g. after a change to the tables), copying the study files.")
     ap.add_argument("--one", default="", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         run_one(a.one, [a.seed], a.work, reuse=False)
         return
+    names = [n.strip() for n in a.only.split(",") if n.strip()] or list(STUDIES)
     if a.run:
-        names = [n.strip() for n in a.only.split(",") if n.strip()] or list(STUDIES)
         a.work.mkdir(parents=True, exist_ok=True)
         run_all(names, a.work)
+    elif a.gather:
+        for name in names:
+            run_one(name, list(STUDIES[name][4]), a.work, reuse=True, gather_only=True)
+            _copy(name, a.work)
     md, summary = render()
     (RESULTS / "study.md").write_text(md)
     (RESULTS / "study.json").write_text(json.dumps(summary, indent=1) + "\n")

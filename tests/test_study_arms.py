@@ -128,3 +128,32 @@ def test_reuse_gathers_finished_seeds_without_running_anything_again(tmp_path):
     again = study_arms(sc, [0.3], tmp_path, refuse, arms=("ticket", "reinit"), seeds=[0, 1], personalizer=refuse, reuse=True)
     assert again == first
     assert json.loads((tmp_path / "study.json").read_text())["controls_keep_layer_counts"] is True
+
+
+def _toml(path, values: dict) -> None:
+    path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()))
+
+
+def test_cli_study_with_controls_writes_every_arm(tmp_path):
+    from fedlth.cli import main
+
+    _toml(tmp_path / "s.toml", TINY | {"backend": "inprocess"})
+    result = CliRunner().invoke(main, ["study", str(tmp_path / "s.toml"), "--densities", "0.5", "--controls", "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    md = (tmp_path / "out" / "study.md").read_text()
+    assert all(f"| tickets | {arm} | 0.500 |" in md for arm in ("ticket", "random-mask", "reinit"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["seed-0", "study.csv", "study.json", "study.md", "study.png"]
+
+
+def test_cli_study_of_personal_ticket_interrupted_exits_130(tmp_path, monkeypatch):
+    import server.simulate
+    from fedlth.cli import main
+    from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted
+
+    def interrupted(*_args, **_kwargs):
+        raise RunInterrupted("interrupted by the user")
+
+    monkeypatch.setattr(server.simulate, "simulate", interrupted)
+    _toml(tmp_path / "s.toml", TINY)
+    result = CliRunner().invoke(main, ["study", str(tmp_path / "s.toml"), "--controls", "--out", str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == EXIT_INTERRUPTED and "Traceback" not in result.output
