@@ -66,6 +66,8 @@ BENCHES: dict[str, Bench] = {
                      ("--workload", "w3", "--seeds", "0", "--set", "rounds=5"), ("qffl_w3", "qffl_w3-lipschitz2.5", "qffl_w3-60rounds-lipschitz2.5")),
     "qffl_adult": Bench("qffl.py", "q-FFL against the masked mean on Adult", ("--workload", "adult", "--set", "rounds=20"),
                         ("--workload", "adult", "--seeds", "0", "--set", "rounds=5"), ("qffl_adult", "qffl_adult-lipschitz0.5")),
+    "study": Bench("study.py", "The cross-topic study: tickets and controls against density (robustness, fairness)",
+                   ("--run",), (), ("study",)),  # quick: renders only (the study takes ~1 h)
     "export_ticket": Bench("export_ticket.py", "Ticket export: file size and CPU latency", (),
                            ("--models", "cnn1d,lenet5", "--reps", "10"), ("export_ticket",)),
     "aggregation": Bench("aggregation.py", "Streaming and robust aggregation", (), ("--repeats", "2"), ("aggregation",)),

@@ -293,9 +293,16 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (new or empty).")
 @click.option("--seeds", default=1, type=click.IntRange(1, 100), show_default=True,
               help="Seeds: 1 runs the scenario's seed; N > 1 runs seeds 0..N-1 (one folder each) and adds mean ± sample std and a 95 % interval over them.")
+@click.option("--controls", is_flag=True,
+              help="personal-ticket only: add the winning-ticket controls (random-mask: the ticket's per-layer counts at random positions; reinit: the ticket's mask on a fresh init) at every density.")
 @click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
-def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
-    """Train tickets at each density; table and plots of accuracy, robustness and fairness."""
+def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path | None, seeds: int, controls: bool, quiet: bool) -> None:
+    """Train tickets at each density; table and plots of accuracy, robustness and fairness.
+
+    personal-ticket trains one federation per seed (its global model does not depend on the
+    target density) and cuts every client's ticket, and with --controls both controls, from
+    that run's final global model at each density. Other algorithms run one federation per
+    density and seed."""
     from fedlth.study import parse_densities
 
     prov = provenance(program="fedlth")
@@ -307,6 +314,11 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
             targets = parse_densities(densities)
         except ValueError as exc:
             raise ScenarioError(str(exc)) from None
+        if controls and sc["algorithm"] != "personal-ticket":
+            raise ScenarioError(
+                f"--controls needs algorithm = personal-ticket (its tickets are cut from a finished federation); "
+                f"the scenario has {sc['algorithm']!r} (shared-ticket's controls: compare with ticket-control=reinit or server-pruner=random)"
+            )
         out = out or default_out_dir("study", sc["name"])
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
@@ -314,6 +326,9 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
             _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
+    if sc["algorithm"] == "personal-ticket":
+        _study_arms(sc, targets, out, seeds, controls, prov, progress)
+        return
     from fedlth.study import study as run_study
 
     next_run = batch_runs(progress, len(targets) * seeds)
@@ -325,6 +340,30 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
         with stop_on_sigint() as stop, progress.active():
             run_study(sc, targets, out, _runner(prov, stop, progress), on_run=say, prov=prov,
                       seeds=list(range(seeds)) if seeds > 1 else None)
+    except RunInterrupted:
+        _exit_interrupted_batch(out)
+    click.echo((out / "study.md").read_text())
+    click.echo(f"wrote {out}/study.md, study.csv, study.json, study.png")
+
+
+def _study_arms(sc: dict, targets: list[float], out: Path, seeds: int, controls: bool, prov: dict, progress: Progress) -> None:
+    """personal-ticket's study: one federation per seed, then every density x arm re-made from it."""
+    from fedlth.study import study_arms
+
+    arms = ("ticket", "random-mask", "reinit") if controls else ("ticket",)
+    steps = batch_runs(progress, seeds * (1 + len(targets) * len(arms)))
+
+    def say_run(seed: int) -> None:
+        steps(f"federation, seed {seed}")
+
+    def say_personal(seed: int, d: float, arm: str) -> None:
+        steps(f"{arm} tickets at density {d:g}, seed {seed}")
+
+    try:
+        with stop_on_sigint() as stop, progress.active():
+            study_arms(sc, targets, out, _runner(prov, stop, progress), arms=arms,
+                       seeds=list(range(seeds)) if seeds > 1 else None, on_run=say_run,
+                       on_personalize=lambda *a: (check_stop(stop), say_personal(*a)), prov=prov)
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo((out / "study.md").read_text())

@@ -72,9 +72,10 @@ def parse_floats(text: str, key: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class RobustnessEvaluator:
-    """Clean and robust accuracy under a torchattacks attack at each ε (in input units)."""
+    """Clean and robust accuracy under each torchattacks attack (`attack`: one name or a
+    comma-separated list) at each ε (in input units)."""
 
-    attack: str
+    attacks: tuple[str, ...]
     eps: tuple[float, ...]
     steps: int
     samples: int
@@ -83,11 +84,12 @@ class RobustnessEvaluator:
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> RobustnessEvaluator:
-        attack = str(opts.get("attack", "pgd"))
-        if attack not in ATTACKS:
-            raise ValueError(f"key 'attack' is {attack!r}; allowed: {', '.join(ATTACKS)}")
+        text = str(opts.get("attack", "pgd"))
+        attacks = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+        if not attacks or any(a not in ATTACKS for a in attacks):
+            raise ValueError(f"key 'attack' is {text!r}; allowed: {', '.join(ATTACKS)} (one, or several comma-separated)")
         return cls(
-            attack=attack, eps=parse_floats(str(opts.get("attack-eps", "0.1")), "attack-eps"),
+            attacks=attacks, eps=parse_floats(str(opts.get("attack-eps", "0.1")), "attack-eps"),
             steps=int(opts.get("attack-steps", 10)), samples=int(opts.get("attack-samples", 200)),
             seed=int(opts.get("seed", 0)),
         )
@@ -100,15 +102,16 @@ class RobustnessEvaluator:
         # A fixed, seeded subset bounds the cost of strong attacks on big clients.
         x, y = data.x[: self.samples], data.y[: self.samples]
         out: dict[str, float] = {}
-        for eps in self.eps:
-            res = robust_accuracy(
-                model, x, y, name=self.attack, eps=eps, input_range=data.input_range,
-                input_shape=data.input_shape, num_classes=data.num_classes, steps=self.steps, seed=self.seed,
-            )
-            out["robustness.clean_accuracy"] = float(res["clean_accuracy"])
-            tag = f"robustness.{self.attack}.eps={eps:g}"
-            out[f"{tag}.robust_accuracy"] = float(res["robust_accuracy"])
-            out[f"{tag}.attack_success_rate"] = float(res["attack_success_rate"])
+        for attack in self.attacks:
+            for eps in self.eps:
+                res = robust_accuracy(
+                    model, x, y, name=attack, eps=eps, input_range=data.input_range,
+                    input_shape=data.input_shape, num_classes=data.num_classes, steps=self.steps, seed=self.seed,
+                )
+                out["robustness.clean_accuracy"] = float(res["clean_accuracy"])
+                tag = f"robustness.{attack}.eps={eps:g}"
+                out[f"{tag}.robust_accuracy"] = float(res["robust_accuracy"])
+                out[f"{tag}.attack_success_rate"] = float(res["attack_success_rate"])
         out["robustness.samples"] = float(len(x))
         return out
 

@@ -368,3 +368,61 @@ def plot_ticket_levels(summary: Mapping[str, Any] | Sequence[Mapping[str, Any]],
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def plot_study_arms(
+    rows: Sequence[Mapping[str, Any]], path: Path, title: str, baselines: Mapping[str, Any] | None = None
+) -> str:
+    """One panel per metric (personalized accuracy, worst-10 % clients, std over clients, pooled
+    accuracy, each robust accuracy, each fairness gap) against density, one line per study arm
+    (ticket and its controls); ± sample std bands over seeds; `baselines` dashed on pooled accuracy."""
+    plt = _pyplot()
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    wanted = [k for k in ("accuracy", "worst10", "accuracy_std_over_clients", "pooled_accuracy") if k in keys]
+    wanted += [k for k in keys if k.endswith(".robust_accuracy")] + [k for k in keys if k.endswith("_difference")]
+    wanted = [k for k in wanted if any(_stat_mean(r.get(k)) is not None for r in rows)]
+    if not wanted:
+        return "skipped: no metric to draw"
+    cols = min(3, len(wanted))
+    nrows = math.ceil(len(wanted) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.6 * nrows), squeeze=False)
+    ticks, labels = plain_log_ticks([_stat_mean(r["density"]) for r in rows])
+    banded = any(_stat_std(r.get(k)) is not None for r in rows for k in wanted)
+    for ax, k in zip(axes.flat, wanted, strict=False):
+        ys: list[float] = []
+        is_acc = k.endswith(("accuracy", "worst10"))
+        for arm in arms:
+            pts = sorted((_stat_mean(r["density"]), _stat_mean(r.get(k)), _stat_std(r.get(k)))
+                         for r in rows if r["arm"] == arm and _stat_mean(r.get(k)) is not None)
+            if not pts:
+                continue
+            xs, means, stds = (list(t) for t in zip(*pts, strict=True))
+            (line,) = ax.plot(xs, means, "o-", ms=4, label=arm)
+            lo, hi = clamped_band(means, stds, 0.0, 1.0 if is_acc else math.inf)
+            if banded:
+                ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+            ys += lo + hi
+        if k == "pooled_accuracy":
+            for i, (name, value) in enumerate((baselines or {}).items()):
+                if _stat_mean(value) is not None:
+                    ax.axhline(_stat_mean(value), color="grey", ls=("--", ":", "-.")[i % 3], lw=1, label=name)
+                    ys.append(_stat_mean(value))
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, labels)
+        ax.minorticks_off()
+        ax.set(xlabel="density (fraction of weights kept)", title=_legend_name(k) + (" (lower is fairer)" if not is_acc else ""))
+        if ys and is_acc:
+            ax.set_ylim(accuracy_limits(ys))
+            _percent_axis(ax)
+        elif ys:
+            ax.set_ylim(0, max(0.02, 1.1 * max(ys)))
+        if k == "accuracy_std_over_clients":
+            _percent_axis(ax)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(wanted):]:
+        ax.set_visible(False)
+    fig.suptitle(title + (f" — {SEED_BAND}" if banded else ""), fontsize=10)
+    _save(fig, path)
+    return "written"

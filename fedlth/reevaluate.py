@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedlth.algorithms import Ctx, scenario_evaluators
 from fedlth.client_data import client_data
 from fedlth.evaluators import EvalData, run_evaluators
-from fedlth.masks import density
+from fedlth.masks import Weights, density
 from fedlth.models import build_model
 from fedlth.progress import Progress
 from fedlth.report import evaluation_summary
@@ -62,10 +63,13 @@ def reevaluate(run_dir: Path, sc: dict[str, Any], progress: Progress | None = No
     return {"evaluators": sc["evaluators"], "per_client": per_client, "summary": evaluation_summary(per_client)}
 
 
-def repersonalize(run_dir: Path, sc: dict[str, Any]) -> dict[int, dict[str, float]]:
+def repersonalize(
+    run_dir: Path, sc: dict[str, Any], on_model: Callable[[int, Weights], None] | None = None
+) -> dict[int, dict[str, float]]:
     """Every client's personal model made again from the run's final global model, exactly as
     the clients received it (through the wire), under `sc` (the run's scenario with, say,
-    another `ticket-control`): the winning-ticket controls on the very same federation."""
+    another `ticket-control` or `target-density`): the winning-ticket controls on the very same
+    federation. `on_model(client, weights)` sees each personal model before it is scored."""
     import torch
 
     from fedlth.algorithms import ClientState, evaluate_client, get_algorithm
@@ -84,5 +88,9 @@ def repersonalize(run_dir: Path, sc: dict[str, Any]) -> dict[int, dict[str, floa
     out: dict[int, dict[str, float]] = {}
     for pid in range(sc["num-clients"]):
         ctx = Ctx(sc, client_data(sc, pid), pid, sc["rounds"])  # the last round's generator
-        out[pid] = evaluate_client(alg, received, ClientState(mask=mask or None), ctx)
+        state = ClientState(mask=mask or None)
+        personal = alg.personal(received, state, ctx)
+        if on_model is not None:
+            on_model(pid, personal[0])
+        out[pid] = evaluate_client(alg, received, state, ctx, personal)
     return out

@@ -310,7 +310,7 @@ def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None, ref: 
         lines += ["## Evaluators (mean over clients)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {human_name(k)} | {format_cell(k, v)} |" for k, v in ev["evaluators_mean"].items()]
         lines += ["", csv_note("evaluators.csv"), ""]
-        if sc.get("attack") == "autoattack":
+        if "autoattack" in str(sc.get("attack", "")).split(","):
             from fedlth.robustness import NOTE_AUTOATTACK
 
             lines += [NOTE_AUTOATTACK, ""]

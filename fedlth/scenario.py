@@ -60,6 +60,14 @@ def _choice(default: str, choices: Iterable[str], help: str) -> Key:
     return Key(str, default, help, choices=tuple(choices))
 
 
+ATTACK_NAMES = ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack")  # fedlth.robustness.ATTACKS (torch-free here)
+
+
+def _attack_names(text: str) -> bool:
+    names = [a.strip() for a in text.split(",")]
+    return all(a in ATTACK_NAMES for a in names)
+
+
 def _off_or_at_least_one(x: float) -> bool:
     """0 switches a bound off; below 1 it would cut even the median client."""
     return x == 0 or x >= 1
@@ -177,7 +185,8 @@ KEYS: dict[str, Key] = {
     }),
     **_group("evaluators and robust tickets", {
         "evaluators": Key(str, "", "Comma-separated evaluators run on every client's ticket at evaluation rounds (robustness, fairness, or plug-ins)."),
-        "attack": _choice("pgd", ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack"), "robustness: the torchattacks attack."),
+        "attack": Key(str, "pgd", "robustness: the torchattacks attack, or several comma-separated (pgd,autoattack: each at every attack-eps).",
+                      _attack_names, "one or more of " + ", ".join(ATTACK_NAMES) + ", comma-separated"),
         "attack-eps": Key(str, "0.1", "robustness: comma-separated ε sweep in the model's input units."),
         "attack-steps": _int(1, None, "robustness: attack iterations.", 10),
         "attack-samples": _int(1, None, "robustness: test samples attacked per client (the first n).", 200),

@@ -18,11 +18,13 @@ FAIRNESS_NAMES = {
     "demographic_parity_difference": "demographic parity diff.",
     "equalized_odds_difference": "equalized odds diff.",
     "equal_opportunity_difference": "equal opportunity diff.",
+    "accuracy_difference": "accuracy gap between groups",
     "selection_rate": "positive rate (%)",
 }
 NAMES = {
     "algorithm": "algorithm",
     "predictor": "predictor",
+    "arm": "arm",
     "pooled_accuracy": "pooled acc. (%)",
     "positive_rate": "positive rate (%)",
     "target_density": "target density",
@@ -66,7 +68,7 @@ def human_name(key: str) -> str:
 def unit(key: str) -> str:
     """How a column's fractions print: 'pct' (×100, 1 decimal), 'pp' (points, 1 decimal),
     'gap' (3 decimals: a difference of rates), 'density' (3 decimals), 'num' (2), 'int', 'text'."""
-    if key in ("algorithm", "variant", "predictor", "group"):
+    if key in ("algorithm", "variant", "predictor", "group", "arm"):
         return "text"
     if key == "accuracy_std_over_clients":
         return "pp"
