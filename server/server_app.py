@@ -169,6 +169,19 @@ def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(entry))
 
 
+PENDING = "evaluation_pending"  # metrics.jsonl: a round trained, its evaluation still running
+
+
+def _write_pending(metrics_path: Path, entry: dict[str, Any], seconds: float) -> int:
+    """Append the trained round's line with `evaluation_pending: true` (its `seconds`: training
+    only) and return where it starts; the evaluated line replaces it. A finished run's file holds
+    no such line; a killed run's last line may (a resume rewrites the file from the checkpoint)."""
+    with metrics_path.open("a") as fh:
+        at = fh.tell()
+        fh.write(json.dumps(_jsonable({**entry, "seconds": seconds, PENDING: True})) + "\n")
+    return at
+
+
 def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, progress: Progress) -> dict[str, Any]:
     """One training round: send, fold replies as they arrive, aggregate; the run-log entry."""
     messages = list(strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
@@ -288,12 +301,19 @@ def run_federation(
                 len(list(grid.get_node_ids())), sc["num-clients"], sc["node-wait"])
         strategy.identify(grid, timeout=min(sc["round-timeout"], NEW_NODE_SECONDS))  # nodes that (re)joined
         entry = _train_round(grid, sc, strategy, rnd, progress)
+        line_at = None
         if is_eval_round(sc, rnd):
+            # the training numbers now, not after an evaluation that may take far longer
+            line_at = _write_pending(metrics_path, entry, time.perf_counter() - t0)
+            progress.update(info=f"round {rnd} trained: {round_info(entry)}; evaluating")
             _evaluate_round(grid, sc, strategy, rnd, entry, progress)
         entry["seconds"] = time.perf_counter() - t0
         entry = _jsonable(entry)
         rounds.append(entry)
-        with metrics_path.open("a") as fh:
+        with metrics_path.open("r+" if line_at is not None else "a") as fh:
+            if line_at is not None:  # the evaluated line replaces the pending one
+                fh.seek(line_at)
+                fh.truncate()
             fh.write(json.dumps(entry) + "\n")
         save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start])
         progress.update(done=rnd, info=round_info(entry))
