@@ -47,21 +47,31 @@ def file_mode() -> int:
     return 0o644
 
 
-def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
     """Write to a temporary file beside `path`, then rename over it; the file gets `mode`
-    (default: file_mode(), as open() would; private keys pass 0o600) before it appears."""
+    (default: file_mode(), as open() would; private keys pass 0o600) before it appears.
+    `durable`: on the disk (fsync) before the rename; False where the caller syncs later
+    (a killed process loses nothing either way: only an OS crash can lose unsynced data)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.fchmod(fd, file_mode() if mode is None else mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sync_disks() -> None:
+    """Flush every file written without fsync to the disk (one call for a round's many files:
+    an fsync each costs milliseconds, most of a small model's message)."""
+    if hasattr(os, "sync"):
+        os.sync()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

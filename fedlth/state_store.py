@@ -49,15 +49,17 @@ def _blob(state: ClientState, round_: int) -> dict[str, Any]:
 
 
 def save_state(
-    path: Path, state: ClientState, tag: str, round_: int = 0, previous: tuple[ClientState, int] | None = None
+    path: Path, state: ClientState, tag: str, round_: int = 0, previous: tuple[ClientState, int] | None = None,
+    durable: bool = True,
 ) -> None:
     """Write the ticket made in server round `round_` (and the one from before it) atomically:
-    a crash mid-write leaves the previous file intact."""
+    a crash mid-write leaves the previous file intact. `durable`: fsync it (False: whoever
+    checkpoints the run syncs the disk first, see fedlth.io.sync_disks)."""
     buf = io.BytesIO()
     blob = {"format": FORMAT, "tag": tag, **_blob(state, round_)}
     blob["previous"] = _blob(*previous) if previous is not None else None
     torch.save(blob, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue(), durable=durable)
 
 
 def _tensors(value: Any, what: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor] | None:

@@ -23,7 +23,7 @@ from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
 from fedlth.fedpm import upload_summary as mask_upload_summary
 from fedlth.interrupt import RunInterrupted
-from fedlth.io import default_run_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fedlth.io import default_run_dir, sync_disks, write_bytes_atomic, write_json_atomic, write_text_atomic
 from fedlth.labels import (
     TRAINING_MASK_DENSITY,
     accuracy_headline,
@@ -275,6 +275,9 @@ def run_federation(
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
+        # clients on this machine's disk write their files unsynced; sync_disks() before each checkpoint
+        if sc["backend"] == "inprocess" or not sc["ray-address"]:
+            strategy.run_config["state-sync"] = 1
     progress = progress or Progress()
     grid = CountingGrid(grid, progress)  # every reply moves the progress line on
     progress.task(f"waiting for {sc['num-clients']:,} clients to connect")
@@ -315,6 +318,8 @@ def run_federation(
                 fh.seek(line_at)
                 fh.truncate()
             fh.write(json.dumps(entry) + "\n")
+        if "state-sync" in strategy.run_config:
+            sync_disks()  # the clients' tickets of this round are on the disk before the checkpoint that counts on them
         save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start])
         progress.update(done=rnd, info=round_info(entry))
         if on_round is not None:

@@ -179,3 +179,23 @@ def test_a_round_sent_again_after_a_server_resume_starts_from_the_ticket_before_
             assert server.train(again, 2) == first
         assert "(1 rounds trained, density 0.5000" in caplog.text
         assert _file(tmp_path)["rounds"] == 2 and _file(tmp_path)["previous"]["rounds"] == 1
+
+
+def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monkeypatch):
+    """A deployed node (its own state-dir) fsyncs its ticket file; a simulated client writing into
+    the folder its server names skips it when the server says it syncs the disk before each
+    checkpoint (state-sync), and the file reads back the same either way."""
+    import os
+
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    sc = resolve({})
+    persist_state_(_context({"partition-id": 1, "state-dir": str(tmp_path / "node")}), sc, _state())
+    assert len(calls) == 1
+    simulated = {"state-dir": str(tmp_path / "sim"), "run-key": "k"}
+    persist_state_(_context({"partition-id": 1}), sc, _state(), simulated)
+    assert len(calls) == 2  # the server did not say it syncs
+    persist_state_(_context({"partition-id": 1}), sc, _state(), {**simulated, "state-sync": 1})
+    assert len(calls) == 2
+    assert _same(restore_state(_context({"partition-id": 1}), sc, {**simulated, "state-sync": 1})[0], _state())
