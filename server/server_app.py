@@ -23,7 +23,13 @@ from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
 from fedlth.fedpm import upload_summary as mask_upload_summary
 from fedlth.interrupt import RunInterrupted
-from fedlth.io import default_run_dir, sync_disks, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fedlth.io import (
+    default_run_dir,
+    sync_disks,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fedlth.labels import (
     TRAINING_MASK_DENSITY,
     accuracy_headline,
