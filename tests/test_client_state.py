@@ -4,6 +4,7 @@ state-dir), and a damaged or foreign state file means a clean start from the ser
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 
@@ -199,3 +200,27 @@ def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monk
     persist_state_(_context({"partition-id": 1}), sc, _state(), {**simulated, "state-sync": 1})
     assert len(calls) == 2
     assert _same(restore_state(_context({"partition-id": 1}), sc, {**simulated, "state-sync": 1})[0], _state())
+
+
+def test_a_ticket_file_read_again_unchanged_comes_from_the_cache_as_fresh_tensors(tmp_path, monkeypatch):
+    """The process remembers the file it wrote: an unchanged file skips torch.load, each read gets
+    its own tensors, and a file whose bytes changed (another process, a damaged disk) is read anew."""
+    from fedlth import state_store
+
+    path, tag = tmp_path / "ticket-0.pt", state_tag(resolve({}), 0)
+    save_file(path, _state(), tag, 2, (ClientState(rounds=2), 1))
+    loads: list[object] = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a), real(*a, **k))[1])
+    first = state_store.load_entry(path, tag)
+    assert loads == [] and first[1] == 2 and _same(first[0], _state())
+    first[0].mask["0.weight"].fill_(False)  # the reader's copy, not the cache's
+    assert _same(state_store.load_entry(path, tag)[0], _state()) and loads == []
+    assert state_store.load_entry(path, tag, before=2) == (ClientState(rounds=2), 1)
+    other = ClientState(mask={"0.weight": torch.ones(4, 3, dtype=torch.bool)}, rounds=5)
+    buf = io.BytesIO()
+    torch.save({"format": state_store.FORMAT, "tag": tag, "mask": other.mask, "personal": None, "candidate": None,
+                "rounds": 5, "round": 7, "previous": None}, buf)
+    path.write_bytes(buf.getvalue())  # written by someone else
+    again = state_store.load_entry(path, tag)
+    assert len(loads) == 1 and again[1] == 7 and bool(again[0].mask["0.weight"].all())
