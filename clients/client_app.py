@@ -145,9 +145,10 @@ def persist_state_(
         save_state_(context, state, round_)
     path = state_file(context, config)
     if path is not None:
-        # a server on this machine that says so syncs the disk before each checkpoint: no fsync per client
-        synced = _disk_only(context, config) and bool(int((config or {}).get("state-sync", 0)))
-        save_state_file(path, state, _tag(context, sc, config), round_, previous, durable=not synced)
+        # a server on this machine syncs the disk before each checkpoint (state-sync): no fsync per
+        # client; in its process ("process"), it also waits for writes made in the background
+        sync = str((config or {}).get("state-sync", "")) if _disk_only(context, config) else ""
+        save_state_file(path, state, _tag(context, sc, config), round_, previous, durable=not sync, background=sync == "process")
 
 
 def partition_id(context: Context) -> int:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +52,43 @@ def _blob(state: ClientState, round_: int) -> dict[str, Any]:
 
 def save_state(
     path: Path, state: ClientState, tag: str, round_: int = 0, previous: tuple[ClientState, int] | None = None,
-    durable: bool = True,
+    durable: bool = True, background: bool = False,
 ) -> None:
     """Write the ticket made in server round `round_` (and the one from before it) atomically:
     a crash mid-write leaves the previous file intact. `durable`: fsync it (False: whoever
-    checkpoints the run syncs the disk first, see fedlth.io.sync_disks)."""
+    checkpoints the run syncs the disk first, see fedlth.io.sync_disks). `background`: a thread
+    of this process writes it, while the caller goes on; wait_for_writes() waits for it."""
     buf = io.BytesIO()
     blob = {"format": FORMAT, "tag": tag, **_blob(state, round_)}
     blob["previous"] = _blob(*previous) if previous is not None else None
     torch.save(blob, buf)
     data = buf.getvalue()
-    write_bytes_atomic(path, data, durable=durable)
+    wait_for_writes(path)  # one write per file at a time, in order
+    if background:
+        global _writer
+        if len(_writes) >= MAX_PENDING_WRITES:  # bounded: the bytes waiting stay a round's worth
+            wait_for_writes()
+        _writer = _writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedlth-state-writer")
+        _writes[str(path)] = _writer.submit(write_bytes_atomic, path, data, durable=durable)
+    else:
+        write_bytes_atomic(path, data, durable=durable)
     _remember(path, data, tag, [(state, round_), *([previous] if previous is not None else [])])
+
+
+# Background writes (simulated clients in the server's process: their file writes overlap the
+# next client's training), per path; the server waits for them before each checkpoint.
+MAX_PENDING_WRITES = 1024
+_writer: ThreadPoolExecutor | None = None
+_writes: dict[str, Future] = {}
+
+
+def wait_for_writes(path: Path | None = None) -> None:
+    """Block until this process's background writes (of `path`, else all) are done; a write
+    that failed raises here."""
+    for key in [str(path)] if path is not None else list(_writes):
+        pending = _writes.pop(key, None)
+        if pending is not None:
+            pending.result()
 
 
 # The last ticket file this process wrote or read, per path, with its bytes: a simulated client
@@ -125,6 +151,7 @@ def load_entry(path: Path, tag: str, before: int | None = None) -> tuple[ClientS
     """The saved ticket and the server round that made it, or None (with a log line saying why)
     when the file is missing, corrupt or foreign. `before`: the newest ticket made before that
     round (a round the server sends again after resuming from a checkpoint)."""
+    wait_for_writes(path)
     if not path.is_file():
         return None
     try:

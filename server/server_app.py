@@ -44,6 +44,7 @@ from fedlth.provenance import provenance
 from fedlth.reference import scenario_reference
 from fedlth.report import evaluation_summary, report_csvs, report_markdown, round_bytes, summarize
 from fedlth.scenario import load_scenario, resolve, to_toml
+from fedlth.state_store import wait_for_writes
 from fedlth.tickets import save_tickets
 from server.exchange import StoppableGrid, stream_replies
 from server.strategy import TicketStrategy, rng_state_tuple
@@ -281,9 +282,10 @@ def run_federation(
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
-        # clients on this machine's disk write their files unsynced; sync_disks() before each checkpoint
+        # clients on this machine's disk write their files unsynced (in this process: in the
+        # background); the writes are waited for and synced before each checkpoint
         if sc["backend"] == "inprocess" or not sc["ray-address"]:
-            strategy.run_config["state-sync"] = 1
+            strategy.run_config["state-sync"] = "process" if sc["backend"] == "inprocess" else "disk"
     progress = progress or Progress()
     grid = CountingGrid(grid, progress)  # every reply moves the progress line on
     progress.task(f"waiting for {sc['num-clients']:,} clients to connect")
@@ -325,7 +327,8 @@ def run_federation(
                 fh.truncate()
             fh.write(json.dumps(entry) + "\n")
         if "state-sync" in strategy.run_config:
-            sync_disks()  # the clients' tickets of this round are on the disk before the checkpoint that counts on them
+            wait_for_writes()  # the clients' tickets of this round are on the disk before the checkpoint that counts on them
+            sync_disks()
         save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start])
         progress.update(done=rnd, info=round_info(entry))
         if on_round is not None:

@@ -185,8 +185,11 @@ def test_a_round_sent_again_after_a_server_resume_starts_from_the_ticket_before_
 def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monkeypatch):
     """A deployed node (its own state-dir) fsyncs its ticket file; a simulated client writing into
     the folder its server names skips it when the server says it syncs the disk before each
-    checkpoint (state-sync), and the file reads back the same either way."""
+    checkpoint (state-sync), and in the server's process ("process") writes it in the background,
+    which a read of the file and wait_for_writes wait for; the file reads back the same either way."""
     import os
+
+    from fedlth import state_store
 
     calls: list[int] = []
     real = os.fsync
@@ -197,9 +200,16 @@ def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monk
     simulated = {"state-dir": str(tmp_path / "sim"), "run-key": "k"}
     persist_state_(_context({"partition-id": 1}), sc, _state(), simulated)
     assert len(calls) == 2  # the server did not say it syncs
-    persist_state_(_context({"partition-id": 1}), sc, _state(), {**simulated, "state-sync": 1})
+    persist_state_(_context({"partition-id": 1}), sc, _state(), {**simulated, "state-sync": "disk"})
+    assert len(calls) == 2 and not state_store._writes
+    assert _same(restore_state(_context({"partition-id": 1}), sc, simulated)[0], _state())
+    later = ClientState(mask=_state().mask, personal=_state().personal, rounds=4)
+    persist_state_(_context({"partition-id": 1}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
     assert len(calls) == 2
-    assert _same(restore_state(_context({"partition-id": 1}), sc, {**simulated, "state-sync": 1})[0], _state())
+    assert restore_state(_context({"partition-id": 1}), sc, simulated)[1] == 4  # the read waited for the write
+    persist_state_(_context({"partition-id": 2}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
+    state_store.wait_for_writes()
+    assert not state_store._writes and torch.load(tmp_path / "sim" / "ticket-2.pt", weights_only=True)["round"] == 4
 
 
 def test_a_ticket_file_read_again_unchanged_comes_from_the_cache_as_fresh_tensors(tmp_path, monkeypatch):
