@@ -42,7 +42,14 @@ from fedlth.plots import plot_federated
 from fedlth.progress import CountingGrid, Progress
 from fedlth.provenance import provenance
 from fedlth.reference import scenario_reference
-from fedlth.report import evaluation_summary, report_csvs, report_markdown, round_bytes, summarize
+from fedlth.report import (
+    FIGURES,
+    evaluation_summary,
+    report_csvs,
+    report_markdown,
+    round_bytes,
+    summarize,
+)
 from fedlth.scenario import load_scenario, resolve, to_toml
 from fedlth.state_store import wait_for_writes
 from fedlth.tickets import save_tickets
@@ -352,7 +359,8 @@ def run_federation(
     if failure is not None:
         summary["failure"] = failure
     write_json_atomic(out / "summary.json", summary)
-    figures = plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
+    figures = (plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out) if sc["plots"]
+               else dict.fromkeys(FIGURES, "skipped: plots = false"))
     report = report_markdown(sc, summary, figures)
     if failure is not None:
         title, _, rest = report.partition("\n")

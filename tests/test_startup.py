@@ -85,3 +85,17 @@ def test_an_evaluation_rounds_training_line_comes_before_its_evaluation(tmp_path
     assert [r["round"] for r in final] == [1, 2] and not any(server_app.PENDING in r for r in final)
     assert final[1]["train"] == during[1]["train"] and set(final[1]["evaluate"]) == {"0", "1"}
     assert final[1]["seconds"] >= during[1]["seconds"]
+
+
+def test_plots_false_draws_no_figure_and_report_md_says_so(tmp_path):
+    from clients.client_app import app as client_app
+    from fedlth.scenario import resolve
+    from server.local_grid import LocalGrid
+    from server.server_app import run_federation
+
+    sc = resolve({"dataset": "digits", "model": "mlp", "num-clients": 2, "clients-per-round": 2, "rounds": 2,
+                  "local-epochs": 1, "algorithm": "fedavg", "eval-every": 1, "plots": False})
+    out = tmp_path / "run"
+    run_federation(LocalGrid(client_app, 2), sc, out, client_state_dir=out / "cs")
+    assert not list(out.glob("*.png")) and (out / "summary.json").is_file()
+    assert "`accuracy_by_round.png` skipped: plots = false." in (out / "report.md").read_text()
