@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -177,8 +178,14 @@ def node_data(context: Context, sc: dict[str, Any]) -> ClientData:
         ) from exc
 
 
+@lru_cache(maxsize=8)
+def _resolved(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    # every message carries the run's scenario: validated once per process, not per message
+    return resolve(dict(items), source="server config")
+
+
 def _setup(msg: Message, context: Context, training: bool) -> tuple[dict[str, Any], Ctx, ClientState, int]:
-    sc = resolve(config_from_record(msg.content["scenario"]), source="server config")
+    sc = dict(_resolved(tuple(config_from_record(msg.content["scenario"]).items())))
     config = dict(msg.content["config"])
     round_ = int(config["server-round"])
     pid = partition_id(context)

@@ -93,7 +93,7 @@ def wait_for_writes(path: Path | None = None) -> None:
 
 # The last ticket file this process wrote or read, per path, with its bytes: a simulated client
 # reads its file at every message, and a file whose bytes are those cached needs no torch.load.
-CACHE_BYTES = 256 * 2**20
+CACHE_BYTES = 128 * 2**20  # per process: a federation still costs disk, not RAM
 _cache: OrderedDict[str, tuple[bytes, str, list[tuple[ClientState, int]], int]] = OrderedDict()
 
 
