@@ -146,10 +146,11 @@ def persist_state_(
         save_state_(context, state, round_)
     path = state_file(context, config)
     if path is not None:
-        # a server on this machine syncs the disk before each checkpoint (state-sync): no fsync per
-        # client; in its process ("process"), it also waits for writes made in the background
+        # a server in this process ("process") waits before each checkpoint for the writes (each
+        # with its fsync) made in the background, while the next client trains; one on this
+        # machine ("disk") syncs the disk then, so the client skips its fsync
         sync = str((config or {}).get("state-sync", "")) if _disk_only(context, config) else ""
-        save_state_file(path, state, _tag(context, sc, config), round_, previous, durable=not sync, background=sync == "process")
+        save_state_file(path, state, _tag(context, sc, config), round_, previous, durable=sync != "disk", background=sync == "process")
 
 
 def partition_id(context: Context) -> int:

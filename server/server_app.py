@@ -289,8 +289,8 @@ def run_federation(
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
-        # clients on this machine's disk write their files unsynced (in this process: in the
-        # background); the writes are waited for and synced before each checkpoint
+        # clients in this process write their files in the background, others on this machine
+        # without an fsync each: the writes are waited for, or the disk synced, before each checkpoint
         if sc["backend"] == "inprocess" or not sc["ray-address"]:
             strategy.run_config["state-sync"] = "process" if sc["backend"] == "inprocess" else "disk"
     progress = progress or Progress()
@@ -333,8 +333,9 @@ def run_federation(
                 fh.seek(line_at)
                 fh.truncate()
             fh.write(json.dumps(entry) + "\n")
-        if "state-sync" in strategy.run_config:
-            wait_for_writes()  # the clients' tickets of this round are on the disk before the checkpoint that counts on them
+        # the clients' tickets of this round are on the disk before the checkpoint that counts on them
+        wait_for_writes()
+        if strategy.run_config.get("state-sync") == "disk":
             sync_disks()
         save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start])
         progress.update(done=rnd, info=round_info(entry))

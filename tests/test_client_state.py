@@ -185,8 +185,9 @@ def test_a_round_sent_again_after_a_server_resume_starts_from_the_ticket_before_
 def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monkeypatch):
     """A deployed node (its own state-dir) fsyncs its ticket file; a simulated client writing into
     the folder its server names skips it when the server says it syncs the disk before each
-    checkpoint (state-sync), and in the server's process ("process") writes it in the background,
-    which a read of the file and wait_for_writes wait for; the file reads back the same either way."""
+    checkpoint (state-sync = disk), and in the server's process (state-sync = process) writes it,
+    fsync included, in a background thread, which a read of the file and wait_for_writes wait
+    for; the file reads back the same either way."""
     import os
 
     from fedlth import state_store
@@ -205,11 +206,11 @@ def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monk
     assert _same(restore_state(_context({"partition-id": 1}), sc, simulated)[0], _state())
     later = ClientState(mask=_state().mask, personal=_state().personal, rounds=4)
     persist_state_(_context({"partition-id": 1}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
-    assert len(calls) == 2
     assert restore_state(_context({"partition-id": 1}), sc, simulated)[1] == 4  # the read waited for the write
     persist_state_(_context({"partition-id": 2}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
     state_store.wait_for_writes()
     assert not state_store._writes and torch.load(tmp_path / "sim" / "ticket-2.pt", weights_only=True)["round"] == 4
+    assert len(calls) == 4  # the background writes fsync, in their thread
 
 
 def test_a_ticket_file_read_again_unchanged_comes_from_the_cache_as_fresh_tensors(tmp_path, monkeypatch):
