@@ -12,14 +12,13 @@ import hashlib
 import io
 import logging
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedlth.algorithms import ClientState
-from fedlth.io import write_bytes_atomic
+from fedlth.io import wait_for_writes, write_bytes_atomic, write_bytes_later
 
 log = logging.getLogger("fedlth")
 FORMAT = "fedlth-client-state-v2"
@@ -56,39 +55,19 @@ def save_state(
 ) -> None:
     """Write the ticket made in server round `round_` (and the one from before it) atomically:
     a crash mid-write leaves the previous file intact. `durable`: fsync it (False: whoever
-    checkpoints the run syncs the disk first, see fedlth.io.sync_disks). `background`: a thread
-    of this process writes it, while the caller goes on; wait_for_writes() waits for it."""
+    checkpoints the run syncs the disk first, see fedlth.io.sync_disks). `background`: this
+    process's writer thread writes it while the caller goes on (fedlth.io.write_bytes_later)."""
     buf = io.BytesIO()
     blob = {"format": FORMAT, "tag": tag, **_blob(state, round_)}
     blob["previous"] = _blob(*previous) if previous is not None else None
     torch.save(blob, buf)
     data = buf.getvalue()
-    wait_for_writes(path)  # one write per file at a time, in order
     if background:
-        global _writer
-        if len(_writes) >= MAX_PENDING_WRITES:  # bounded: the bytes waiting stay a round's worth
-            wait_for_writes()
-        _writer = _writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedlth-state-writer")
-        _writes[str(path)] = _writer.submit(write_bytes_atomic, path, data, durable=durable)
+        write_bytes_later(path, data, durable=durable)
     else:
+        wait_for_writes(path)  # a write queued earlier must not land after this one
         write_bytes_atomic(path, data, durable=durable)
     _remember(path, data, tag, [(state, round_), *([previous] if previous is not None else [])])
-
-
-# Background writes (simulated clients in the server's process: their file writes overlap the
-# next client's training), per path; the server waits for them before each checkpoint.
-MAX_PENDING_WRITES = 1024
-_writer: ThreadPoolExecutor | None = None
-_writes: dict[str, Future] = {}
-
-
-def wait_for_writes(path: Path | None = None) -> None:
-    """Block until this process's background writes (of `path`, else all) are done; a write
-    that failed raises here."""
-    for key in [str(path)] if path is not None else list(_writes):
-        pending = _writes.pop(key, None)
-        if pending is not None:
-            pending.result()
 
 
 # The last ticket file this process wrote or read, per path, with its bytes: a simulated client

@@ -26,7 +26,9 @@ from fedlth.interrupt import RunInterrupted
 from fedlth.io import (
     default_run_dir,
     sync_disks,
+    wait_for_writes,
     write_bytes_atomic,
+    write_bytes_later,
     write_json_atomic,
     write_text_atomic,
 )
@@ -51,7 +53,6 @@ from fedlth.report import (
     summarize,
 )
 from fedlth.scenario import load_scenario, resolve, to_toml
-from fedlth.state_store import wait_for_writes
 from fedlth.tickets import save_tickets
 from server.exchange import StoppableGrid, stream_replies
 from server.strategy import TicketStrategy, rng_state_tuple
@@ -95,11 +96,13 @@ class RunFailed(RuntimeError):
 
 def save_checkpoint(
     out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str, deployed: bool = False,
-    wall_segments: list[float] | None = None,
+    wall_segments: list[float] | None = None, later: bool = False,
 ) -> None:
     """Everything needed to continue after the last finished round, written atomically;
     `deployed`: the run's clients are SuperNodes (flwr run), not simulated by fedlth run;
-    `wall_segments`: seconds of each process that ran the run so far, this one up to now."""
+    `wall_segments`: seconds of each process that ran the run so far, this one up to now;
+    `later`: by this process's writer thread, in order after the clients' ticket files queued
+    before it (fedlth.io.write_bytes_later), while the next round runs."""
     buf = io.BytesIO()
     torch.save(
         {"format": CHECKPOINT_FORMAT, "round": len(rounds), "run_key": run_key, "strategy": strategy.state_dict(),
@@ -107,12 +110,13 @@ def save_checkpoint(
          "deployed": deployed, "wall_segments": [float(x) for x in wall_segments or []]},
         buf,
     )
-    write_bytes_atomic(out / CHECKPOINT, buf.getvalue())
+    (write_bytes_later if later else write_bytes_atomic)(out / CHECKPOINT, buf.getvalue())
 
 
 def load_checkpoint(out: Path) -> dict[str, Any]:
     """The checkpoint of a killed run; ResumeError when there is none or it is unreadable."""
     path = out / CHECKPOINT
+    wait_for_writes(path)  # one this process still has queued
     if not path.is_file():
         raise ResumeError(f"{str(out)!r} has no {CHECKPOINT}: it is not a fedlth run folder, or no round finished")
     try:
@@ -333,14 +337,16 @@ def run_federation(
                 fh.seek(line_at)
                 fh.truncate()
             fh.write(json.dumps(entry) + "\n")
-        # the clients' tickets of this round are on the disk before the checkpoint that counts on them
-        wait_for_writes()
+        # the clients' tickets of this round are on the disk before the checkpoint that counts on
+        # them: in this process, the writer thread writes them first; elsewhere on this machine, a sync
+        in_process = strategy.run_config.get("state-sync") == "process"
         if strategy.run_config.get("state-sync") == "disk":
             sync_disks()
-        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start])
+        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start], later=in_process)
         progress.update(done=rnd, info=round_info(entry))
         if on_round is not None:
             on_round(entry)
+    wait_for_writes()  # the last checkpoint and tickets on the disk before the outputs that follow them
     progress.task("writing the summary, report, tickets and plots")
     segments = [*(earlier or []), time.perf_counter() - t_start]
     summary = summarize(

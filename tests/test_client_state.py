@@ -190,7 +190,7 @@ def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monk
     for; the file reads back the same either way."""
     import os
 
-    from fedlth import state_store
+    from fedlth import io as fio
 
     calls: list[int] = []
     real = os.fsync
@@ -202,14 +202,14 @@ def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monk
     persist_state_(_context({"partition-id": 1}), sc, _state(), simulated)
     assert len(calls) == 2  # the server did not say it syncs
     persist_state_(_context({"partition-id": 1}), sc, _state(), {**simulated, "state-sync": "disk"})
-    assert len(calls) == 2 and not state_store._writes
+    assert len(calls) == 2 and not fio._writes
     assert _same(restore_state(_context({"partition-id": 1}), sc, simulated)[0], _state())
     later = ClientState(mask=_state().mask, personal=_state().personal, rounds=4)
     persist_state_(_context({"partition-id": 1}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
     assert restore_state(_context({"partition-id": 1}), sc, simulated)[1] == 4  # the read waited for the write
     persist_state_(_context({"partition-id": 2}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
-    state_store.wait_for_writes()
-    assert not state_store._writes and torch.load(tmp_path / "sim" / "ticket-2.pt", weights_only=True)["round"] == 4
+    fio.wait_for_writes()
+    assert not fio._writes and torch.load(tmp_path / "sim" / "ticket-2.pt", weights_only=True)["round"] == 4
     assert len(calls) == 4  # the background writes fsync, in their thread
 
 
