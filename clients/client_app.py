@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +153,11 @@ def persist_state_(
         save_state_(context, state, round_)
     path = state_file(context, config)
     if path is not None:
-        save_state_file(path, state, _tag(context, sc, config), round_, previous)
+        # a server in this process ("process") waits before each checkpoint for the writes (each
+        # with its fsync) made in the background, while the next client trains; one on this
+        # machine ("disk") syncs the disk then, so the client skips its fsync
+        sync = str((config or {}).get("state-sync", "")) if _disk_only(context, config) else ""
+        save_state_file(path, state, _tag(context, sc, config), round_, previous, durable=sync != "disk", background=sync == "process")
 
 
 def partition_id(context: Context) -> int:
@@ -181,8 +186,14 @@ def node_data(context: Context, sc: dict[str, Any]) -> ClientData:
         ) from exc
 
 
+@lru_cache(maxsize=8)
+def _resolved(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    # every message carries the run's scenario: validated once per process, not per message
+    return resolve(dict(items), source="server config")
+
+
 def _setup(msg: Message, context: Context, training: bool) -> tuple[dict[str, Any], Ctx, ClientState, int]:
-    sc = resolve(config_from_record(msg.content["scenario"]), source="server config")
+    sc = dict(_resolved(tuple(config_from_record(msg.content["scenario"]).items())))
     config = dict(msg.content["config"])
     round_ = int(config["server-round"])
     pid = partition_id(context)

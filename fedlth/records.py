@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import math
 from collections.abc import Mapping
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord
+from flwr.common.constant import SType
 
 from fedlth import fedpm, wire, wire_delta
 from fedlth.masks import Mask, Weights
@@ -15,16 +18,68 @@ ConfigValue = int | float | str | bool
 MetricValue = int | float
 
 
+_NPY_CACHE = 4096  # distinct (dtype, shape) headers kept: a hostile peer must not grow it without bound
+_npy_heads: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_npy_layouts: dict[bytes, tuple[np.dtype, tuple[int, ...]]] = {}
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    """np.save's bytes for a C-contiguous array: its header, cached per dtype and shape (np.save
+    formats it afresh each time, which costs more than copying a small model's values)."""
+    key = (a.dtype.str, a.shape)
+    head = _npy_heads.get(key)
+    if head is None:
+        buf = io.BytesIO()
+        np.save(buf, a, allow_pickle=False)
+        full = buf.getvalue()
+        head = full[: len(full) - a.nbytes]
+        if len(_npy_heads) < _NPY_CACHE:
+            _npy_heads[key] = head
+        return full
+    return head + a.tobytes()
+
+
+def _array(a: np.ndarray) -> Array:
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)  # (not for every array: it makes a 0-d array 1-d)
+    if a.dtype.hasobject:
+        return Array(a)  # Flower refuses it, with its own message
+    return Array(dtype=str(a.dtype), shape=tuple(int(x) for x in a.shape), stype=SType.NUMPY, data=_npy_bytes(a))
+
+
+def _npy_array(value: Array) -> np.ndarray:
+    """What Array.numpy() gives (np.load of its bytes), reading a header seen before from a cache."""
+    data = value.data
+    if value.stype != SType.NUMPY or len(data) < 10 or data[6] not in (1, 2):
+        return value.numpy()  # Flower's own checks and errors
+    start = 10 + int.from_bytes(data[8:10], "little") if data[6] == 1 else 12 + int.from_bytes(data[8:12], "little")
+    head = bytes(data[:start])
+    layout = _npy_layouts.get(head)
+    if layout is None:
+        a = value.numpy()  # np.load parses and checks the header (and refuses pickles)
+        if a.flags.c_contiguous and len(_npy_layouts) < _NPY_CACHE:  # (a Fortran-order payload is not)
+            _npy_layouts[head] = (a.dtype, a.shape)
+        return a
+    dtype, shape = layout
+    count = math.prod(shape)
+    if len(data) - start < count * dtype.itemsize:
+        raise ValueError(f"array data has {len(data) - start} bytes; shape {shape} of {dtype} needs {count * dtype.itemsize}")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=start).reshape(shape).copy()
+
+
 def to_array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """An ArrayRecord holding each array under its key, in the mapping's order."""
     # ArrayRecord(...) does not accept a dict of ndarrays (only of Array, torch tensors or a
     # list of ndarrays with generated keys), so wrap each one; Array(ndarray) is np.save.
-    return ArrayRecord({k: Array(np.asarray(a)) for k, a in arrays.items()})
+    record = ArrayRecord()
+    for k, a in arrays.items():
+        record[k] = _array(np.asarray(a))
+    return record
 
 
 def from_array_record(record: ArrayRecord) -> dict[str, np.ndarray]:
     """The record's arrays by key, in the record's order (fresh, writable numpy arrays)."""
-    return {k: v.numpy() for k, v in record.items()}
+    return {k: _npy_array(v) for k, v in record.items()}
 
 
 WIRE_DTYPES = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -192,6 +192,7 @@ KEYS: dict[str, Key] = {
         "attack-samples": _int(1, None, "robustness: test samples attacked per client (the first n).", 200),
         "sensitive": Key(str, "", "fairness: comma-separated sensitive features (empty: all the dataset declares)."),
         "save-tickets": Key(bool, True, "At the last evaluation clients send their personal tickets; the run keeps them (tickets/) for `fedlth evaluate`."),
+        "plots": Key(bool, True, "Draw the run's figures (PNG, matplotlib) at its end; false leaves them out (sweeps, timing), report.md says so."),
         "adv-train": Key(bool, False, "Local adversarial training (PGD-AT) in every algorithm: robust tickets."),
         "adv-eps": _float(0.1, "PGD-AT: L∞ radius in the model's input units.", 0.0),
         "adv-steps": _int(1, None, "PGD-AT: PGD steps per batch.", 5),

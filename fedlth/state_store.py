@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from fedlth.algorithms import ClientState
-from fedlth.io import write_bytes_atomic
+from fedlth.io import wait_for_writes, write_bytes_atomic, write_bytes_later
 
 log = logging.getLogger("fedlth")
 FORMAT = "fedlth-client-state-v2"
@@ -49,15 +50,56 @@ def _blob(state: ClientState, round_: int) -> dict[str, Any]:
 
 
 def save_state(
-    path: Path, state: ClientState, tag: str, round_: int = 0, previous: tuple[ClientState, int] | None = None
+    path: Path, state: ClientState, tag: str, round_: int = 0, previous: tuple[ClientState, int] | None = None,
+    durable: bool = True, background: bool = False,
 ) -> None:
     """Write the ticket made in server round `round_` (and the one from before it) atomically:
-    a crash mid-write leaves the previous file intact."""
+    a crash mid-write leaves the previous file intact. `durable`: fsync it (False: whoever
+    checkpoints the run syncs the disk first, see fedlth.io.sync_disks). `background`: this
+    process's writer thread writes it while the caller goes on (fedlth.io.write_bytes_later)."""
     buf = io.BytesIO()
     blob = {"format": FORMAT, "tag": tag, **_blob(state, round_)}
     blob["previous"] = _blob(*previous) if previous is not None else None
     torch.save(blob, buf)
-    write_bytes_atomic(path, buf.getvalue())
+    data = buf.getvalue()
+    if background:
+        write_bytes_later(path, data, durable=durable)
+    else:
+        wait_for_writes(path)  # a write queued earlier must not land after this one
+        write_bytes_atomic(path, data, durable=durable)
+    _remember(path, data, tag, [(state, round_), *([previous] if previous is not None else [])])
+
+
+# The last ticket file this process wrote or read, per path, with its bytes: a simulated client
+# reads its file at every message, and a file whose bytes are those cached needs no torch.load.
+CACHE_BYTES = 128 * 2**20  # per process: a federation still costs disk, not RAM
+_cache: OrderedDict[str, tuple[bytes, str, list[tuple[ClientState, int]], int]] = OrderedDict()
+
+
+def _copy(state: ClientState) -> ClientState:
+    """Fresh tensors: whoever gets a cached ticket may not change the cache's."""
+    def dup(d: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        return None if d is None else {k: v.clone() for k, v in d.items()}
+    return ClientState(mask=dup(state.mask), personal=dup(state.personal), candidate=dup(state.candidate), rounds=state.rounds)
+
+
+def _remember(path: Path, data: bytes, tag: str, entries: list[tuple[ClientState, int]]) -> None:
+    key = str(path)
+    _cache.pop(key, None)
+    size = len(data) + sum(v.nbytes for st, _ in entries for d in (st.mask, st.personal, st.candidate) if d for v in d.values())
+    if size > CACHE_BYTES:
+        return
+    _cache[key] = (data, tag, [(_copy(st), r) for st, r in entries], size)
+    while sum(x[3] for x in _cache.values()) > CACHE_BYTES:
+        _cache.popitem(last=False)  # the least recently used
+
+
+def _recall(path: Path, data: bytes, tag: str) -> list[tuple[ClientState, int]] | None:
+    hit = _cache.get(str(path))
+    if hit is None or hit[1] != tag or hit[0] != data:
+        return None
+    _cache.move_to_end(str(path))
+    return [(_copy(st), r) for st, r in hit[2]]
 
 
 def _tensors(value: Any, what: str, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor] | None:
@@ -91,19 +133,28 @@ def load_entry(path: Path, tag: str, before: int | None = None) -> tuple[ClientS
     """The saved ticket and the server round that made it, or None (with a log line saying why)
     when the file is missing, corrupt or foreign. `before`: the newest ticket made before that
     round (a round the server sends again after resuming from a checkpoint)."""
+    wait_for_writes(path)
     if not path.is_file():
         return None
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ValueError("not a fedlth client-state file")
-        if blob.get("tag") != tag:
-            log.warning("fedlth: ignoring state file %s: it belongs to %r, not %r; starting from the server's copy", path, blob.get("tag"), tag)
-            return None
-        entries = [_entry(blob)] + ([_entry(blob["previous"])] if blob.get("previous") is not None else [])
-    except Exception as exc:  # any unreadable file means: start clean from the server's copy
+        data = path.read_bytes()
+    except OSError as exc:
         log.warning("fedlth: ignoring unreadable state file %s (%s: %s); starting from the server's copy", path, type(exc).__name__, exc)
         return None
+    entries = _recall(path, data, tag)
+    if entries is None:
+        try:
+            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+            if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+                raise ValueError("not a fedlth client-state file")
+            if blob.get("tag") != tag:
+                log.warning("fedlth: ignoring state file %s: it belongs to %r, not %r; starting from the server's copy", path, blob.get("tag"), tag)
+                return None
+            entries = [_entry(blob)] + ([_entry(blob["previous"])] if blob.get("previous") is not None else [])
+        except Exception as exc:  # any unreadable file means: start clean from the server's copy
+            log.warning("fedlth: ignoring unreadable state file %s (%s: %s); starting from the server's copy", path, type(exc).__name__, exc)
+            return None
+        _remember(path, data, tag, entries)
     for state, round_ in entries:
         if before is None or round_ < before:
             return state, round_

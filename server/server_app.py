@@ -23,7 +23,15 @@ from fedlth.algorithms import get_algorithm, initial_weights, model_names
 from fedlth.client_data import dataset_info
 from fedlth.fedpm import upload_summary as mask_upload_summary
 from fedlth.interrupt import RunInterrupted
-from fedlth.io import default_run_dir, write_bytes_atomic, write_json_atomic, write_text_atomic
+from fedlth.io import (
+    default_run_dir,
+    sync_disks,
+    wait_for_writes,
+    write_bytes_atomic,
+    write_bytes_later,
+    write_json_atomic,
+    write_text_atomic,
+)
 from fedlth.labels import (
     TRAINING_MASK_DENSITY,
     accuracy_headline,
@@ -36,7 +44,14 @@ from fedlth.plots import plot_federated
 from fedlth.progress import CountingGrid, Progress
 from fedlth.provenance import provenance
 from fedlth.reference import scenario_reference
-from fedlth.report import evaluation_summary, report_csvs, report_markdown, round_bytes, summarize
+from fedlth.report import (
+    FIGURES,
+    evaluation_summary,
+    report_csvs,
+    report_markdown,
+    round_bytes,
+    summarize,
+)
 from fedlth.scenario import load_scenario, resolve, to_toml
 from fedlth.tickets import save_tickets
 from server.exchange import StoppableGrid, stream_replies
@@ -81,11 +96,13 @@ class RunFailed(RuntimeError):
 
 def save_checkpoint(
     out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str, deployed: bool = False,
-    wall_segments: list[float] | None = None,
+    wall_segments: list[float] | None = None, later: bool = False,
 ) -> None:
     """Everything needed to continue after the last finished round, written atomically;
     `deployed`: the run's clients are SuperNodes (flwr run), not simulated by fedlth run;
-    `wall_segments`: seconds of each process that ran the run so far, this one up to now."""
+    `wall_segments`: seconds of each process that ran the run so far, this one up to now;
+    `later`: by this process's writer thread, in order after the clients' ticket files queued
+    before it (fedlth.io.write_bytes_later), while the next round runs."""
     buf = io.BytesIO()
     torch.save(
         {"format": CHECKPOINT_FORMAT, "round": len(rounds), "run_key": run_key, "strategy": strategy.state_dict(),
@@ -93,12 +110,13 @@ def save_checkpoint(
          "deployed": deployed, "wall_segments": [float(x) for x in wall_segments or []]},
         buf,
     )
-    write_bytes_atomic(out / CHECKPOINT, buf.getvalue())
+    (write_bytes_later if later else write_bytes_atomic)(out / CHECKPOINT, buf.getvalue())
 
 
 def load_checkpoint(out: Path) -> dict[str, Any]:
     """The checkpoint of a killed run; ResumeError when there is none or it is unreadable."""
     path = out / CHECKPOINT
+    wait_for_writes(path)  # one this process still has queued
     if not path.is_file():
         raise ResumeError(f"{str(out)!r} has no {CHECKPOINT}: it is not a fedlth run folder, or no round finished")
     try:
@@ -167,6 +185,19 @@ def _jsonable(entry: dict[str, Any]) -> dict[str, Any]:
     """The entry as it reads back from metrics.jsonl (client ids become strings), so a
     resumed run and an uninterrupted one summarize the very same data."""
     return json.loads(json.dumps(entry))
+
+
+PENDING = "evaluation_pending"  # metrics.jsonl: a round trained, its evaluation still running
+
+
+def _write_pending(metrics_path: Path, entry: dict[str, Any], seconds: float) -> int:
+    """Append the trained round's line with `evaluation_pending: true` (its `seconds`: training
+    only) and return where it starts; the evaluated line replaces it. A finished run's file holds
+    no such line; a killed run's last line may (a resume rewrites the file from the checkpoint)."""
+    with metrics_path.open("a") as fh:
+        at = fh.tell()
+        fh.write(json.dumps(_jsonable({**entry, "seconds": seconds, PENDING: True})) + "\n")
+    return at
 
 
 def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: int, progress: Progress) -> dict[str, Any]:
@@ -263,6 +294,10 @@ def run_federation(
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
+        # clients in this process write their files in the background, others on this machine
+        # without an fsync each: the writes are waited for, or the disk synced, before each checkpoint
+        if sc["backend"] == "inprocess" or not sc["ray-address"]:
+            strategy.run_config["state-sync"] = "process" if sc["backend"] == "inprocess" else "disk"
     progress = progress or Progress()
     grid = CountingGrid(grid, progress)  # every reply moves the progress line on
     progress.task(f"waiting for {sc['num-clients']:,} clients to connect")
@@ -294,19 +329,32 @@ def run_federation(
                 len(list(grid.get_node_ids())), sc["num-clients"], sc["node-wait"])
         strategy.identify(grid, timeout=min(sc["round-timeout"], NEW_NODE_SECONDS))  # nodes that (re)joined
         entry = _train_round(grid, sc, strategy, rnd, progress)
+        line_at = None
         if is_eval_round(sc, rnd):
+            # the training numbers now, not after an evaluation that may take far longer
+            line_at = _write_pending(metrics_path, entry, time.perf_counter() - t0)
+            progress.update(info=f"round {rnd} trained: {round_info(entry)}; evaluating")
             t_eval = time.perf_counter()
             _evaluate_round(grid, sc, strategy, rnd, entry, progress)
             timing["evaluation_seconds"][str(rnd)] = time.perf_counter() - t_eval
         entry["seconds"] = time.perf_counter() - t0
         entry = _jsonable(entry)
         rounds.append(entry)
-        with metrics_path.open("a") as fh:
+        with metrics_path.open("r+" if line_at is not None else "a") as fh:
+            if line_at is not None:  # the evaluated line replaces the pending one
+                fh.seek(line_at)
+                fh.truncate()
             fh.write(json.dumps(entry) + "\n")
-        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start])
+        # the clients' tickets of this round are on the disk before the checkpoint that counts on
+        # them: in this process, the writer thread writes them first; elsewhere on this machine, a sync
+        in_process = strategy.run_config.get("state-sync") == "process"
+        if strategy.run_config.get("state-sync") == "disk":
+            sync_disks()
+        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start], later=in_process)
         progress.update(done=rnd, info=round_info(entry))
         if on_round is not None:
             on_round(entry)
+    wait_for_writes()  # the last checkpoint and tickets on the disk before the outputs that follow them
     progress.task("writing the summary, report, tickets and plots")
     segments = [*(earlier or []), time.perf_counter() - t_start]
     summary = summarize(
@@ -327,7 +375,8 @@ def run_federation(
     if failure is not None:
         summary["failure"] = failure
     write_json_atomic(out / "summary.json", summary)
-    figures = plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out)
+    figures = (plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out) if sc["plots"]
+               else dict.fromkeys(FIGURES, "skipped: plots = false"))
     report = report_markdown(sc, summary, figures)
     if failure is not None:
         title, _, rest = report.partition("\n")

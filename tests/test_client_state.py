@@ -4,6 +4,7 @@ state-dir), and a damaged or foreign state file means a clean start from the ser
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 
@@ -179,3 +180,58 @@ def test_a_round_sent_again_after_a_server_resume_starts_from_the_ticket_before_
             assert server.train(again, 2) == first
         assert "(1 rounds trained, density 0.5000" in caplog.text
         assert _file(tmp_path)["rounds"] == 2 and _file(tmp_path)["previous"]["rounds"] == 1
+
+
+def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monkeypatch):
+    """A deployed node (its own state-dir) fsyncs its ticket file; a simulated client writing into
+    the folder its server names skips it when the server says it syncs the disk before each
+    checkpoint (state-sync = disk), and in the server's process (state-sync = process) writes it,
+    fsync included, in a background thread, which a read of the file and wait_for_writes wait
+    for; the file reads back the same either way."""
+    import os
+
+    from fedlth import io as fio
+
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    sc = resolve({})
+    persist_state_(_context({"partition-id": 1, "state-dir": str(tmp_path / "node")}), sc, _state())
+    assert len(calls) == 1
+    simulated = {"state-dir": str(tmp_path / "sim"), "run-key": "k"}
+    persist_state_(_context({"partition-id": 1}), sc, _state(), simulated)
+    assert len(calls) == 2  # the server did not say it syncs
+    persist_state_(_context({"partition-id": 1}), sc, _state(), {**simulated, "state-sync": "disk"})
+    assert len(calls) == 2 and not fio._writes
+    assert _same(restore_state(_context({"partition-id": 1}), sc, simulated)[0], _state())
+    later = ClientState(mask=_state().mask, personal=_state().personal, rounds=4)
+    persist_state_(_context({"partition-id": 1}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
+    assert restore_state(_context({"partition-id": 1}), sc, simulated)[1] == 4  # the read waited for the write
+    persist_state_(_context({"partition-id": 2}), sc, later, {**simulated, "state-sync": "process"}, round_=4)
+    fio.wait_for_writes()
+    assert not fio._writes and torch.load(tmp_path / "sim" / "ticket-2.pt", weights_only=True)["round"] == 4
+    assert len(calls) == 4  # the background writes fsync, in their thread
+
+
+def test_a_ticket_file_read_again_unchanged_comes_from_the_cache_as_fresh_tensors(tmp_path, monkeypatch):
+    """The process remembers the file it wrote: an unchanged file skips torch.load, each read gets
+    its own tensors, and a file whose bytes changed (another process, a damaged disk) is read anew."""
+    from fedlth import state_store
+
+    path, tag = tmp_path / "ticket-0.pt", state_tag(resolve({}), 0)
+    save_file(path, _state(), tag, 2, (ClientState(rounds=2), 1))
+    loads: list[object] = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a), real(*a, **k))[1])
+    first = state_store.load_entry(path, tag)
+    assert loads == [] and first[1] == 2 and _same(first[0], _state())
+    first[0].mask["0.weight"].fill_(False)  # the reader's copy, not the cache's
+    assert _same(state_store.load_entry(path, tag)[0], _state()) and loads == []
+    assert state_store.load_entry(path, tag, before=2) == (ClientState(rounds=2), 1)
+    other = ClientState(mask={"0.weight": torch.ones(4, 3, dtype=torch.bool)}, rounds=5)
+    buf = io.BytesIO()
+    torch.save({"format": state_store.FORMAT, "tag": tag, "mask": other.mask, "personal": None, "candidate": None,
+                "rounds": 5, "round": 7, "previous": None}, buf)
+    path.write_bytes(buf.getvalue())  # written by someone else
+    again = state_store.load_entry(path, tag)
+    assert len(loads) == 1 and again[1] == 7 and bool(again[0].mask["0.weight"].all())

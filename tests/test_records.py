@@ -165,3 +165,37 @@ def test_config_and_metric_records():
         R.metrics_to_record({"name": "x"})
     with pytest.raises(TypeError):
         R.config_to_record({"obj": [object()]})
+
+
+def test_cached_npy_headers_give_np_saves_bytes_and_np_loads_arrays():
+    """records encodes with a cached .npy header and decodes a header it has seen from a cache:
+    the bytes are np.save's (Array(ndarray)), the arrays np.load's, each time, whatever the layout."""
+    from flwr.app import Array
+
+    rng = np.random.default_rng(0)
+    arrays = {
+        "scalar": np.asarray(3.5), "empty": np.zeros((0, 3), np.float32), "bits": np.packbits(rng.random(13) < 0.5),
+        "f16": rng.standard_normal((4, 5)).astype(np.float16), "i64": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "strided": rng.standard_normal((6, 4))[:, ::2], "fortran": np.asfortranarray(rng.standard_normal((3, 4))),
+        "bool": rng.random((2, 2, 2)) < 0.5,
+    }
+    for _ in range(2):  # the first pass fills the caches, the second reads them
+        record = R.to_array_record(arrays)
+        for k, a in arrays.items():
+            assert np.array_equal(record[k].numpy(), a) and record[k].numpy().dtype == a.dtype
+            if a.flags.c_contiguous:
+                assert record[k].data == Array(a).data
+        back = R.from_array_record(record)
+        for k, a in arrays.items():
+            assert back[k].shape == a.shape and back[k].dtype == a.dtype and np.array_equal(back[k], a)
+            assert back[k].flags.writeable
+    # a peer's Fortran-order payload decodes as np.load reads it, first time and after
+    fortran = ArrayRecord({"w": Array(np.asfortranarray(rng.standard_normal((3, 4))))})
+    for _ in range(2):
+        assert np.array_equal(R.from_array_record(fortran)["w"], fortran["w"].numpy())
+    # a truncated payload whose header is cached is refused, not read past its end
+    good = R.to_array_record({"w": np.ones((4, 4), np.float32)})
+    R.from_array_record(good)
+    cut = ArrayRecord({"w": Array(dtype="float32", shape=(4, 4), stype="numpy.ndarray", data=good["w"].data[:-4])})
+    with pytest.raises(ValueError):
+        R.from_array_record(cut)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -51,3 +52,50 @@ def test_an_in_process_run_loads_no_ray_and_plots_only_at_the_end(tmp_path):
     loaded = _loaded_after(code)
     assert "ray" not in loaded and {"torch", "flwr", "matplotlib"} <= loaded
     assert (out / "summary.json").is_file()
+
+
+def test_an_evaluation_rounds_training_line_comes_before_its_evaluation(tmp_path):
+    """metrics.jsonl gets a round's training line (evaluation_pending) as soon as the round is
+    aggregated; the evaluated line replaces it, so the finished file has one line per round."""
+    from clients.client_app import app as client_app
+    from fedlth.scenario import resolve
+    from server import server_app
+    from server.local_grid import LocalGrid
+
+    sc = resolve({"dataset": "digits", "model": "mlp", "num-clients": 2, "clients-per-round": 2, "rounds": 2,
+                  "local-epochs": 1, "algorithm": "fedavg", "eval-every": 0, "save-tickets": False})
+    out = tmp_path / "run"
+    seen: list[list[dict]] = []
+    evaluate = server_app._evaluate_round
+
+    def spy(*args, **kwargs):  # what a reader of metrics.jsonl sees while round 2 is evaluated
+        seen.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
+        return evaluate(*args, **kwargs)
+
+    server_app._evaluate_round = spy
+    try:
+        server_app.run_federation(LocalGrid(client_app, 2), sc, out, client_state_dir=out / "cs")
+    finally:
+        server_app._evaluate_round = evaluate
+    [during] = seen  # only the last round evaluates (eval-every = 0)
+    assert [r["round"] for r in during] == [1, 2] and during[1][server_app.PENDING] is True
+    assert during[1]["evaluate"] is None and set(during[1]["train"]) == {"0", "1"}
+    assert server_app.PENDING not in during[0]
+    final = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in final] == [1, 2] and not any(server_app.PENDING in r for r in final)
+    assert final[1]["train"] == during[1]["train"] and set(final[1]["evaluate"]) == {"0", "1"}
+    assert final[1]["seconds"] >= during[1]["seconds"]
+
+
+def test_plots_false_draws_no_figure_and_report_md_says_so(tmp_path):
+    from clients.client_app import app as client_app
+    from fedlth.scenario import resolve
+    from server.local_grid import LocalGrid
+    from server.server_app import run_federation
+
+    sc = resolve({"dataset": "digits", "model": "mlp", "num-clients": 2, "clients-per-round": 2, "rounds": 2,
+                  "local-epochs": 1, "algorithm": "fedavg", "eval-every": 1, "plots": False})
+    out = tmp_path / "run"
+    run_federation(LocalGrid(client_app, 2), sc, out, client_state_dir=out / "cs")
+    assert not list(out.glob("*.png")) and (out / "summary.json").is_file()
+    assert "`accuracy_by_round.png` skipped: plots = false." in (out / "report.md").read_text()
