@@ -48,8 +48,7 @@ from fedlth.records import (
     weights_to_record,
 )
 from fedlth.scenario import resolve
-from fedlth.state_store import load_entry, mask_digest, state_tag
-from fedlth.state_store import save_state as save_state_file
+from fedlth.state_store import mask_digest, read_state_file, state_tag, write_state_file
 from fedlth.wire_delta import Base, base_of
 
 app = ClientApp()
@@ -61,7 +60,7 @@ _WEIGHTS = ("personal", "base")  # the other fields are masks
 _META = "fedlth.meta"
 
 
-def load_state(context: Context) -> ClientState:
+def context_state(context: Context) -> ClientState:
     """The client's ticket as kept in Context.state (an empty state on first contact)."""
     st = context.state
     arrays = st.array_records
@@ -83,7 +82,7 @@ def _held_round(context: Context) -> int:
     return int(meta.get("round", 0)) if meta is not None else 0
 
 
-def save_state_(context: Context, state: ClientState, round_: int = 0) -> None:
+def set_context_state_(context: Context, state: ClientState, round_: int = 0) -> None:
     """Write the client's ticket into Context.state, replacing what was there."""
     st = context.state
     for field, key in _STATE.items():
@@ -125,9 +124,9 @@ def restore_state(context: Context, sc: dict[str, Any], config: Config = None, r
     (the server resumed from a checkpoint) starts from the ticket it had before that round."""
     held = _META in context.state.config_records
     if held and (round_ is None or _held_round(context) < round_):
-        return load_state(context), _held_round(context)
+        return context_state(context), _held_round(context)
     path = state_file(context, config)
-    saved = load_entry(path, _tag(context, sc, config), before=round_) if path else None
+    saved = read_state_file(path, _tag(context, sc, config), before=round_) if path else None
     if saved is None:
         if held:
             log.warning("fedlth: partition %s already trained round %s; starting from the server's copy", partition_id(context), round_)
@@ -139,7 +138,7 @@ def restore_state(context: Context, sc: dict[str, Any], config: Config = None, r
         "fedlth: restored the ticket of partition %s from %s (%d rounds trained, density %.4f, mask %s)",
         partition_id(context), path, state.rounds, density(state.mask) if state.mask else 1.0, mask_digest(state.mask),
     )
-    save_state_(context, state, made_in)  # read the file once per process, not once per message
+    set_context_state_(context, state, made_in)  # read the file once per process, not once per message
     return state, made_in
 
 
@@ -150,14 +149,14 @@ def persist_state_(
     """Keep the ticket made in round `round_` in Context.state and, where the client has a state
     folder, in its state file together with `previous` (the ticket it started that round from)."""
     if not _disk_only(context, config):
-        save_state_(context, state, round_)
+        set_context_state_(context, state, round_)
     path = state_file(context, config)
     if path is not None:
         # a server in this process ("process") waits before each checkpoint for the writes (each
         # with its fsync) made in the background, while the next client trains; one on this
         # machine ("disk") syncs the disk then, so the client skips its fsync
         sync = str((config or {}).get("state-sync", "")) if _disk_only(context, config) else ""
-        save_state_file(path, state, _tag(context, sc, config), round_, previous, durable=sync != "disk", background=sync == "process")
+        write_state_file(path, state, _tag(context, sc, config), round_, previous, durable=sync != "disk", background=sync == "process")
 
 
 def partition_id(context: Context) -> int:
@@ -222,7 +221,7 @@ def _fitting(context: Context, state: ClientState, shapes: dict[str, tuple[int, 
     if fits:
         return state
     log.warning("fedlth: partition %s holds a ticket that does not fit the model; starting from the server's copy", partition_id(context))
-    save_state_(context, ClientState())
+    set_context_state_(context, ClientState())
     return ClientState()
 
 

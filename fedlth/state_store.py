@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 from collections import OrderedDict
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def _blob(state: ClientState, round_: int) -> dict[str, Any]:
             "round": int(round_), "base": state.base, "base_mask": state.base_mask, "base_version": int(state.base_version)}
 
 
-def save_state(
+def write_state_file(
     path: Path, state: ClientState, tag: str, round_: int = 0, previous: tuple[ClientState, int] | None = None,
     durable: bool = True, background: bool = False,
 ) -> None:
@@ -80,13 +81,17 @@ def _copy(state: ClientState) -> ClientState:
     """Fresh tensors: whoever gets a cached ticket may not change the cache's."""
     def dup(d: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         return None if d is None else {k: v.clone() for k, v in d.items()}
-    return ClientState(mask=dup(state.mask), personal=dup(state.personal), candidate=dup(state.candidate), rounds=state.rounds)
+    # every tensor field, whatever ClientState grows (wire-download = delta keeps a base)
+    return replace(state, **{f.name: dup(getattr(state, f.name)) for f in fields(state) if f.name in _TENSOR_FIELDS})
+
+
+_TENSOR_FIELDS = ("mask", "personal", "candidate", "base", "base_mask")
 
 
 def _remember(path: Path, data: bytes, tag: str, entries: list[tuple[ClientState, int]]) -> None:
     key = str(path)
     _cache.pop(key, None)
-    size = len(data) + sum(v.nbytes for st, _ in entries for d in (st.mask, st.personal, st.candidate) if d for v in d.values())
+    size = len(data) + sum(v.nbytes for st, _ in entries for f in _TENSOR_FIELDS if (d := getattr(st, f)) for v in d.values())
     if size > CACHE_BYTES:
         return
     _cache[key] = (data, tag, [(_copy(st), r) for st, r in entries], size)
@@ -129,7 +134,7 @@ def _entry(blob: Any) -> tuple[ClientState, int]:
     return state, round_
 
 
-def load_entry(path: Path, tag: str, before: int | None = None) -> tuple[ClientState, int] | None:
+def read_state_file(path: Path, tag: str, before: int | None = None) -> tuple[ClientState, int] | None:
     """The saved ticket and the server round that made it, or None (with a log line saying why)
     when the file is missing, corrupt or foreign. `before`: the newest ticket made before that
     round (a round the server sends again after resuming from a checkpoint)."""
@@ -160,9 +165,3 @@ def load_entry(path: Path, tag: str, before: int | None = None) -> tuple[ClientS
             return state, round_
     log.warning("fedlth: state file %s holds no ticket from before round %s; starting from the server's copy", path, before)
     return None
-
-
-def load_state(path: Path, tag: str, before: int | None = None) -> ClientState | None:
-    """The saved ticket (see load_entry), without its round."""
-    entry = load_entry(path, tag, before)
-    return entry[0] if entry is not None else None

@@ -206,12 +206,11 @@ def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: 
     progress.step(f"round {rnd}: clients trained", total=len(messages))
     for node, reply in stream_replies(grid, messages, sc["round-timeout"]):
         strategy.fold(reply, node)
-    aggregated = strategy.finish_round()
-    train = {pid: strategy.train_log[pid] for pid in sorted(strategy.train_log)}
+    result = strategy.finish_round()
     return {
-        "round": rnd, "train": train, "rejected": list(strategy.rejected),
-        "rejected_updates": len(strategy.rejected), "dropped": list(strategy.dropped), "aggregated": aggregated,
-        "bytes": round_bytes(train, strategy.dense_bytes, strategy.rejected, strategy.num_params), "evaluate": None,
+        "round": rnd, "train": result.train, "rejected": result.rejected,
+        "rejected_updates": len(result.rejected), "dropped": result.dropped, "aggregated": result.aggregated,
+        "bytes": round_bytes(result.train, strategy.dense_bytes, result.rejected, strategy.num_params), "evaluate": None,
     }
 
 
@@ -223,12 +222,13 @@ def _evaluate_round(
     entry["eval_asked"] = len(messages)  # every client, or eval-clients of them (a seeded sample)
     # each reply is filed under the node the instruction went to, never the partition it names
     strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, sc["round-timeout"])))
-    entry["evaluate"] = {pid: strategy.eval_log[pid] for pid in sorted(strategy.eval_log)}
-    entry["eval_missing"] = list(strategy.eval_missing)
-    entry["rejected"] = list(strategy.rejected)  # the round's refusals, evaluation replies included
-    entry["rejected_updates"] = len(strategy.rejected)
-    entry["bytes"]["rejected"] = sum(r["bytes"] for r in strategy.rejected)
-    entry["eval_download_bytes"] = sum(m["download_bytes"] for m in strategy.eval_log.values())
+    result = strategy.evaluation_result()
+    entry["evaluate"] = result.scores
+    entry["eval_missing"] = result.missing
+    entry["rejected"] = result.rejected  # the round's refusals, evaluation replies included
+    entry["rejected_updates"] = len(result.rejected)
+    entry["bytes"]["rejected"] = sum(r["bytes"] for r in result.rejected)
+    entry["eval_download_bytes"] = sum(m["download_bytes"] for m in result.scores.values())
     entry["evaluation_summary"] = evaluation_summary(entry["evaluate"])
 
 

@@ -6,6 +6,7 @@ import math
 import random
 import statistics
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Any
 
@@ -45,8 +46,37 @@ from server.replies import (
 Reply = Message | tuple[int, Message]  # a bare reply, or (the node its instruction went to, the reply)
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """One training round as the server loop records it (by partition id): who trained and what
+    they reported, who was refused or never answered, whether the global model moved."""
+
+    aggregated: bool
+    train: dict[int, dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    dropped: list[int]
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """One evaluation round (by partition id): the scores, who was asked and sent none, and the
+    round's refusals so far (its training replies' included)."""
+
+    scores: dict[int, dict[str, Any]]
+    missing: list[int]
+    rejected: list[dict[str, Any]]
+
+
 class TicketStrategy(Strategy):
-    """Sends each sampled client global ⊙ its mask and averages each weight over its keepers."""
+    """Sends each sampled client global ⊙ its mask and averages each weight over its keepers.
+
+    A Flower `Strategy`: configure_train / aggregate_train / configure_evaluate /
+    aggregate_evaluate work as Flower's `start` expects. fedlth's ServerApp departs in one way,
+    on purpose: it folds each training reply as it arrives (`fold`, then `finish_round`, which
+    returns a TrainResult) so that a round of many clients never holds all their updates at
+    once; aggregate_train is that same fold over a list. Evaluation goes through Flower's hook,
+    and `evaluation_result` hands the loop what it filed.
+    """
 
     def __init__(self, sc: dict[str, Any], initial: Weights, prunable: list[str] | None = None, fresh: Weights | None = None) -> None:
         self.sc = sc
@@ -491,8 +521,15 @@ class TicketStrategy(Strategy):
                 return f"mask keeps {kept} entries of {k!r}; at most {allowed} (its initial count: density is constant)"
         return None
 
-    def finish_round(self) -> bool:
-        """Leave out clients that never replied; aggregate if at least `min-clients` updates are valid."""
+    def finish_round(self) -> TrainResult:
+        """Leave out clients that never replied; aggregate if at least `min-clients` updates are
+        valid; what the round produced."""
+        aggregated = self._aggregate_round()
+        return TrainResult(
+            aggregated, {pid: self.train_log[pid] for pid in sorted(self.train_log)}, list(self.rejected), list(self.dropped),
+        )
+
+    def _aggregate_round(self) -> bool:
         self.dropped = [pid for pid in self._expected if pid not in self._seen]
         for pid in self.dropped:
             self.held.pop(pid, None)  # it may or may not hold this round's download
@@ -546,8 +583,8 @@ class TicketStrategy(Strategy):
         """Flower's hook: fold every reply of the round opened by configure_train, then aggregate."""
         for reply in replies:
             self.fold(reply)
-        aggregated = self.finish_round()
-        metrics = MetricRecord({"accepted": len(self.accepted), "rejected": len(self.rejected), "aggregated": int(aggregated)})
+        result = self.finish_round()
+        metrics = MetricRecord({"accepted": len(self.accepted), "rejected": len(result.rejected), "aggregated": int(result.aggregated)})
         return weights_to_record(self.global_weights), metrics
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -573,6 +610,10 @@ class TicketStrategy(Strategy):
         wire = state.get("wire", {"versions": {}, "held": {}})  # older checkpoints: none (every client gets the full subnet)
         self.versions = {int(v): w for v, w in wire["versions"].items()}
         self.held = {int(pid): (int(h["version"]), h["mask"]) for pid, h in wire["held"].items()}
+
+    def evaluation_result(self) -> EvaluationResult:
+        """What the last aggregate_evaluate filed (Flower's hook returns only summary metrics)."""
+        return EvaluationResult({pid: self.eval_log[pid] for pid in sorted(self.eval_log)}, list(self.eval_missing), list(self.rejected))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Reply]) -> MetricRecord | None:
         """Check and file every client's scores (and ticket) under the partition of the node the

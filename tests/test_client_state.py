@@ -14,15 +14,13 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.app.metadata import Metadata
 from flwr.supercore.task_identity import TaskIdentity
 
-from clients.client_app import app, load_state, persist_state_, restore_state, save_state_
+from clients.client_app import app, context_state, persist_state_, restore_state, set_context_state_
 from fedlth.algorithms import ClientState, initial_weights
 from fedlth.client_data import dataset_info
 from fedlth.masks import density
 from fedlth.records import config_to_record, decode_record, encode_record
 from fedlth.scenario import resolve
-from fedlth.state_store import load_state as load_file
-from fedlth.state_store import mask_digest, state_tag
-from fedlth.state_store import save_state as save_file
+from fedlth.state_store import mask_digest, read_state_file, state_tag, write_state_file
 
 
 def _state() -> ClientState:
@@ -46,9 +44,9 @@ def _context(node_config: dict) -> Context:
 
 def test_context_state_round_trip_is_exact():
     ctx = _context({"partition-id": 0})
-    assert load_state(ctx).mask is None
-    save_state_(ctx, _state())
-    assert _same(load_state(ctx), _state())
+    assert context_state(ctx).mask is None
+    set_context_state_(ctx, _state())
+    assert _same(context_state(ctx), _state())
 
 
 def test_a_restarted_node_reads_its_ticket_from_its_state_dir(tmp_path):
@@ -65,11 +63,11 @@ def test_corrupt_or_foreign_state_files_are_ignored_with_a_log_line(tmp_path, ca
     path = tmp_path / "ticket-0.pt"
     path.write_bytes(b"not a torch file")
     with caplog.at_level(logging.WARNING, logger="fedlth"):
-        assert load_file(path, state_tag(sc, 0)) is None
+        assert read_state_file(path, state_tag(sc, 0)) is None
     assert "unreadable state file" in caplog.text
-    save_file(path, _state(), state_tag(resolve({"seed": 9}), 0))
+    write_state_file(path, _state(), state_tag(resolve({"seed": 9}), 0))
     with caplog.at_level(logging.WARNING, logger="fedlth"):
-        assert load_file(path, state_tag(sc, 0)) is None
+        assert read_state_file(path, state_tag(sc, 0)) is None
     assert "belongs to" in caplog.text
     assert restore_state(_context({"partition-id": 0, "state-dir": str(tmp_path)}), sc)[0].mask is None
 
@@ -219,19 +217,34 @@ def test_a_ticket_file_read_again_unchanged_comes_from_the_cache_as_fresh_tensor
     from fedlth import state_store
 
     path, tag = tmp_path / "ticket-0.pt", state_tag(resolve({}), 0)
-    save_file(path, _state(), tag, 2, (ClientState(rounds=2), 1))
+    write_state_file(path, _state(), tag, 2, (ClientState(rounds=2), 1))
     loads: list[object] = []
     real = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: (loads.append(a), real(*a, **k))[1])
-    first = state_store.load_entry(path, tag)
+    first = state_store.read_state_file(path, tag)
     assert loads == [] and first[1] == 2 and _same(first[0], _state())
     first[0].mask["0.weight"].fill_(False)  # the reader's copy, not the cache's
-    assert _same(state_store.load_entry(path, tag)[0], _state()) and loads == []
-    assert state_store.load_entry(path, tag, before=2) == (ClientState(rounds=2), 1)
+    assert _same(state_store.read_state_file(path, tag)[0], _state()) and loads == []
+    assert state_store.read_state_file(path, tag, before=2) == (ClientState(rounds=2), 1)
     other = ClientState(mask={"0.weight": torch.ones(4, 3, dtype=torch.bool)}, rounds=5)
     buf = io.BytesIO()
     torch.save({"format": state_store.FORMAT, "tag": tag, "mask": other.mask, "personal": None, "candidate": None,
                 "rounds": 5, "round": 7, "previous": None}, buf)
     path.write_bytes(buf.getvalue())  # written by someone else
-    again = state_store.load_entry(path, tag)
+    again = state_store.read_state_file(path, tag)
     assert len(loads) == 1 and again[1] == 7 and bool(again[0].mask["0.weight"].all())
+
+
+def test_the_cache_keeps_every_field_of_the_ticket_including_the_wire_base(tmp_path, monkeypatch):
+    """A cached read gives back what was written, field for field: a delta download's base
+    (wire-download = delta) lost in the cache would make the next delta undecodable."""
+    st = _state()
+    st = ClientState(mask=st.mask, personal=st.personal, rounds=3, base=st.personal, base_mask=st.mask, base_version=4)
+    path, tag = tmp_path / "ticket-0.pt", "run:0"
+    write_state_file(path, st, tag, 5)
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("cached file parsed again"))
+    back, made_in = read_state_file(path, tag)
+    assert made_in == 5 and back.base_version == 4
+    assert all(torch.equal(back.base[k], st.base[k]) for k in st.base)
+    assert all(torch.equal(back.base_mask[k], st.base_mask[k]) for k in st.base_mask)
+    assert back.base is not st.base and back.base["0.weight"].data_ptr() != st.base["0.weight"].data_ptr()

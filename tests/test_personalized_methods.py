@@ -13,7 +13,7 @@ from torch import nn
 
 import fedlth.algorithms as algorithms
 from clients.client_app import app as client_app
-from clients.client_app import load_state
+from clients.client_app import context_state
 from fedlth.algorithms import (
     ClientState,
     Ctx,
@@ -97,7 +97,7 @@ def test_the_head_never_leaves_the_client_and_the_body_is_the_example_weighted_m
     assert len(rec.rounds) == sc["rounds"] and all(len(r) == 3 for r in rec.rounds)
     own_heads = {}
     for node, context in grid.contexts.items():
-        personal = load_state(context).personal
+        personal = context_state(context).personal
         assert personal is not None
         own_heads[node - 1001] = personal
         assert not torch.equal(personal[head[0]], theta0[head[0]])  # the head did train: the check below bites
@@ -206,13 +206,13 @@ def test_ditto_with_a_huge_lambda_holds_the_personal_model_at_the_global_one():
 def test_ditto_never_uploads_its_personal_model_and_scores_it(tmp_path):
     sc, theta0, _, rec, grid, server, log = _federate(tmp_path, "ditto")
     for node, context in grid.contexts.items():
-        v = load_state(context).personal
+        v = context_state(context).personal
         _, weights, mask, _ = rec.rounds[-1][node - 1001]
         assert not mask  # FedAvg's dense upload
         assert all(not torch.equal(weights[k], v[k]) for k in theta0)
         assert all(not torch.equal(server[k], v[k]) for k in theta0)
         ctx = _ctx(sc, node - 1001, sc["rounds"])
-        scored = algorithms.evaluate_client(get_algorithm("ditto"), server, load_state(context), ctx)
+        scored = algorithms.evaluate_client(get_algorithm("ditto"), server, context_state(context), ctx)
         net = algorithms._model(ctx, v)
         assert scored["accuracy"] == algorithms.evaluate(net, ctx.data.x_test, ctx.data.y_test)[1]
         assert scored["accuracy"] == log[-1]["evaluate"][str(node - 1001)]["accuracy"]
