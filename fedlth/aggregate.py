@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -334,14 +335,20 @@ AGGREGATORS: Mapping[str, Callable[..., Weights]] = MappingProxyType(
 )
 
 
-def get_aggregator(name: str, trim_fraction: float = 0.1) -> Aggregator:
+def get_aggregator(name: str, trim_fraction: float = 0.1, sc: Mapping[str, Any] | None = None) -> Aggregator:
     """The rule a scenario names, as `(previous, updates) -> weights`.
 
     `trim_fraction` (scenario key `trim-fraction`) is bound for "trimmed-mean" and ignored
-    by the others.
+    by the others. A plug-in rule (fedlth.plugins) is made from the scenario `sc`, which holds
+    its own keys.
     """
+    from fedlth import plugins
+
+    plugin = plugins.get("aggregation", name) if name not in AGGREGATORS else None
+    if plugin is not None:
+        return plugin.target(dict(sc or {}))
     if name not in AGGREGATORS:
-        raise ValueError(f"unknown aggregation {name!r}; valid: {', '.join(AGGREGATORS)}")
+        raise ValueError(f"unknown aggregation {name!r}; valid: {', '.join([*AGGREGATORS, *plugins.names('aggregation')])}")
     if name == "trimmed-mean":
         _check_trim_fraction(trim_fraction)
         return partial(masked_trimmed_mean, trim_fraction=trim_fraction)

@@ -700,10 +700,13 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 
 def get_algorithm(name: str) -> Algorithm:
-    """The algorithm registered under `name`."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[name]
+    """The algorithm registered under `name` (built-in or plug-in, fedlth.plugins)."""
+    from fedlth import plugins
+
+    known = plugins.merged(ALGORITHMS, "algorithm")
+    if name not in known:
+        raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(known)}")
+    return known[name]
 
 
 EVALUATOR_KEYS = ("evaluators", "attack", "attack-eps", "attack-steps", "attack-samples", "sensitive", "seed")
@@ -716,8 +719,11 @@ def _evaluators(options: tuple[tuple[str, Any], ...]) -> tuple[Evaluator, ...]:
 
 
 def scenario_evaluators(sc: dict[str, Any]) -> tuple[Evaluator, ...]:
-    """The scenario's evaluators, built once per process."""
-    return _evaluators(tuple((k, sc[k]) for k in EVALUATOR_KEYS))
+    """The scenario's evaluators, built once per process (with every plug-in key: a plug-in
+    evaluator reads its own)."""
+    from fedlth import plugins
+
+    return _evaluators(tuple((k, sc[k]) for k in (*EVALUATOR_KEYS, *sorted(plugins.keys())) if k in sc))
 
 
 def evaluate_client(

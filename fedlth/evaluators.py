@@ -153,11 +153,13 @@ BUILTINS: dict[str, Factory] = {
 
 def registry() -> dict[str, Factory]:
     """Built-ins plus every evaluator installed under the `fedlth.evaluators` entry points."""
+    from fedlth import plugins
+
     found = dict(BUILTINS)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name not in found:  # a plug-in never shadows a built-in
             found[ep.name] = ep.load()
-    return found
+    return plugins.merged(found, "evaluator")  # and those of the general plug-in group
 
 
 def build_evaluators(spec: str, options: Mapping[str, Any], info: DataInfo | None = None) -> list[Evaluator]:

@@ -48,6 +48,11 @@ def readers_of(key: str) -> tuple[str, ...] | None:
     """Who reads `key`, or None when every run does."""
     if key in READERS:
         return READERS[key]
+    from fedlth import plugins
+
+    owner = plugins.keys().get(key)
+    if owner is not None:
+        return (owner[1],)  # a plug-in's own key: read by that component alone
     prefix = key.split("-", 1)[0]
     return (prefix,) if prefix in PREFIXES and key != prefix else None
 
@@ -91,14 +96,23 @@ def ignored_settings(sc: Mapping[str, Any], present: Collection[str]) -> dict[st
     return unread((k for k, v in sc.items() if k in KEYS and v != KEYS[k].default), present)
 
 
+def selected(sc: Mapping[str, Any]) -> set[str]:
+    """The components a scenario selects besides its algorithm: its aggregation rule, pruner and
+    evaluators (a plug-in among them reads its own keys)."""
+    names = {sc.get("aggregation", ""), sc.get("pruner", "")}
+    names |= {n.strip() for n in str(sc.get("evaluators", "")).split(",") if n.strip()}
+    return names - {""}
+
+
 def check_run_keys(sc: Mapping[str, Any], overrides: Iterable[str], present: Collection[str]) -> list[str]:
     """Refuse (ValueError) a `--set` key that no reader in `present` reads; return a note per
     scenario-file key the run ignores."""
+    readers = {*present, *selected(sc)}
     wanted = overridden_keys(overrides)
-    bad = unread(wanted, present)
+    bad = unread(wanted, readers)
     if bad:
         raise ValueError("; ".join(refusal(k, who, present) for k, who in bad.items()))
-    ignored = ignored_settings(sc, present)
+    ignored = ignored_settings(sc, readers)
     if not ignored:
         return []
     listed = ", ".join(f"{k} ({'/'.join(who)})" for k, who in ignored.items())

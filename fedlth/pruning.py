@@ -222,15 +222,20 @@ PRUNERS: dict[str, Pruner] = {
 
 
 def pruner_names() -> list[str]:
-    """Names accepted by get_pruner."""
-    return sorted(PRUNERS)
+    """Every pruner's name, built-in or plug-in (fedlth.plugins)."""
+    from fedlth import plugins
+
+    return sorted(plugins.merged(PRUNERS, "pruner"))
 
 
 def get_pruner(name: str) -> Pruner:
-    """The pruner registered under `name`."""
-    if name not in PRUNERS:
+    """The pruner registered under `name` (built-in or plug-in)."""
+    from fedlth import plugins
+
+    known = plugins.merged(PRUNERS, "pruner")
+    if name not in known:
         raise ValueError(f"unknown pruner {name!r}; valid names: {pruner_names()}")
-    return PRUNERS[name]
+    return known[name]
 
 
 def random_mask_like(mask: Mask, generator: torch.Generator) -> Mask:

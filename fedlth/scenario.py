@@ -223,6 +223,26 @@ KEYS: dict[str, Key] = {
 }
 
 
+# Plug-ins (fedlth.plugins) add their names to these keys' choices and bring their own keys.
+_BUILTIN_KEYS = dict(KEYS)
+PLUGIN_CHOICES = {"algorithm": "algorithm", "pruner": "pruner", "aggregation": "aggregation"}
+
+
+def _follow_plugins() -> None:
+    """KEYS = the built-ins, plus every plug-in's name among its kind's choices and its own keys."""
+    from fedlth import plugins
+
+    table = dict(_BUILTIN_KEYS)
+    for key, kind in PLUGIN_CHOICES.items():
+        extra = tuple(n for n in plugins.names(kind) if n not in table[key].choices)
+        if extra:
+            table[key] = replace(table[key], choices=table[key].choices + extra)
+    for key, (spec, name) in plugins.keys().items():
+        table[key] = replace(spec, group=f"plug-in {name}")
+    KEYS.clear()
+    KEYS.update(table)
+
+
 def _lrs_ok(text: str) -> bool:
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
@@ -455,3 +475,12 @@ def toml_value(value: Any) -> str:
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(value)
+
+
+def _listen() -> None:
+    from fedlth import plugins
+
+    plugins.on_change(_follow_plugins)
+
+
+_listen()

@@ -110,7 +110,7 @@ class TicketStrategy(Strategy):
         self.dense_bytes = record_bytes(encode_record(initial, None))
         self.max_update_bytes = sc["max-update-bytes"] or 2 * self.dense_bytes
         # qffl folds replies with their losses (QFFLStream); the other rules are (previous, updates) -> weights
-        self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"]) if sc["aggregation"] != "qffl" else None
+        self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"], sc) if sc["aggregation"] != "qffl" else None
         # sent with every message: "run-key" names this run's lineage (a resumed run keeps it),
         # "state-dir" where simulated clients keep their tickets (fedlth run only)
         self.run_config: dict[str, str] = {}

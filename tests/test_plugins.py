@@ -1,0 +1,178 @@
+"""A new algorithm, pruner, aggregation rule with a parameter and evaluator with its own key,
+each declared in one throw-away module, are found by name and run end to end."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from fedlth import plugins
+from fedlth.cli import main
+from fedlth.scenario import KEYS, ScenarioError, resolve
+
+THROWAWAY = '''
+"""One file: everything a user adds to fedlth."""
+from dataclasses import replace
+
+import torch
+
+from fedlth.aggregate import masked_mean
+from fedlth.algorithms import Algorithm, fedavg_train, global_model
+from fedlth.plugins import Plugin
+from fedlth.pruning import magnitude_layer
+from fedlth.scenario import Key
+
+CALLS = {"train": 0, "prune": 0}
+
+
+def counted_train(received, state, ctx):
+    CALLS["train"] += 1
+    return fedavg_train(received, state, ctx)
+
+
+def counted_prune(weights, mask, amount, *, generator=None, bn_of=None):
+    CALLS["prune"] += 1
+    return magnitude_layer(weights, mask, amount, generator=generator, bn_of=bn_of)
+
+
+def shrunk_mean(sc):
+    factor = sc["shrunk-mean-factor"]
+
+    def rule(previous, updates):  # move only `factor` of the way to the masked mean
+        mean = masked_mean(previous, updates)
+        return {k: previous[k] + factor * (mean[k] - previous[k]) for k in previous}
+
+    return rule
+
+
+class WeightCount:
+    name = "weight-count"
+
+    def __init__(self, scale):
+        self.scale = scale
+
+    def check(self, info):
+        pass
+
+    def __call__(self, model, data):
+        kept = sum(int((p != 0).sum()) for p in model.parameters())
+        return {"weight-count": float(kept * self.scale)}
+
+
+PLUGINS = [
+    Plugin("algorithm", "counted-fedavg", Algorithm("counted-fedavg", counted_train, global_model, False, True, True, "FedAvg, counted.")),
+    Plugin("pruner", "counted-magnitude", counted_prune),
+    Plugin("aggregation", "shrunk-mean", shrunk_mean, {"shrunk-mean-factor": Key(float, 1.0, "Share of the way to the mean.")}),
+    Plugin("evaluator", "weight-count", lambda sc: WeightCount(sc["weight-count-scale"]),
+           {"weight-count-scale": Key(float, 1.0, "Multiplies the count.")}),
+]
+'''
+
+SCENARIO = """
+dataset = "digits"
+model = "mlp"
+partition = "iid"
+num-clients = 3
+clients-per-round = 3
+rounds = 2
+local-epochs = 1
+eval-every = 0
+save-tickets = false
+plots = false
+algorithm = "counted-fedavg"
+aggregation = "shrunk-mean"
+shrunk-mean-factor = 0.0
+evaluators = "weight-count"
+weight-count-scale = 2.0
+"""
+
+
+@pytest.fixture
+def throwaway(tmp_path, monkeypatch):
+    """The user's module, importable; every plug-in forgotten afterwards."""
+    (tmp_path / "throwaway_fl.py").write_text(textwrap.dedent(THROWAWAY))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("throwaway_fl")
+    yield module
+    for p in module.PLUGINS:
+        plugins.unregister(p.kind, p.name)
+    sys.modules.pop("throwaway_fl", None)
+    plugins._loaded = None
+    plugins._publish()
+
+
+def test_one_module_adds_an_algorithm_an_aggregation_with_a_key_and_an_evaluator_with_a_key(throwaway, tmp_path):
+    for p in throwaway.PLUGINS:
+        plugins.register(p)
+    assert "shrunk-mean-factor" in KEYS and KEYS["shrunk-mean-factor"].group == "plug-in shrunk-mean"
+    scenario, out = tmp_path / "s.toml", tmp_path / "run"
+    scenario.write_text(SCENARIO)
+    result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert throwaway.CALLS["train"] == 6  # 3 clients × 2 rounds, through the plug-in's function
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "counted-fedavg"
+    # the evaluator read its own key: every mlp weight and bias is nonzero, counted twice
+    theta = torch.load(out / "server_state.pt", weights_only=False)["global"]
+    params = sum(v.numel() for k, v in theta.items())
+    assert summary["evaluation"]["evaluators_mean"]["weight-count"] == pytest.approx(2.0 * params, rel=0.01)
+    # the aggregation read its own key: factor 0 never moves the global model off θ0
+    from fedlth.algorithms import initial_weights
+    from fedlth.client_data import dataset_info
+    from fedlth.scenario import load_scenario
+
+    sc = load_scenario(scenario)
+    theta0 = initial_weights(sc, *dataset_info(sc))
+    assert all(torch.equal(theta[k], theta0[k]) for k in theta0)
+
+
+def test_a_plugin_pruner_runs_a_central_ticket(throwaway, tmp_path):
+    for p in throwaway.PLUGINS:
+        plugins.register(p)
+    out = tmp_path / "ticket"
+    args = ["ticket", "scenarios/central-ticket.toml", "--out", str(out), "--quiet", "--set",
+            "pruner=counted-magnitude dataset=digits model=mlp imp-levels=1 epochs=1 controls=false rewind=init"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert throwaway.CALLS["prune"] >= 1
+
+
+def test_a_plugin_key_is_refused_without_its_component_and_unknown_names_list_plugins(throwaway, tmp_path):
+    for p in throwaway.PLUGINS:
+        plugins.register(p)
+    result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", "weight-count-scale=3", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "read by: weight-count" in result.output
+    with pytest.raises(ScenarioError, match="counted-fedavg"):
+        resolve({"algorithm": "nope"})
+    plugins.unregister("evaluator", "weight-count")
+    with pytest.raises(ScenarioError, match="unknown key 'weight-count-scale'"):
+        resolve({"weight-count-scale": 2.0})
+
+
+def test_an_installed_package_is_found_through_the_entry_point_group(throwaway, tmp_path, monkeypatch):
+    """What `pip install` of the user's package leaves: a dist-info naming the module."""
+    site = tmp_path / "site"
+    info = site / "throwaway_fl-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-fl\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{plugins.GROUP}]\nthrowaway = throwaway_fl:PLUGINS\n")
+    monkeypatch.syspath_prepend(str(site))
+    plugins._loaded = None
+    plugins._publish()
+    assert {"counted-fedavg", "shrunk-mean", "counted-magnitude", "weight-count"} <= {n for _, n in plugins.plugins()}
+    assert "counted-fedavg" in KEYS["algorithm"].choices and "weight-count-scale" in KEYS
+
+
+def test_a_plugin_may_not_take_a_fedlth_key():
+    from fedlth.scenario import Key
+
+    with pytest.raises(ValueError, match="already fedlth's"):
+        plugins.register(plugins.Plugin("evaluator", "bad", object, {"lr": Key(float, 0.1, "")}))
+    assert ("evaluator", "bad") not in plugins.plugins()
+
