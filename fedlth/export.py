@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from fedlth.io import write_bytes_atomic
 from fedlth.masks import Mask, MaskError, Weights, apply_mask, density, validate_mask
 from fedlth.models import MODELS, build_model
+from fedlth.wire import WireError, to_numpy
 
 MAGIC = b"FLTHTKT\x00"
 FORMAT, VERSION = "fedlth-export", 1
@@ -280,8 +281,8 @@ def _resize(model: nn.Module, plan: dict[str, Any]) -> nn.Module:
 
 def _array(t: Tensor, name: str) -> np.ndarray:
     try:
-        a = t.detach().cpu().contiguous().numpy()
-    except TypeError:  # bfloat16 and friends have no numpy dtype
+        a = to_numpy(t, name)
+    except WireError:  # bfloat16 and friends have no numpy dtype
         raise ExportError(f"{name!r} has dtype {t.dtype}; supported: {', '.join(_DTYPES)}") from None
     if a.dtype.name not in _DTYPES:
         raise ExportError(f"{name!r} has dtype {a.dtype.name}; supported: {', '.join(_DTYPES)}")

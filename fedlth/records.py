@@ -134,7 +134,7 @@ def record_bytes(record: ArrayRecord) -> int:
 
 def weights_to_record(weights: Weights) -> ArrayRecord:
     """Every tensor dense and exact, for Context.state or a reply Flower's FedAvg can read."""
-    return to_array_record({k: _tensor_to_numpy(k, w) for k, w in weights.items()})
+    return to_array_record({k: wire.to_numpy(w, k) for k, w in weights.items()})
 
 
 def weights_from_record(record: ArrayRecord) -> Weights:
@@ -157,13 +157,6 @@ def mask_from_record(record: ArrayRecord) -> Mask:
         if m.dtype != torch.bool:
             raise ValueError(f"record entry {k!r} has dtype {m.dtype}; a mask needs bool")
     return mask
-
-
-def _tensor_to_numpy(name: str, t: torch.Tensor) -> np.ndarray:
-    try:
-        return t.detach().cpu().contiguous().numpy()
-    except TypeError as e:  # bfloat16 and friends have no numpy dtype
-        raise ValueError(f"{name!r}: dtype {t.dtype} has no numpy equivalent") from e
 
 
 def _scalar(value: object) -> object:

@@ -18,11 +18,13 @@ class WireError(ValueError):
     """An encoded payload is malformed or does not match what the receiver expects."""
 
 
-def _to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
+def to_numpy(t: torch.Tensor, name: str) -> np.ndarray:
+    """The one tensor -> numpy conversion (records, wire, export): detached, on the CPU,
+    contiguous; a dtype numpy lacks (bfloat16) raises WireError, a ValueError, naming the tensor."""
     try:
         return t.detach().cpu().contiguous().numpy()
     except TypeError as e:  # e.g. bfloat16 has no numpy dtype
-        raise WireError(f"{name!r}: dtype {t.dtype} cannot go on the wire") from e
+        raise WireError(f"{name!r}: dtype {t.dtype} has no numpy equivalent (it cannot go on the wire as it is)") from e
 
 
 def _narrow(t: torch.Tensor, value_dtype: torch.dtype | None) -> torch.Tensor:
@@ -54,11 +56,11 @@ def encode(
             raise WireError(f"tensor name {name!r} contains the reserved separator {SEP!r}")
         w = _narrow(w, value_dtype)
         if name not in mask:
-            out[name] = _to_numpy(w, name).copy()
+            out[name] = to_numpy(w, name).copy()
             continue
         m = mask[name].detach().cpu().contiguous()
         out[f"{name}{SEP}{BITS}"] = np.packbits(m.numpy().ravel())
-        out[f"{name}{SEP}{VALUES}"] = _to_numpy(w.detach().cpu()[m], name)
+        out[f"{name}{SEP}{VALUES}"] = to_numpy(w.detach().cpu()[m], name)
         if with_shapes:
             out[f"{name}{SEP}{SHAPE}"] = np.asarray(tuple(w.shape), dtype=np.int64)
     return out
