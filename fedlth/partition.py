@@ -190,13 +190,18 @@ def partition_train_pool(
     raise AssertionError("unreachable")
 
 
-def _split_val(
-    idx: np.ndarray, val_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    n = len(idx)
+def val_count(n: int, val_fraction: float) -> int:
+    """How many of a client's n training-pool samples validate (every partition uses this rule)."""
     n_val = int(round(val_fraction * n))
     if val_fraction > 0 and n >= 2:
         n_val = min(max(n_val, 1), n - 1)  # a client with >= 2 samples always validates and trains
+    return n_val
+
+
+def _split_val(
+    idx: np.ndarray, val_fraction: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    n_val = val_count(len(idx), val_fraction)
     perm = rng.permutation(idx)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 import numpy as np
 
 from fedlth.data import ArrayData
-from fedlth.partition import ClientSplit
+from fedlth.partition import ClientSplit, val_count
 
 SAMPLED = ("sample", "sample-dirichlet")
 _POOL_STREAM, _CLIENT_STREAM = 11, 12  # apart from partition.py's streams (1, 2, 3)
@@ -30,9 +30,7 @@ _POOL_STREAM, _CLIENT_STREAM = 11, 12  # apart from partition.py's streams (1, 2
 def split_sizes(examples: int, val_fraction: float, train_pool: int, test_pool: int) -> tuple[int, int, int]:
     """(train, validation, test) counts of one client: `examples` split by val_fraction (at least
     one of each when examples >= 2), and test in the test pool's proportion to the train pool."""
-    n_val = int(round(val_fraction * examples))
-    if val_fraction > 0 and examples >= 2:
-        n_val = min(max(n_val, 1), examples - 1)
+    n_val = val_count(examples, val_fraction)
     return examples - n_val, n_val, max(1, int(round(examples * test_pool / train_pool)))
 
 
