@@ -734,18 +734,24 @@ def evaluate_client(
     """
     weights, info = personal if personal is not None else alg.personal(received, state, ctx)
     net = _model(ctx, weights)
-    test_loss, test_acc = evaluate(net, ctx.data.x_test, ctx.data.y_test)
-    _, val_acc = evaluate(net, ctx.data.x_val, ctx.data.y_val)
-    out = {
-        "num-examples": float(len(ctx.data.x_test)), "accuracy": test_acc, "loss": test_loss, "val-accuracy": val_acc,
+    out = score_model(ctx, net)
+    out |= {
+        "val-accuracy": evaluate(net, ctx.data.x_val, ctx.data.y_val)[1],
         "density": density(state.mask) if state.mask else 1.0, "partition-id": float(ctx.partition_id), **info,
     }
     if alg.has_global and received is not None:
         # FedPM: the model just scored is the global one (what it received are probabilities)
-        out["global-accuracy"] = test_acc if alg.mask_posterior else evaluate(_model(ctx, received), ctx.data.x_test, ctx.data.y_test)[1]
+        out["global-accuracy"] = out["accuracy"] if alg.mask_posterior else evaluate(_model(ctx, received), ctx.data.x_test, ctx.data.y_test)[1]
+    return out
+
+
+def score_model(ctx: Ctx, net: nn.Module) -> dict[str, float]:
+    """A model on the client's test split (examples, accuracy, loss) and the scenario's
+    evaluators on it: what a live evaluation and `fedlth evaluate` both report."""
+    d = ctx.data
+    loss, acc = evaluate(net, d.x_test, d.y_test)
+    out = {"num-examples": float(len(d.y_test)), "accuracy": acc, "loss": loss}
     evaluators = scenario_evaluators(ctx.sc)
     if evaluators:
-        d = ctx.data
-        data = EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test)
-        out |= run_evaluators(evaluators, net, data)
+        out |= run_evaluators(evaluators, net, EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test))
     return out

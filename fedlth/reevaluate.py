@@ -6,16 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fedlth.algorithms import Ctx, scenario_evaluators
+from fedlth.algorithms import Ctx, score_model
 from fedlth.client_data import client_data
-from fedlth.evaluators import EvalData, run_evaluators
 from fedlth.masks import Weights, density
 from fedlth.models import build_model
 from fedlth.progress import Progress
 from fedlth.report import evaluation_summary
 from fedlth.scenario import ScenarioError, load_scenario
 from fedlth.tickets import TicketFileError, load_ticket_file, ticket_path
-from fedlth.training import evaluate
 
 
 class RunDirError(ValueError):
@@ -38,7 +36,6 @@ def load_run_scenario(run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[st
 
 def reevaluate(run_dir: Path, sc: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:
     """Every client's saved ticket on its own test split, with the scenario's evaluators."""
-    evaluators = scenario_evaluators(sc)
     per_client: dict[int, dict[str, float]] = {}
     progress = progress or Progress()
     progress.task("tickets evaluated" + (f" (+ {sc['evaluators']})" if sc["evaluators"] else ""),
@@ -49,16 +46,10 @@ def reevaluate(run_dir: Path, sc: dict[str, Any], progress: Progress | None = No
         except TicketFileError as exc:
             raise RunDirError(str(exc)) from None
         ctx = Ctx(sc, client_data(sc, pid), pid, 0)
-        d = ctx.data
-        net = build_model(sc["model"], d.input_shape, d.num_classes)
+        net = build_model(sc["model"], ctx.data.input_shape, ctx.data.num_classes)
         net.load_state_dict(weights)
-        loss, acc = evaluate(net, d.x_test, d.y_test)
-        metrics = {
-            "num-examples": float(len(d.y_test)), "accuracy": acc, "loss": loss,
-            "density": density(mask) if mask else 1.0, "partition-id": float(pid),
-        }
-        metrics |= run_evaluators(evaluators, net, EvalData(d.x_test, d.y_test, d.input_shape, d.num_classes, d.input_range, d.sensitive_test))
-        per_client[pid] = metrics
+        metrics = score_model(ctx, net)  # as the live evaluation scores it
+        per_client[pid] = metrics | {"density": density(mask) if mask else 1.0, "partition-id": float(pid)}
         progress.update(advance=1)
     return {"evaluators": sc["evaluators"], "per_client": per_client, "summary": evaluation_summary(per_client)}
 
