@@ -100,11 +100,15 @@ def throwaway(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     module = importlib.import_module("throwaway_fl")
     yield module
-    for p in module.PLUGINS:
-        plugins.unregister(p.kind, p.name)
+    # off sys.path first (monkeypatch restores it only after this fixture), so that reloading the
+    # entry points finds no trace of the throw-away package: later tests see fedlth's own keys
+    sys.path[:] = [x for x in sys.path if not x.startswith(str(tmp_path))]
+    importlib.invalidate_caches()
     sys.modules.pop("throwaway_fl", None)
+    plugins._registered.clear()
     plugins._loaded = None
     plugins._publish()
+    assert not plugins.plugins(), "a plug-in outlived its test"
 
 
 def test_one_module_adds_an_algorithm_an_aggregation_with_a_key_and_an_evaluator_with_a_key(throwaway, tmp_path):
@@ -176,3 +180,10 @@ def test_a_plugin_may_not_take_a_fedlth_key():
         plugins.register(plugins.Plugin("evaluator", "bad", object, {"lr": Key(float, 0.1, "")}))
     assert ("evaluator", "bad") not in plugins.plugins()
 
+
+
+def test_after_the_plugin_tests_the_key_table_is_fedlths_own():
+    """The fixture's clean-up left nothing behind (other test files compare KEYS with pyproject)."""
+    from fedlth import scenario
+
+    assert KEYS == scenario._BUILTIN_KEYS and not plugins.plugins()
