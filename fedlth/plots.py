@@ -261,6 +261,24 @@ def _stat_std(v: Any) -> float | None:
     return v.get("std") if isinstance(v, Mapping) else None
 
 
+def _baselines(ax: Any, baselines: Mapping[str, Any] | None) -> list[float]:
+    """Grey horizontal lines, one per named baseline; their values (for the y range)."""
+    ys = []
+    for i, (name, value) in enumerate((baselines or {}).items()):
+        if _stat_mean(value) is not None:
+            ax.axhline(_stat_mean(value), color="grey", ls=("--", ":", "-.")[i % 3], lw=1, label=name)
+            ys.append(_stat_mean(value))
+    return ys
+
+
+def _density_axis(ax: Any, ticks: list[float], labels: list[str]) -> None:
+    """Density on a log x axis with plain tick labels."""
+    ax.set_xscale("log")
+    ax.set_xticks(ticks, labels)
+    ax.minorticks_off()
+    ax.set(xlabel="density (fraction of weights kept)")
+
+
 def plot_study(
     rows: Sequence[Mapping[str, Any]], path: Path, title: str, baselines: Mapping[str, Any] | None = None
 ) -> str:
@@ -294,14 +312,9 @@ def plot_study(
             if banded:
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
             ys += lo + hi
-        for i, (name, value) in enumerate((baselines or {}).items() if bounds else ()):
-            if _stat_mean(value) is not None:
-                ax.axhline(_stat_mean(value), color="grey", ls=("--", ":", "-.")[i % 3], lw=1, label=name)
-                ys.append(_stat_mean(value))
-        ax.set_xscale("log")
-        ax.set_xticks(ticks, labels)
-        ax.minorticks_off()
-        ax.set(xlabel="density (fraction of weights kept)", ylabel=label)
+        ys += _baselines(ax, baselines if bounds else None)
+        _density_axis(ax, ticks, labels)
+        ax.set(ylabel=label)
         if bounds and ys:
             ax.set_ylim(accuracy_limits(ys))
             _percent_axis(ax)
@@ -404,14 +417,9 @@ def plot_study_arms(
                 ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
             ys += lo + hi
         if k == "pooled_accuracy":
-            for i, (name, value) in enumerate((baselines or {}).items()):
-                if _stat_mean(value) is not None:
-                    ax.axhline(_stat_mean(value), color="grey", ls=("--", ":", "-.")[i % 3], lw=1, label=name)
-                    ys.append(_stat_mean(value))
-        ax.set_xscale("log")
-        ax.set_xticks(ticks, labels)
-        ax.minorticks_off()
-        ax.set(xlabel="density (fraction of weights kept)", title=_legend_name(k) + (" (lower is fairer)" if not is_acc else ""))
+            ys += _baselines(ax, baselines)
+        _density_axis(ax, ticks, labels)
+        ax.set(title=_legend_name(k) + (" (lower is fairer)" if not is_acc else ""))
         if ys and is_acc:
             ax.set_ylim(accuracy_limits(ys))
             _percent_axis(ax)
