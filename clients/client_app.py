@@ -13,6 +13,7 @@ The ticket file is tagged with the server's `run-key` (a resumed run keeps it), 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
@@ -185,18 +186,50 @@ def node_data(context: Context, sc: dict[str, Any]) -> ClientData:
         ) from exc
 
 
+class _Run:
+    """One scenario as this process serves it: resolved once, and the partitions it cut lately."""
+
+    DATA_BYTES = 32 * 2**20  # of client tensors kept per scenario: a Ray worker of 1,000 clients stays small
+
+    def __init__(self, items: tuple[tuple[str, Any], ...]) -> None:
+        self.sc = resolve(dict(items), source="server config")
+        self._data: OrderedDict[int, tuple[ClientData, int]] = OrderedDict()
+        self._bytes = 0
+
+    def data(self, context: Context, sc: dict[str, Any]) -> ClientData:
+        """node_data(context, sc); a partition of the scenario's dataset (the same tensors for
+        every message, as the plain loop keeps them: nobody writes into them) is cut once while
+        it fits the bound, not at every message."""
+        if context.node_config.get("data-file"):
+            return node_data(context, sc)
+        pid = partition_id(context)
+        hit = self._data.get(pid)
+        if hit is not None:
+            self._data.move_to_end(pid)
+            return hit[0]
+        data = node_data(context, sc)
+        size = sum(t.nbytes for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test))
+        if size <= self.DATA_BYTES:
+            self._data[pid] = (data, size)
+            self._bytes += size
+            while self._bytes > self.DATA_BYTES:
+                self._bytes -= self._data.popitem(last=False)[1][1]  # the least recently used
+        return data
+
+
 @lru_cache(maxsize=8)
-def _resolved(items: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+def _run(items: tuple[tuple[str, Any], ...]) -> _Run:
     # every message carries the run's scenario: validated once per process, not per message
-    return resolve(dict(items), source="server config")
+    return _Run(items)
 
 
 def _setup(msg: Message, context: Context, training: bool) -> tuple[dict[str, Any], Ctx, ClientState, int]:
-    sc = dict(_resolved(tuple(config_from_record(msg.content["scenario"]).items())))
+    run = _run(tuple(config_from_record(msg.content["scenario"]).items()))
+    sc = dict(run.sc)
     config = dict(msg.content["config"])
     round_ = int(config["server-round"])
     pid = partition_id(context)
-    ctx = Ctx(sc=sc, data=node_data(context, sc), partition_id=pid, server_round=round_)
+    ctx = Ctx(sc=sc, data=run.data(context, sc), partition_id=pid, server_round=round_)
     held, made_in = restore_state(context, sc, config, round_ if training else None)
     state = _fitting(context, held, _shapes(ctx))
     return sc, ctx, state, made_in if state is held else 0

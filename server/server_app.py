@@ -96,17 +96,19 @@ class RunFailed(RuntimeError):
 
 def save_checkpoint(
     out: Path, strategy: TicketStrategy, rounds: list[dict[str, Any]], run_key: str, deployed: bool = False,
-    wall_segments: list[float] | None = None, later: bool = False,
+    wall_segments: list[float] | None = None, later: bool = False, round_lines: list[str] | None = None,
 ) -> None:
     """Everything needed to continue after the last finished round, written atomically;
     `deployed`: the run's clients are SuperNodes (flwr run), not simulated by fedlth run;
     `wall_segments`: seconds of each process that ran the run so far, this one up to now;
     `later`: by this process's writer thread, in order after the clients' ticket files queued
-    before it (fedlth.io.write_bytes_later), while the next round runs."""
+    before it (fedlth.io.write_bytes_later), while the next round runs; `round_lines`: json.dumps
+    of each of `rounds`, made once per round (metrics.jsonl's lines), not once per checkpoint."""
+    rounds_text = json.dumps(rounds) if round_lines is None else "[" + ", ".join(round_lines) + "]"
     buf = io.BytesIO()
     torch.save(
         {"format": CHECKPOINT_FORMAT, "round": len(rounds), "run_key": run_key, "strategy": strategy.state_dict(),
-         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": json.dumps(rounds),
+         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": rounds_text,
          "deployed": deployed, "wall_segments": [float(x) for x in wall_segments or []]},
         buf,
     )
@@ -316,7 +318,8 @@ def run_federation(
         write_json_atomic(out / PROVENANCE, prov)
     metrics_path = out / "metrics.jsonl"
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
-    write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rounds))
+    lines = [json.dumps(r) for r in rounds]  # each round's line, encoded once: metrics.jsonl and the checkpoints
+    write_text_atomic(metrics_path, "".join(line + "\n" for line in lines))
     progress.task(f"{sc['algorithm']} rounds", total=sc["rounds"], done=len(rounds))
     # this process's timings: start-up (from entering run_federation; the wall clock at its first
     # round, for a caller that timed the whole process) and each evaluation's seconds
@@ -340,17 +343,19 @@ def run_federation(
         entry["seconds"] = time.perf_counter() - t0
         entry = _jsonable(entry)
         rounds.append(entry)
+        lines.append(json.dumps(entry))
         with metrics_path.open("r+" if line_at is not None else "a") as fh:
             if line_at is not None:  # the evaluated line replaces the pending one
                 fh.seek(line_at)
                 fh.truncate()
-            fh.write(json.dumps(entry) + "\n")
+            fh.write(lines[-1] + "\n")
         # the clients' tickets of this round are on the disk before the checkpoint that counts on
         # them: in this process, the writer thread writes them first; elsewhere on this machine, a sync
         in_process = strategy.run_config.get("state-sync") == "process"
         if strategy.run_config.get("state-sync") == "disk":
             sync_disks()
-        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start], later=in_process)
+        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start], later=in_process,
+                        round_lines=lines)
         progress.update(done=rnd, info=round_info(entry))
         if on_round is not None:
             on_round(entry)

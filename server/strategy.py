@@ -138,6 +138,8 @@ class TicketStrategy(Strategy):
         self._received_now: Weights = {}  # this round's download as the clients decode it (upload deltas' base)
         self.sent_values: dict[int, int] = {}  # values (kept weights) of each download, for bits per kept weight
         self.num_params = sum(w.numel() for w in initial.values())
+        # the downloads of the batch of messages being made, by (weights, mask, version): see _full_download
+        self._downloads: dict[tuple[int, int, int], tuple[ArrayRecord, int, tuple[Weights, Mask | None]]] = {}
 
     # --- who is who ----------------------------------------------------------------------
 
@@ -223,18 +225,30 @@ class TicketStrategy(Strategy):
         with wire-download = delta, against the version the client holds when that is smaller."""
         sc = self.sc
         opts: dict[str, Any] = {"with_shapes": False, "wire_dtype": sc["wire-dtype"], "codec": sc["wire-codec"]}
-        self.sent_values[pid] = kept_count(weights, mask or {})
-        if version < 0:
-            return encode_record(weights, mask, **opts)
-        self._sent[pid] = (version, mask)
-        if sc["wire-download"] != "delta":
-            return encode_record(weights, mask, **opts)
-        full = encode_record(weights, mask, **opts, version=version)
+        if version >= 0:
+            self._sent[pid] = (version, mask)
+        delta = version >= 0 and sc["wire-download"] == "delta"
+        full, self.sent_values[pid] = self._full_download(weights, mask, opts, version if delta else -1)
+        if not delta:
+            return full
         held = self.held.get(pid)
         if held is None or held[0] not in self.versions:
             return full
         delta = encode_record(weights, mask, **opts, version=version, base=base_of(self.versions[held[0]], held[1], held[0]))
         return delta if record_bytes(delta) < record_bytes(full) else full
+
+    def _full_download(self, weights: Weights, mask: Mask | None, opts: dict[str, Any], version: int) -> tuple[ArrayRecord, int]:
+        """encode_record(weights, mask, ...) and its kept values, encoded once per message batch for
+        every client sent the same mask (FedAvg's dense download: once a round, not once a client);
+        each client gets its own ArrayRecord holding the shared (never modified) Arrays."""
+        key = (id(weights), id(mask), version)
+        if key not in self._downloads:  # (holding weights and mask: their ids stay theirs for the batch)
+            self._downloads[key] = (encode_record(weights, mask, **opts, version=version), kept_count(weights, mask or {}), (weights, mask))
+        record, values, _ = self._downloads[key]
+        copy = ArrayRecord()
+        for name, array in record.items():
+            copy[name] = array
+        return copy, values
 
     def _keep_version(self, version: int, weights: Weights) -> None:
         """wire-download = delta: remember this round's download as the clients decode it; keep at
@@ -270,6 +284,7 @@ class TicketStrategy(Strategy):
     def _messages(self, pids: Iterable[int], server_round: int, kind: str, **config: int | str) -> list[Message]:
         out = []
         self.sent_bytes, self.sent_values = {}, {}
+        self._downloads = {}
         version = server_round - 1 if kind == MessageType.TRAIN else -1
         if version >= 0:
             self._sent = {}
@@ -284,6 +299,7 @@ class TicketStrategy(Strategy):
                 {"arrays": arrays, "config": ConfigRecord({"server-round": server_round, **self.run_config, **config}), "scenario": self.scenario_record}
             )
             out.append(Message(content, dst_node_id=self.node_of[pid], message_type=kind))
+        self._downloads = {}  # the batch is made: its weights and masks may change from here
         return out
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
