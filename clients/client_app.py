@@ -103,7 +103,12 @@ def state_file(context: Context, config: Config = None) -> Path | None:
     """Where this client keeps its ticket: node config `state-dir` (a deployed node), else the
     `state-dir` the server names (in-process simulation on the server's disk), else nowhere."""
     folder = context.node_config.get("state-dir") or (config or {}).get("state-dir")
-    return Path(str(folder)).expanduser() / f"ticket-{partition_id(context)}.pt" if folder else None
+    return _ticket_path(str(folder), partition_id(context)) if folder else None
+
+
+@lru_cache(maxsize=4096)
+def _ticket_path(folder: str, pid: int) -> Path:
+    return Path(folder).expanduser() / f"ticket-{pid}.pt"  # (pathlib costs more than a small ticket's read)
 
 
 def _disk_only(context: Context, config: Config) -> bool:
@@ -274,7 +279,7 @@ def _received(msg: Message, ctx: Ctx, state: ClientState, sent: dict[str, Any] |
     if rec is None or len(rec) == 0:
         return None, state
     try:
-        weights, mask = decode_record(rec, _shapes(ctx), _dtypes(ctx), _held_base(state))
+        weights, mask = _decode_download(rec, _shapes(ctx), _dtypes(ctx), _held_base(state))
     except ValueError as exc:
         raise ValueError(
             f"the server's weights do not decode for this node's model (its data: input shape "
@@ -290,6 +295,28 @@ def _received(msg: Message, ctx: Ctx, state: ClientState, sent: dict[str, Any] |
             log.warning("fedlth: partition %s has no ticket of its own; taking the server's copy of its mask", ctx.partition_id)
         state = replace(state, mask=mask)
     return weights, state
+
+
+# The last download decoded in this process: the clients of an in-process round get the same
+# Arrays (the server encodes a shared download once), and need decode it only once.
+_last_download: list[tuple[Any, tuple[Any, ...], tuple[Any, ...], Any]] = []
+
+
+def _decode_download(
+    rec: ArrayRecord, shapes: dict[str, Any], dtypes: dict[str, Any], base: Base | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """decode_record(rec, shapes, dtypes, base); a record of the very bytes objects decoded last
+    (bytes never change: same objects, same content) gets fresh copies of that result."""
+    if base is not None:  # a delta decodes against this client's own base
+        return decode_record(rec, shapes, dtypes, base)
+    key = tuple((k, a.dtype, a.shape, a.stype, id(a.data)) for k, a in rec.items())
+    if _last_download and _last_download[0][0] == key and _last_download[0][2] == (shapes, dtypes):
+        weights, mask = _last_download[0][3]
+        return {k: v.clone() for k, v in weights.items()}, {k: m.clone() for k, m in mask.items()}
+    weights, mask = decode_record(rec, shapes, dtypes)
+    # (the bytes objects are held, so that their ids stay theirs while the entry lives)
+    _last_download[:] = [(key, tuple(a.data for a in rec.values()), (shapes, dtypes), (weights, mask))]
+    return {k: v.clone() for k, v in weights.items()}, {k: m.clone() for k, m in mask.items()}
 
 
 def _initial_mask(alg: Any, ctx: Ctx, mask: dict[str, Any]) -> bool:

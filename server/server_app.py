@@ -55,7 +55,7 @@ from fedlth.report import (
 from fedlth.scenario import load_scenario, resolve, to_toml
 from fedlth.tickets import save_tickets
 from server.exchange import StoppableGrid, stream_replies
-from server.strategy import TicketStrategy, rng_state_tuple
+from server.strategy import TicketStrategy, rng_state_compact, rng_state_tuple
 
 RoundHook = Callable[[dict[str, Any]], None]
 NODE_WAIT_SECONDS = 300.0
@@ -108,7 +108,7 @@ def save_checkpoint(
     buf = io.BytesIO()
     torch.save(
         {"format": CHECKPOINT_FORMAT, "round": len(rounds), "run_key": run_key, "strategy": strategy.state_dict(),
-         "python_rng": random.getstate(), "torch_rng": torch.get_rng_state(), "rounds": rounds_text,
+         "python_rng": rng_state_compact(random.getstate()), "torch_rng": torch.get_rng_state(), "rounds": rounds_text,
          "deployed": deployed, "wall_segments": [float(x) for x in wall_segments or []]},
         buf,
     )

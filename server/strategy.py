@@ -239,16 +239,13 @@ class TicketStrategy(Strategy):
 
     def _full_download(self, weights: Weights, mask: Mask | None, opts: dict[str, Any], version: int) -> tuple[ArrayRecord, int]:
         """encode_record(weights, mask, ...) and its kept values, encoded once per message batch for
-        every client sent the same mask (FedAvg's dense download: once a round, not once a client);
-        each client gets its own ArrayRecord holding the shared (never modified) Arrays."""
+        every client sent the same mask (FedAvg's dense download: once a round, not once a client).
+        Those clients' messages share the record: a download is read, never changed, on its way."""
         key = (id(weights), id(mask), version)
         if key not in self._downloads:  # (holding weights and mask: their ids stay theirs for the batch)
             self._downloads[key] = (encode_record(weights, mask, **opts, version=version), kept_count(weights, mask or {}), (weights, mask))
         record, values, _ = self._downloads[key]
-        copy = ArrayRecord()
-        for name, array in record.items():
-            copy[name] = array
-        return copy, values
+        return record, values
 
     def _keep_version(self, version: int, weights: Weights) -> None:
         """wire-download = delta: remember this round's download as the clients decode it; keep at
@@ -609,7 +606,7 @@ class TicketStrategy(Strategy):
         """What a resumed run needs to continue exactly: global weights, known masks, sampler state,
         the example counts that bound each client's weight."""
         return {
-            "global": self.global_weights, "masks": self.masks, "rng": self.rng.getstate(), "declared": self.declared,
+            "global": self.global_weights, "masks": self.masks, "rng": rng_state_compact(self.rng.getstate()), "declared": self.declared,
             "shared_mask": self.shared_mask, "fedpm": {"probs": self.probs, "alpha": self.alpha, "beta": self.beta},
             "wire": {"versions": self.versions, "held": {pid: {"version": v, "mask": m} for pid, (v, m) in self.held.items()}},
         }
@@ -699,4 +696,13 @@ def fill_unsent(update: Update, global_weights: Weights) -> Update:
 def rng_state_tuple(state: Sequence[Any]) -> tuple[Any, ...]:
     """random.setstate wants tuples; a checkpoint may hand back lists."""
     version, internal, gauss = state
+    if isinstance(internal, torch.Tensor):  # rng_state_compact's
+        internal = internal.tolist()
     return (int(version), tuple(int(x) for x in internal), gauss)
+
+
+def rng_state_compact(state: tuple[Any, ...]) -> tuple[Any, ...]:
+    """random.getstate() with its 625 words in one int64 tensor: a checkpoint pickles one object,
+    not 625 (torch.save's pickler costs per object, every round); rng_state_tuple reads either."""
+    version, internal, gauss = state
+    return (version, torch.tensor(internal, dtype=torch.int64), gauss)
