@@ -39,12 +39,20 @@ def _npy_bytes(a: np.ndarray) -> bytes:
     return head + a.tobytes()
 
 
+_dtype_names: dict[np.dtype, str] = {}  # str(dtype) costs more than a small tensor's bytes
+
+
 def _array(a: np.ndarray) -> Array:
     if not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)  # (not for every array: it makes a 0-d array 1-d)
     if a.dtype.hasobject:
         return Array(a)  # Flower refuses it, with its own message
-    return Array(dtype=str(a.dtype), shape=tuple(int(x) for x in a.shape), stype=SType.NUMPY, data=_npy_bytes(a))
+    name = _dtype_names.get(a.dtype)
+    if name is None:
+        name = str(a.dtype)
+        if len(_dtype_names) < _NPY_CACHE:
+            _dtype_names[a.dtype] = name
+    return Array(dtype=name, shape=tuple(map(int, a.shape)), stype=SType.NUMPY, data=_npy_bytes(a))
 
 
 def _npy_array(value: Array) -> np.ndarray:
