@@ -81,6 +81,8 @@ def _copy(state: ClientState) -> ClientState:
     """Fresh tensors: whoever gets a cached ticket may not change the cache's."""
     def dup(d: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
         return None if d is None else {k: v.clone() for k, v in d.items()}
+    if all(getattr(state, f) is None for f in _TENSOR_FIELDS):
+        return state  # nothing to copy: a frozen state without tensors is shared safely (FedAvg's)
     # every tensor field, whatever ClientState grows (wire-download = delta keeps a base)
     return replace(state, **{f.name: dup(getattr(state, f.name)) for f in fields(state) if f.name in _TENSOR_FIELDS})
 
