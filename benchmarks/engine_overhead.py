@@ -128,10 +128,12 @@ def main() -> None:
     load_start = os.getloadavg()
     plains: list[dict[str, float]] = []
     runs: dict[str, list[tuple[float, float, dict]]] = {r: [] for r in runners}
+    loads: dict[str, list[float]] = {r: [] for r in runners}  # the 1-min load as each run starts
     for _ in range(a.repeats):  # in turn, so that other jobs' load hits every runner alike
         plains.append(plain_process(a.rounds))
         print("plain", json.dumps(plains[-1]), flush=True)
         for r, (b, extra) in runners.items():
+            loads[r].append(os.getloadavg()[0])
             runs[r].append(fedlth_run(scenario, overrides, b, extra))
             print(r, json.dumps({"wall_s": runs[r][-1][0], "cpu_s": runs[r][-1][1]}), flush=True)
     med = {k: statistics.median(p[k] for p in plains) for k in plains[0]}
@@ -141,6 +143,9 @@ def main() -> None:
     command = (f"python benchmarks/engine_overhead.py --rounds {a.rounds} --backends {','.join(backends)} --repeats {a.repeats}"
                + (" --with-outputs" if a.with_outputs else ""))
     pw, pc, lw, lc = med["wall_s"], med["cpu_s"], med["loop_s"], med["loop_cpu_s"]
+
+    def pairs(b: str, i: int, key: str) -> str:
+        return ", ".join(f"{r[i] / p[key]:.2f}" for r, p in zip(runs[b], plains, strict=True))
 
     def verdict(x: float) -> str:
         return "met" if x <= 1.1 else "MISSED"
@@ -172,6 +177,9 @@ def main() -> None:
         "|---|---|---|---|---|",
         *(f"| {b} | **{w / pw:.2f}** | {c / pc:.2f} | {w / lw:.2f} | {c / lc:.2f} |" for b, (w, c, _, _) in fed.items()),
         "",
+        *(f"Each pair, in turn (backend = {b}): × plain process, wall {pairs(b, 0, 'wall_s')}; CPU {pairs(b, 1, 'cpu_s')} "
+          f"(1-min load as each `fedlth run` started: {', '.join(f'{x:.1f}' for x in loads[b])})." for b in fed),
+        "",
         *(f"Target ≤ 1.1×, backend = {b}: the whole command against the plain loop's whole process {w / pw:.2f}× "
           f"({verdict(w / pw)}); against the loop alone (start-up charged to fedlth only) {w / lw:.2f}× "
           f"({verdict(w / lw)})." for b, (w, _, _, _) in fed.items()),
@@ -183,7 +191,8 @@ def main() -> None:
         "command": command, "machine": machine(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "plain": {"median": med, "runs": plains},
         "backends": {b: {"wall_s": w, "cpu_s": c, "server_app_s": srv, "accuracy": acc, "ratio_process": w / pw,
-                         "ratio_loop": w / lw, "runs": [{"wall_s": r[0], "cpu_s": r[1]} for r in runs[b]]}
+                         "ratio_loop": w / lw, "runs": [{"wall_s": r[0], "cpu_s": r[1], "load_1min_at_start": x}
+                                                         for r, x in zip(runs[b], loads[b], strict=True)]}
                      for b, (w, c, srv, acc) in fed.items()},
     }, indent=1) + "\n")
     print("\n".join(md))
