@@ -1,7 +1,7 @@
 """Benchmark: wall time of `fedlth run` for FedAvg on W1, per backend, against a plain PyTorch
 loop doing the same local training with no Flower, in one process run.
 
-    python benchmarks/engine_overhead.py [--rounds 100] [--backends inprocess,ray] [--repeats 1]
+    python benchmarks/engine_overhead.py [--rounds 100] [--backends inprocess,ray] [--repeats 1] [--side-by-side]
 
 The plain loop runs in a fresh interpreter too (this script with --plain-only), so both sides
 pay Python's start and their imports; its loop is also timed alone, from inside.
@@ -93,6 +93,38 @@ def plain_process(rounds: int) -> dict[str, float]:
     return {"wall_s": time.perf_counter() - t0, "cpu_s": _children_cpu() - c0, **inner}
 
 
+def side_by_side(scenario: Path, overrides: list[str], rounds: int) -> dict[str, float]:
+    """The plain process and `fedlth run` (in-process) started together: both meet the same load
+    from other jobs, so their CPU seconds compare where one after the other they may not; on 2
+    cores each has one. Wall and CPU seconds of each (os.wait4: each child's own rusage)."""
+    import json
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    out = ROOT / "runs" / "bench-engine-side-by-side"
+    shutil.rmtree(out, ignore_errors=True)
+    cmds = {
+        "plain": [sys.executable, __file__, "--plain-only", "--rounds", str(rounds)],
+        "fedlth": [sys.executable, "-c", "from fedlth.cli import main; main()", "run", str(scenario), "--out", str(out), "--quiet",
+                   *sum((["--set", o] for o in [*overrides, "backend=inprocess", *SAME_WORK]), [])],
+    }
+    t0 = time.perf_counter()
+    procs = {k: subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) for k, c in cmds.items()}
+    names = {p.pid: k for k, p in procs.items()}
+    res: dict[str, float] = {}
+    while names:  # whichever ends first (both write little to their pipes: no deadlock)
+        pid, status, usage = os.wait4(-1, 0)
+        k = names.pop(pid, None)
+        if k is None:
+            continue
+        procs[k].returncode = code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"{k} failed (exit {code})")
+        res[f"{k}_wall_s"], res[f"{k}_cpu_s"] = time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
+    res["plain_loop_s"] = json.loads(procs["plain"].stdout.read().strip().splitlines()[-1])["loop_s"]
+    return res
+
+
 def _scenario(rounds: int) -> tuple[Path, list[str], dict]:
     from fedlth.scenario import load_scenario
 
@@ -111,6 +143,8 @@ def main() -> None:
     ap.add_argument("--backends", default="inprocess,ray", help="comma-separated: inprocess, ray")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each runner, in turn; medians are reported")
     ap.add_argument("--with-outputs", action="store_true", help="also time each backend with the default outputs (figures, tickets)")
+    ap.add_argument("--side-by-side", action="store_true",
+                    help="also run the plain process and `fedlth run` (inprocess) together, --repeats times: same load for both")
     ap.add_argument("--plain-only", action="store_true", help="(internal) run the plain loop here, print its numbers")
     a = ap.parse_args()
     scenario, overrides, sc = _scenario(a.rounds)
@@ -136,12 +170,15 @@ def main() -> None:
             loads[r].append(os.getloadavg()[0])
             runs[r].append(fedlth_run(scenario, overrides, b, extra))
             print(r, json.dumps({"wall_s": runs[r][-1][0], "cpu_s": runs[r][-1][1]}), flush=True)
+    together = [side_by_side(scenario, overrides, a.rounds) for _ in range(a.repeats if a.side_by_side else 0)]
+    for t in together:
+        print("side by side", json.dumps(t), flush=True)
     med = {k: statistics.median(p[k] for p in plains) for k in plains[0]}
     fed = {b: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs),
                statistics.median(r[2]["wall_seconds"] for r in rs), rs[0][2]["personalized_accuracy"]["mean"])
            for b, rs in runs.items()}
     command = (f"python benchmarks/engine_overhead.py --rounds {a.rounds} --backends {','.join(backends)} --repeats {a.repeats}"
-               + (" --with-outputs" if a.with_outputs else ""))
+               + (" --with-outputs" if a.with_outputs else "") + (" --side-by-side" if a.side_by_side else ""))
     pw, pc, lw, lc = med["wall_s"], med["cpu_s"], med["loop_s"], med["loop_cpu_s"]
 
     def pairs(b: str, i: int, key: str) -> str:
@@ -184,6 +221,20 @@ def main() -> None:
           f"({verdict(w / pw)}); against the loop alone (start-up charged to fedlth only) {w / lw:.2f}× "
           f"({verdict(w / lw)})." for b, (w, _, _, _) in fed.items()),
         "",
+        *([
+            "Side by side (`--side-by-side`, after the runs above): the plain process and `fedlth run` (inprocess) started "
+            "together, so that both meet the same load from other jobs (each has one of the 2 cores); CPU seconds of each process.",
+            "",
+            "| pair | plain wall s | plain CPU s | `fedlth run` wall s | `fedlth run` CPU s | × plain (CPU) | × plain (wall) |",
+            "|---|---|---|---|---|---|---|",
+            *(f"| {i + 1} | {t['plain_wall_s']:.1f} | {t['plain_cpu_s']:.1f} | {t['fedlth_wall_s']:.1f} | {t['fedlth_cpu_s']:.1f} | "
+              f"{t['fedlth_cpu_s'] / t['plain_cpu_s']:.2f} | {t['fedlth_wall_s'] / t['plain_wall_s']:.2f} |" for i, t in enumerate(together)),
+            "",
+            f"Median × plain, side by side: CPU **{statistics.median(t['fedlth_cpu_s'] / t['plain_cpu_s'] for t in together):.2f}** "
+            f"({verdict(statistics.median(t['fedlth_cpu_s'] / t['plain_cpu_s'] for t in together))} against ≤ 1.1×), wall "
+            f"{statistics.median(t['fedlth_wall_s'] / t['plain_wall_s'] for t in together):.2f}.",
+            "",
+        ] if together else []),
     ]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "engine_overhead.md").write_text("\n".join(md))
@@ -194,6 +245,7 @@ def main() -> None:
                          "ratio_loop": w / lw, "runs": [{"wall_s": r[0], "cpu_s": r[1], "load_1min_at_start": x}
                                                          for r, x in zip(runs[b], loads[b], strict=True)]}
                      for b, (w, c, srv, acc) in fed.items()},
+        "side_by_side": together,
     }, indent=1) + "\n")
     print("\n".join(md))
 
