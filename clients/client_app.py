@@ -34,7 +34,7 @@ from fedlth.algorithms import (
     received_loss,
     weight_specs,
 )
-from fedlth.client_data import ClientData, client_data
+from fedlth.client_data import ClientData, client_data, data_key
 from fedlth.local_data import local_client_data
 from fedlth.masks import density
 from fedlth.records import (
@@ -198,7 +198,7 @@ class _Run:
 
     def __init__(self, items: tuple[tuple[str, Any], ...]) -> None:
         self.sc = resolve(dict(items), source="server config")
-        self._data: OrderedDict[int, tuple[ClientData, int]] = OrderedDict()
+        self._data: OrderedDict[tuple[int, tuple[Any, ...]], tuple[ClientData, int]] = OrderedDict()
         self._bytes = 0
 
     def data(self, context: Context, sc: dict[str, Any]) -> ClientData:
@@ -207,15 +207,16 @@ class _Run:
         it fits the bound, not at every message."""
         if context.node_config.get("data-file"):
             return node_data(context, sc)
-        pid = partition_id(context)
-        hit = self._data.get(pid)
+        # (a partition file's content hash is part of the key: a file rewritten in place is a new split)
+        key = (partition_id(context), data_key(sc))
+        hit = self._data.get(key)
         if hit is not None:
-            self._data.move_to_end(pid)
+            self._data.move_to_end(key)
             return hit[0]
         data = node_data(context, sc)
         size = sum(t.nbytes for t in (data.x_train, data.y_train, data.x_val, data.y_val, data.x_test, data.y_test))
         if size <= self.DATA_BYTES:
-            self._data[pid] = (data, size)
+            self._data[key] = (data, size)
             self._bytes += size
             while self._bytes > self.DATA_BYTES:
                 self._bytes -= self._data.popitem(last=False)[1][1]  # the least recently used
