@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fedlth.bits import pack, unpack
 from fedlth.io import write_bytes_atomic
 from fedlth.masks import Mask, MaskError, Weights, apply_mask, density, validate_mask
 from fedlth.models import MODELS, build_model
@@ -303,7 +304,7 @@ def _pack(meta: dict[str, Any], weights: Weights, mask: Mask) -> bytes:
         else:
             keep = mk.detach().cpu().numpy()
             entry |= {"enc": "bits", "kept": int(keep.sum())}
-            chunks += [np.packbits(keep.ravel()).tobytes(), a[keep].tobytes()]
+            chunks += [pack(keep).tobytes(), a[keep].tobytes()]
         entries.append(entry)
     raw = b"".join(chunks)
     squeezed = zlib.compress(raw, 9)
@@ -436,11 +437,13 @@ def _tensors(header: dict[str, Any], raw: bytes) -> tuple[Weights, Mask]:
             if enc == "full":
                 mask[name] = torch.ones(shape, dtype=torch.bool)
         elif enc == "bits":
-            flat = np.unpackbits(take(np.dtype(np.uint8), -(-n // 8)))
             kept = int(e["kept"])
-            if flat[n:].any() or int(flat[:n].sum()) != kept:
+            try:
+                keep = unpack(take(np.dtype(np.uint8), -(-n // 8)), n, f"the mask of {name!r}").reshape(shape)
+            except ValueError as err:
+                raise ExportError(str(err)) from None
+            if int(keep.sum()) != kept:
                 raise ExportError(f"the mask of {name!r} does not match its {kept} kept values")
-            keep = flat[:n].astype(bool).reshape(shape)
             a = np.zeros(shape, dtype.newbyteorder("="))
             a[keep] = take(dtype, kept)
             mask[name] = torch.from_numpy(keep)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fedlth.bits import pack, unpack
 from fedlth.masks import Mask, Weights
 from fedlth.training import batches
 
@@ -159,25 +160,17 @@ def pack_masks(mask: Mask, names: Sequence[str]) -> np.ndarray:
     missing = [k for k in names if k not in mask]
     if missing or set(mask) - set(names):
         raise ValueError(f"mask names differ from FedPM's: missing {missing}, unknown {sorted(set(mask) - set(names))}")
-    flat = np.concatenate([mask[k].detach().cpu().numpy().astype(bool).ravel() for k in names])
-    return np.packbits(flat)
+    return pack(np.concatenate([mask[k].detach().cpu().numpy().astype(bool).ravel() for k in names]))
 
 
 def unpack_masks(bits: np.ndarray, names: Sequence[str], shapes: Mapping[str, tuple[int, ...]]) -> Mask:
     """pack_masks inverted; ValueError for a wrong dtype, length or set padding bits."""
-    if not isinstance(bits, np.ndarray) or bits.dtype != np.uint8 or bits.ndim != 1:
-        raise ValueError(f"mask bits must be a 1-D uint8 array; got {getattr(bits, 'dtype', type(bits).__name__)} {getattr(bits, 'shape', '')}")
     sizes = [math.prod(shapes[k]) for k in names]
-    total = sum(sizes)
-    if bits.size != -(-total // 8):
-        raise ValueError(f"mask bits have {bits.size} bytes; {total} entries need {-(-total // 8)}")
-    flat = np.unpackbits(bits)
-    if flat[total:].any():
-        raise ValueError(f"mask bits have padding bits set past entry {total}")
+    flat = unpack(bits, sum(sizes), "mask bits")
     out: Mask = {}
     start = 0
     for k, n in zip(names, sizes, strict=True):
-        out[k] = torch.from_numpy(flat[start : start + n].astype(bool).reshape(shapes[k]))
+        out[k] = torch.from_numpy(flat[start : start + n].reshape(shapes[k]))
         start += n
     return out
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from fedlth.bits import pack, unpack
 from fedlth.masks import Mask, Weights, validate_mask
 
 SEP = "@"
@@ -59,7 +60,7 @@ def encode(
             out[name] = to_numpy(w, name).copy()
             continue
         m = mask[name].detach().cpu().contiguous()
-        out[f"{name}{SEP}{BITS}"] = np.packbits(m.numpy().ravel())
+        out[f"{name}{SEP}{BITS}"] = pack(m.numpy())
         out[f"{name}{SEP}{VALUES}"] = to_numpy(w.detach().cpu()[m], name)
         if with_shapes:
             out[f"{name}{SEP}{SHAPE}"] = np.asarray(tuple(w.shape), dtype=np.int64)
@@ -81,21 +82,10 @@ def _to_tensor(a: np.ndarray, key: str) -> torch.Tensor:
 
 def _unpack_mask(bits: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
     """The bool mask from packed bits, rejecting a wrong length or set padding bits."""
-    key = f"{name}{SEP}{BITS}"
-    if bits.dtype != np.uint8:
-        raise WireError(f"{key!r} has dtype {bits.dtype}; expected uint8")
-    if bits.ndim != 1:
-        raise WireError(f"{key!r} must be 1-D; got shape {bits.shape}")
-    size = int(np.prod(shape, dtype=np.int64))
-    expected = -(-size // 8)
-    if bits.size != expected:
-        raise WireError(
-            f"{key!r} has {bits.size} bytes; shape {shape} ({size} entries) needs {expected}"
-        )
-    flat = np.unpackbits(bits)
-    if flat[size:].any():
-        raise WireError(f"{key!r} has padding bits set past entry {size}")
-    return flat[:size].astype(bool).reshape(shape)
+    try:
+        return unpack(bits, int(np.prod(shape, dtype=np.int64)), f"{name + SEP + BITS!r} of shape {shape}").reshape(shape)
+    except ValueError as e:
+        raise WireError(str(e)) from None
 
 
 def _shape_of(

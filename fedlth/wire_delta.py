@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedlth.bits import pack, unpack
 from fedlth.fedpm import compress, decompress
 from fedlth.masks import Mask, Weights, validate_mask
 from fedlth.wire import SEP, WireError
@@ -72,7 +73,7 @@ def digest(base: Base, value_dtype: str) -> int:
         h.update(f"{name}{tuple(w.shape)}{w.dtype}".encode())
         h.update(patterns(w, wire_dtype(w.dtype, value_dtype)).tobytes())
         if name in base.mask:
-            h.update(np.packbits(base.mask[name].reshape(-1).numpy()).tobytes())
+            h.update(pack(base.mask[name].numpy()).tobytes())
     return int.from_bytes(h.digest(), "little") >> 2  # fits an int64, positive
 
 
@@ -129,7 +130,7 @@ def encode(
             flags.append(SAME)
         else:
             flags.append(MASKED)
-            bits.append(np.packbits((m[bm] if bm is not None else m).numpy()))
+            bits.append(pack((m[bm] if bm is not None else m).numpy()))
         p = patterns(w, wd)
         if base is not None:
             p = delta_code(p, patterns(base.weights[name], wd))
@@ -226,14 +227,15 @@ def decode(
             pos += nbytes
             if chunk.size != nbytes:
                 raise WireError(f"payload ends inside the mask bits of {name!r}")
-            flat = np.unpackbits(chunk)
-            if flat[over:].any():
-                raise WireError(f"mask bits of {name!r} have padding bits set")
+            try:
+                flat = unpack(chunk, over, f"the mask bits of {name!r}")
+            except ValueError as e:
+                raise WireError(str(e)) from None
             if bm is None:
-                masks[name] = flat[:over].astype(bool)
+                masks[name] = flat
             else:
                 m = np.zeros(n, dtype=bool)
-                m[bm] = flat[:over].astype(bool)
+                m[bm] = flat
                 masks[name] = m
     # value counts per name, then the size groups in encode's order
     counts = {name: int(masks[name].sum()) if name in masks else math.prod(shapes[name]) for name in names}
