@@ -1,40 +1,31 @@
-"""Which scenario keys only some algorithms or commands read, so a setting nobody reads is caught."""
+"""Which scenario keys only some components read (derived from their options), so a setting nobody reads is caught."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
-CENTRAL = "fedlth ticket"
-LOTTERYFL = ("lotteryfl", "lotteryfl-faithful")
-SUBFEDAVG = ("subfedavg", "subfedavg-hybrid")
+from fedlth.registry import CENTRAL
 
-# Keys absent here are read by every federated algorithm (or by the run itself). Kept beside
-# the code that reads them by tests/test_key_readers.py, which greps each reader's source.
-READERS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(
-        ("epochs", "imp-levels", "pruner", "rewind", "rewind-iteration", "one-shot", "skip-first-layer",
-         "skip-last-layer", "controls", "early-bird-epsilon", "early-bird-window", "lr-schedule"),
-        (CENTRAL,),
-    ),
-    "prune-rate": (CENTRAL, *LOTTERYFL, *SUBFEDAVG),
-    "acc-threshold": (*LOTTERYFL, *SUBFEDAVG),
-    "prune-tolerance": ("lotteryfl", *SUBFEDAVG),
-    "mask-epsilon": SUBFEDAVG,
-    "lotteryfl-prune-from": ("lotteryfl",),
-    "lotteryfl-rewind": ("lotteryfl",),
-    "prune-start": ("shared-ticket",),
-    "prune-end": ("shared-ticket",),
-    "server-pruner": ("shared-ticket",),
-    "ticket-control": ("personal-ticket", "shared-ticket"),
-    "upload-density": ("personal-ticket",),
-    "sparse-fill": ("personal-ticket",),
-    "ticket-pruner": ("personal-ticket",),
-    "ticket-warmup-epochs": ("personal-ticket",),
-    "local-total-epochs": ("local",),
-    "fedrep-head-epochs": ("fedrep",),
-}
-PREFIXES = ("ditto", "dispfl", "fedpm")  # every `<name>-…` key is read by algorithm <name> alone
+__all__ = ["CENTRAL", "HINTS", "check_run_keys", "readers", "readers_of", "unread"]
+
+
+def readers() -> dict[str, tuple[str, ...]]:
+    """Each key that only some components read, with those that declare it in their options
+    (fedlth.registry: built-ins and plug-ins; CENTRAL is the `fedlth ticket` command). A key
+    absent here is the core's: every run reads it."""
+    from fedlth import registry
+
+    return _readers(registry.components())
+
+
+@lru_cache(maxsize=4)
+def _readers(components: tuple[Any, ...]) -> dict[str, tuple[str, ...]]:
+    from fedlth.scenario import declarations
+
+    return {key: who for key, (_, who) in declarations(components).items() if who}
+
 
 # What a user who set a central key on a federated run most likely meant.
 HINTS = {
@@ -46,15 +37,7 @@ HINTS = {
 
 def readers_of(key: str) -> tuple[str, ...] | None:
     """Who reads `key`, or None when every run does."""
-    if key in READERS:
-        return READERS[key]
-    from fedlth import plugins
-
-    owner = plugins.keys().get(key)
-    if owner is not None:
-        return (owner[1],)  # a plug-in's own key: read by that component alone
-    prefix = key.split("-", 1)[0]
-    return (prefix,) if prefix in PREFIXES and key != prefix else None
+    return readers().get(key)
 
 
 def unread(keys: Iterable[str], present: Collection[str]) -> dict[str, tuple[str, ...]]:
