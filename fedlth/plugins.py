@@ -30,7 +30,7 @@ def _from_entry_points() -> dict[tuple[str, str], Plugin]:
 
 
 def _checked(plugin: Plugin) -> Plugin:
-    from fedlth.scenario import _BUILTIN_KEYS
+    from fedlth.scenario import BUILTIN_KEYS
 
     if not isinstance(plugin, Component):
         raise ValueError(f"plug-in {plugin!r}: expected a fedlth.plugins.Plugin")
@@ -42,7 +42,7 @@ def _checked(plugin: Plugin) -> Plugin:
     except TypeError as exc:
         raise ValueError(f"plug-in {plugin.name!r}: options: {exc}") from None
     for key in keys:
-        if key in _BUILTIN_KEYS:
+        if key in BUILTIN_KEYS:
             raise ValueError(f"plug-in {plugin.name!r}: key {key!r} is already fedlth's; give it a name of its own (e.g. {plugin.name}-…)")
     return plugin
 

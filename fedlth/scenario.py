@@ -71,7 +71,7 @@ def _table(components: Iterable[registry.Component]) -> dict[str, Key]:
 
 
 KEYS: dict[str, Key] = _table(registry.BUILTINS)
-_BUILTIN_KEYS = dict(KEYS)
+BUILTIN_KEYS = dict(KEYS)
 
 
 def _follow_plugins() -> None:

@@ -232,4 +232,4 @@ def test_after_the_plugin_tests_the_key_table_is_fedlths_own():
     """The fixture's clean-up left nothing behind (other test files compare KEYS with pyproject)."""
     from fedlth import scenario
 
-    assert KEYS == scenario._BUILTIN_KEYS and not plugins.plugins()
+    assert KEYS == scenario.BUILTIN_KEYS and not plugins.plugins()

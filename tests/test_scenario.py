@@ -286,10 +286,10 @@ def test_pyproject_and_readme_hold_what_the_key_table_generates():
     from fedlth.key_docs import MARKDOWN_BEGIN, MARKDOWN_END, config_toml, markdown_tables, section
 
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert section(pyproject, "[tool.flwr.app.config]", "") == config_toml(sc_mod._BUILTIN_KEYS)
+    assert section(pyproject, "[tool.flwr.app.config]", "") == config_toml(sc_mod.BUILTIN_KEYS)
     assert tomllib.loads(pyproject)["tool"]["flwr"]["app"]["config"] == sc_mod.defaults()
     readme = (ROOT / "README.md").read_text()
-    assert section(readme, MARKDOWN_BEGIN, MARKDOWN_END) == markdown_tables(sc_mod._BUILTIN_KEYS)
+    assert section(readme, MARKDOWN_BEGIN, MARKDOWN_END) == markdown_tables(sc_mod.BUILTIN_KEYS)
 
 
 def test_fedlth_keys_prints_the_run_config_block_and_the_readme_tables():
