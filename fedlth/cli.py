@@ -263,11 +263,11 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
             raise ScenarioError(f"--algorithms: unknown {bad or 'empty list'}; allowed: {', '.join(ALGORITHM_NAMES)} (each may take NAME:key=value variants)")
         for a in algs:  # a variant's own keys are checked before any run starts
             name, variant_sets = parse_variant(a)
-            resolve(sc | {"algorithm": name}, variant_sets, source=a)
+            variant = resolve(sc | {"algorithm": name}, variant_sets, source=a)
             from fedlth.key_readers import check_run_keys
 
-            try:
-                check_run_keys(sc, variant_sets, {name})
+            try:  # against the variant: NAME:aggregation=qffl,qffl-q=2 selects the reader of its own key
+                check_run_keys(variant, variant_sets, {name})
             except ValueError as exc:
                 raise ScenarioError(f"{a}: {exc}") from None
         _check_keys(sc, overrides, {parse_variant(a)[0] for a in algs}, quiet)

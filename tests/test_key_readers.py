@@ -106,3 +106,14 @@ def test_the_shipped_scenarios_set_no_key_their_algorithm_ignores():
 def test_fedlth_keys_says_who_reads_a_key():
     result = CliRunner().invoke(main, ["keys", "upload-density"])
     assert result.exit_code == 0 and "Read only by: personal-ticket." in result.output
+
+
+def test_a_compare_variant_may_select_the_reader_of_its_own_key(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "taken").write_text("")  # a non-empty --out: the command stops right after the key checks
+    args = ["compare", "scenarios/quickstart.toml", "--out", str(out), "--algorithms"]
+    ok = CliRunner().invoke(main, [*args, "fedavg:aggregation=qffl:qffl-q=2"])
+    assert ok.exit_code == 2 and "qffl-q" not in ok.output and "not empty" in ok.output, ok.output
+    bad = CliRunner().invoke(main, [*args, "fedavg:qffl-q=2"])
+    assert bad.exit_code == 2 and "key 'qffl-q' is not read by algorithm fedavg; it is read by: qffl" in bad.output, bad.output
