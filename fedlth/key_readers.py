@@ -41,8 +41,8 @@ def readers_of(key: str) -> tuple[str, ...] | None:
 
 
 def unread(keys: Iterable[str], present: Collection[str]) -> dict[str, tuple[str, ...]]:
-    """Those of `keys` that none of the `present` readers (algorithm names, or CENTRAL) read,
-    each with who would."""
+    """Those of `keys` that none of the `present` readers (algorithm names, CENTRAL, or other
+    components' labels such as `aggregation qffl`) read, each with who would."""
     out = {}
     for key in keys:
         who = readers_of(key)
@@ -80,11 +80,10 @@ def ignored_settings(sc: Mapping[str, Any], present: Collection[str]) -> dict[st
 
 
 def selected(sc: Mapping[str, Any]) -> set[str]:
-    """The components a scenario selects besides its algorithm: its aggregation rule, pruner and
-    evaluators (a plug-in among them reads its own keys)."""
-    names = {sc.get("aggregation", ""), sc.get("pruner", "")}
-    names |= {n.strip() for n in str(sc.get("evaluators", "")).split(",") if n.strip()}
-    return names - {""}
+    """The components a scenario selects besides its algorithm, by label (fedlth.registry): its
+    partition, aggregation rule, pruner and evaluators (each reads its own keys)."""
+    names = {f"{kind} {sc[kind]}" for kind in ("partition", "aggregation", "pruner") if sc.get(kind)}
+    return names | {f"evaluator {n.strip()}" for n in str(sc.get("evaluators", "")).split(",") if n.strip()}
 
 
 def check_run_keys(sc: Mapping[str, Any], overrides: Iterable[str], present: Collection[str]) -> list[str]:

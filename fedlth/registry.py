@@ -42,6 +42,12 @@ class Component:
     def load(self) -> Any:
         return resolve_ref(self.target) if isinstance(self.target, str) else self.target
 
+    @property
+    def label(self) -> str:
+        """How messages name it as a reader of keys: an algorithm or command by its name, any
+        other component with its kind (`aggregation qffl`, `partition dirichlet`)."""
+        return self.name if self.kind in ("algorithm", "command") else f"{self.kind} {self.name}"
+
     def options_class(self) -> type | None:
         return resolve_ref(self.options) if isinstance(self.options, str) else self.options
 
@@ -56,15 +62,16 @@ def _each(kind: str, ref: str, names: tuple[str, ...], options: dict[str, str] |
 
 
 _FLWR_PARTITIONS = ("iid", "dirichlet", "pathological", "shard", "natural-id")  # fedlth.partition.PARTITIONERS
+_PARTITION_OPTIONS = {"dirichlet": "DirichletOptions", "pathological": "PathologicalOptions", "shard": "ShardOptions"}
 
 BUILTINS: tuple[Component, ...] = (
     *_each("dataset", "fedlth.data:DATASETS", (
         "mnist1d", "digits", "arrests", "mnist", "fashion-mnist", "cifar10", "femnist", "adult", "compas", "german")),
     *_each("model", "fedlth.models:MODELS", ("mlp", "cnn1d", "lenet5", "cifar-cnn", "tabular-mlp")),
-    *(_c("partition", n, "fedlth.partition:partition") for n in _FLWR_PARTITIONS),
-    _c("partition", "file", "fedlth.partition_file:load_partition_file"),
-    _c("partition", "sample", "fedlth.sampled_partition:sampled_split"),
-    _c("partition", "sample-dirichlet", "fedlth.sampled_partition:sampled_split"),
+    *(_c("partition", n, "fedlth.partition:partition", _PARTITION_OPTIONS.get(n)) for n in _FLWR_PARTITIONS),
+    _c("partition", "file", "fedlth.partition_file:load_partition_file", "FilePartitionOptions"),
+    _c("partition", "sample", "fedlth.sampled_partition:sampled_split", "SampleOptions"),
+    _c("partition", "sample-dirichlet", "fedlth.sampled_partition:sampled_split", "SampleDirichletOptions"),
     *_each("pruner", "fedlth.pruning:PRUNERS", ("magnitude-layer", "magnitude-global", "random", "structured-l1", "structured-bn")),
     *_each("algorithm", "fedlth.algorithms:ALGORITHMS", (
         "fedavg", "local", "fedavg-ft", "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid",

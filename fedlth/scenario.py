@@ -37,8 +37,8 @@ PLUGIN_CHOICES = {"algorithm": "algorithm", "pruner": "pruner", "aggregation": "
 
 
 def declarations(components: Iterable[registry.Component]) -> dict[str, tuple[Key, tuple[str, ...]]]:
-    """Each key of the core and of `components`' options, with the components declaring it
-    (none for a core key: every run reads those). A key declared twice must be the same Key."""
+    """Each key of the core and of `components`' options, with the components declaring it (their
+    labels; none for a core key: every run reads those). A key declared twice must be the same Key."""
     out: dict[str, tuple[Key, tuple[str, ...]]] = {}
 
     def add(key: str, spec: Key, who: tuple[str, ...]) -> None:
@@ -55,7 +55,7 @@ def declarations(components: Iterable[registry.Component]) -> dict[str, tuple[Ke
             continue
         plug_in = (comp.kind, comp.name) not in {(c.kind, c.name) for c in registry.BUILTINS}
         for key, spec in declared_keys(cls).items():
-            add(key, replace(spec, group=f"plug-in {comp.name}") if plug_in else spec, (comp.name,))
+            add(key, replace(spec, group=f"plug-in {comp.name}") if plug_in else spec, (comp.label,))
     return out
 
 

@@ -17,7 +17,7 @@ from fedlth.scenario import KEYS, load_scenario
 ROOT = Path(__file__).resolve().parent.parent
 FEDERATED_SOURCES = [*ROOT.glob("server/*.py"), *ROOT.glob("clients/*.py"),
                      *(ROOT / "fedlth" / f for f in ("algorithms.py", "dispfl.py", "fedpm.py", "training.py", "shared_ticket.py", "aggregate.py"))]
-COMPONENT_SOURCES = [*FEDERATED_SOURCES, *(ROOT / "fedlth" / f for f in ("evaluators.py", "ticket_run.py", "cli.py", "scenario.py"))]
+COMPONENT_SOURCES = [*FEDERATED_SOURCES, *(ROOT / "fedlth" / f for f in ("evaluators.py", "ticket_run.py", "cli.py", "scenario.py", "client_data.py"))]
 
 
 def _read_in(paths: list[Path], key: str) -> bool:
@@ -33,10 +33,11 @@ def _typed_read_in(paths: list[Path], key: str) -> bool:
 
 def test_readers_are_the_components_that_declare_the_key():
     assert set(readers()) <= set(KEYS)
-    every = {c.name for c in registry.components()}
+    every = {c.label for c in registry.components()}
     assert {r for who in readers().values() for r in who} <= every and CENTRAL in every
     assert readers_of("ditto-lambda") == ("ditto",) and readers_of("fedpm-lr") == ("fedpm",)
-    assert readers_of("qffl-q") == ("qffl",) and readers_of("attack-eps") == ("robustness",)
+    assert readers_of("qffl-q") == ("aggregation qffl",) and readers_of("attack-eps") == ("evaluator robustness",)
+    assert readers_of("alpha") == ("partition dirichlet", "partition sample-dirichlet")
     assert set(readers_of("prune-rate")) == {CENTRAL, "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid"}
     assert readers_of("prune-tolerance") == ("lotteryfl", "subfedavg", "subfedavg-hybrid")  # faithful: never refuses
     assert readers_of("lr") is None and readers_of("rounds") is None
@@ -87,6 +88,8 @@ def test_a_scenario_file_key_the_algorithm_ignores_is_a_note_not_an_error():
     (["run", "scenarios/quickstart.toml", "--set", "algorithm=fedavg"], "upload-density=0.2", "read by: personal-ticket"),
     (["ticket", "scenarios/central-ticket.toml"], "upload-density=0.2", "not read by fedlth ticket"),
     (["compare", "scenarios/quickstart.toml", "--algorithms", "fedavg,local"], "dispfl-density=0.2", "read by: dispfl"),
+    (["run", "scenarios/quickstart.toml", "--set", "partition=iid"], "alpha=0.1", "read by: partition dirichlet, partition sample-dirichlet"),
+    (["run", "scenarios/quickstart.toml"], "trim-fraction=0.2", "read by: aggregation trimmed-mean"),
 ])
 def test_a_set_key_nobody_reads_exits_2_before_any_work(tmp_path, command, setting, says):
     out = tmp_path / "out"
@@ -116,4 +119,4 @@ def test_a_compare_variant_may_select_the_reader_of_its_own_key(tmp_path):
     ok = CliRunner().invoke(main, [*args, "fedavg:aggregation=qffl:qffl-q=2"])
     assert ok.exit_code == 2 and "qffl-q" not in ok.output and "not empty" in ok.output, ok.output
     bad = CliRunner().invoke(main, [*args, "fedavg:qffl-q=2"])
-    assert bad.exit_code == 2 and "key 'qffl-q' is not read by algorithm fedavg; it is read by: qffl" in bad.output, bad.output
+    assert bad.exit_code == 2 and "key 'qffl-q' is not read by algorithm fedavg; it is read by: aggregation qffl" in bad.output, bad.output

@@ -168,7 +168,7 @@ def test_a_plugin_key_is_refused_without_its_component_and_unknown_names_list_pl
     for p in throwaway.PLUGINS:
         plugins.register(p)
     result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", "weight-count-scale=3", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "read by: weight-count" in result.output
+    assert result.exit_code == 2 and "read by: evaluator weight-count" in result.output
     with pytest.raises(ScenarioError, match="counted-fedavg"):
         resolve({"algorithm": "nope"})
     plugins.unregister("evaluator", "weight-count")
@@ -226,6 +226,7 @@ def test_a_plugin_key_is_validated_like_a_builtin(throwaway):
     from fedlth.key_readers import readers_of
 
     assert readers_of("counted-fedavg-step") == ("counted-fedavg",)
+    assert readers_of("shrunk-mean-factor") == ("aggregation shrunk-mean",)
 
 
 def test_after_the_plugin_tests_the_key_table_is_fedlths_own():

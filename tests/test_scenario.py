@@ -298,7 +298,7 @@ def test_fedlth_keys_prints_the_run_config_block_and_the_readme_tables():
     assert tomllib.loads(toml.output)["tool"]["flwr"]["app"]["config"] == sc_mod.defaults()
     md = CliRunner().invoke(main, ["keys", "qffl-*", "--format", "markdown"])
     assert md.exit_code == 0, md.output
-    assert "| `qffl-q` | float | `1.0` | a number with 0.0 <= x <= 100.0 | qffl |" in md.output
+    assert "| `qffl-q` | float | `1.0` | a number with 0.0 <= x <= 100.0 | aggregation qffl |" in md.output
     assert "| `rounds` |" not in md.output
 
 
