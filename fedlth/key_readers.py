@@ -58,10 +58,14 @@ def _what(present: Collection[str]) -> str:
     return ("algorithm " if len(names) == 1 else "algorithms ") + ", ".join(names)
 
 
-def refusal(key: str, who: tuple[str, ...], present: Collection[str]) -> str:
-    """The error for a key given at the command line that nobody in this run reads."""
+def refusal(key: str, who: tuple[str, ...], present: Collection[str], chosen: Collection[str] = ()) -> str:
+    """The error for a key given at the command line that nobody in this run reads; of the
+    run's `chosen` components (labels) it names those of the readers' kinds (`partition iid`)."""
     hint = f" ({HINTS[key]})" if key in HINTS and CENTRAL not in present else ""
-    return f"key {key!r} is not read by {_what(present)}; it is read by: {', '.join(who)}{hint}"
+    kinds = {w.split(" ", 1)[0] for w in who}
+    same = sorted(c for c in chosen if c.split(" ", 1)[0] in kinds)
+    run = ", ".join([_what(present), *same])
+    return f"key {key!r} is not read by {run}; it is read by: {', '.join(who)}{hint}"
 
 
 def overridden_keys(pairs: Iterable[str]) -> list[str]:
@@ -89,11 +93,12 @@ def selected(sc: Mapping[str, Any]) -> set[str]:
 def check_run_keys(sc: Mapping[str, Any], overrides: Iterable[str], present: Collection[str]) -> list[str]:
     """Refuse (ValueError) a `--set` key that no reader in `present` reads; return a note per
     scenario-file key the run ignores."""
-    readers = {*present, *selected(sc)}
+    chosen = selected(sc)
+    readers = {*present, *chosen}
     wanted = overridden_keys(overrides)
     bad = unread(wanted, readers)
     if bad:
-        raise ValueError("; ".join(refusal(k, who, present) for k, who in bad.items()))
+        raise ValueError("; ".join(refusal(k, who, present, chosen) for k, who in bad.items()))
     ignored = ignored_settings(sc, readers)
     if not ignored:
         return []

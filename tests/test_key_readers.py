@@ -88,7 +88,8 @@ def test_a_scenario_file_key_the_algorithm_ignores_is_a_note_not_an_error():
     (["run", "scenarios/quickstart.toml", "--set", "algorithm=fedavg"], "upload-density=0.2", "read by: personal-ticket"),
     (["ticket", "scenarios/central-ticket.toml"], "upload-density=0.2", "not read by fedlth ticket"),
     (["compare", "scenarios/quickstart.toml", "--algorithms", "fedavg,local"], "dispfl-density=0.2", "read by: dispfl"),
-    (["run", "scenarios/quickstart.toml", "--set", "partition=iid"], "alpha=0.1", "read by: partition dirichlet, partition sample-dirichlet"),
+    (["run", "scenarios/quickstart.toml", "--set", "partition=iid"], "alpha=0.1",
+     "key 'alpha' is not read by algorithm personal-ticket, partition iid; it is read by: partition dirichlet, partition sample-dirichlet"),
     (["run", "scenarios/quickstart.toml"], "trim-fraction=0.2", "read by: aggregation trimmed-mean"),
 ])
 def test_a_set_key_nobody_reads_exits_2_before_any_work(tmp_path, command, setting, says):
@@ -119,4 +120,4 @@ def test_a_compare_variant_may_select_the_reader_of_its_own_key(tmp_path):
     ok = CliRunner().invoke(main, [*args, "fedavg:aggregation=qffl:qffl-q=2"])
     assert ok.exit_code == 2 and "qffl-q" not in ok.output and "not empty" in ok.output, ok.output
     bad = CliRunner().invoke(main, [*args, "fedavg:qffl-q=2"])
-    assert bad.exit_code == 2 and "key 'qffl-q' is not read by algorithm fedavg; it is read by: aggregation qffl" in bad.output, bad.output
+    assert bad.exit_code == 2 and "key 'qffl-q' is not read by algorithm fedavg, aggregation mean; it is read by: aggregation qffl" in bad.output, bad.output
