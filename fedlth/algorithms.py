@@ -23,6 +23,7 @@ from fedlth.component_options import (
     PruneGateOptions,
     SubFedAvgOptions,
 )
+from fedlth.core_options import Core, core
 from fedlth.devices import resolve_device
 from fedlth.evaluators import EvalData, Evaluator, build_evaluators, run_evaluators
 from fedlth.finetune import finetune_select, parse_lrs
@@ -84,6 +85,11 @@ class Ctx:
         # Seeded by (seed, round, client): the same batches whatever order clients run in.
         return torch.Generator().manual_seed(self.sc["seed"] * 1_000_003 + self.server_round * 10_007 + self.partition_id)
 
+    @property
+    def core(self) -> Core:
+        """The scenario's core keys, typed (fedlth.core_options)."""
+        return core(self.sc)
+
     def opts(self, cls: type[Opts]) -> Opts:
         """The scenario's options `cls` (fedlth.options): a component reads its own keys typed."""
         return options(self.sc, cls)
@@ -143,10 +149,10 @@ def _pgd_at(ctx: Ctx) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch
     stream apart from the batch order's: each call gives a transform that replays the same
     noise, whichever clients trained before and whatever torch's global RNG holds.
     """
-    sc = ctx.sc
-    if not sc["adv-train"]:
+    out = ctx.core.outputs
+    if not out.adv_train:
         return None
-    eps, steps = sc["adv-eps"], sc["adv-steps"]
+    eps, steps = out.adv_eps, out.adv_steps
     gen = _seeded(ctx, 4)
 
     def perturb(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -171,7 +177,7 @@ def local_train(
         p.requires_grad_(name not in frozen)
     res = train_(
         net, ctx.data.x_train, ctx.data.y_train, mask or {}, train_config(ctx.sc),
-        epochs=ctx.sc["local-epochs"] if epochs is None else epochs, generator=ctx.generator, perturb=_pgd_at(ctx),
+        epochs=ctx.core.federation.local_epochs if epochs is None else epochs, generator=ctx.generator, perturb=_pgd_at(ctx),
         prox=prox,
     )
     return _snapshot(net), res.loss
@@ -200,7 +206,7 @@ def _step_amount(mask: Mask, rate: float, target: float) -> float:
 
 
 def _metrics(ctx: Ctx, loss: float, mask: Mask | None, **extra: float) -> dict[str, float]:
-    extra.setdefault("epochs", float(ctx.sc["local-epochs"]))
+    extra.setdefault("epochs", float(ctx.core.federation.local_epochs))
     return {
         "num-examples": float(len(ctx.data.x_train)), "train-loss": loss,
         "density": density(mask) if mask else 1.0, "partition-id": float(ctx.partition_id), **extra,
@@ -219,7 +225,8 @@ def fedavg_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
 
 def federation_epochs(sc: dict[str, Any]) -> int:
     """Local epochs an average client trains in the federation: rounds × share sampled × E."""
-    return max(1, round(sc["rounds"] * sc["clients-per-round"] / sc["num-clients"] * sc["local-epochs"]))
+    fed = core(sc).federation
+    return max(1, round(fed.rounds * fed.clients_per_round / core(sc).data.num_clients * fed.local_epochs))
 
 
 def local_only_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
@@ -244,12 +251,12 @@ Personal = tuple[Weights, dict[str, float]]
 
 def _finetune(ctx: Ctx, start: Weights, mask: Mask | None, *, epochs: int | None = None, lrs: tuple[float, ...] | None = None):
     """The shared validation-selected fine-tuning (fedlth.finetune) on this client's data."""
-    sc = ctx.sc
+    sc, tune = ctx.sc, ctx.core.personal
     return finetune_select(
         lambda w: _model(ctx, w), start, mask or {}, (ctx.data.x_train, ctx.data.y_train), (ctx.data.x_val, ctx.data.y_val),
-        train_config(sc), epochs=sc["finetune-epochs"] if epochs is None else epochs,
-        lrs=parse_lrs(sc["finetune-lrs"], sc["lr"]) if lrs is None else lrs, generator=ctx.generator, select=sc["finetune-select"],
-        make_perturb=(lambda: _pgd_at(ctx)) if sc["adv-train"] else None,  # PGD-AT in fine-tuning too
+        train_config(sc), epochs=tune.finetune_epochs if epochs is None else epochs,
+        lrs=parse_lrs(tune.finetune_lrs, ctx.core.training.lr) if lrs is None else lrs, generator=ctx.generator,
+        select=tune.finetune_select, make_perturb=(lambda: _pgd_at(ctx)) if ctx.core.outputs.adv_train else None,  # PGD-AT in fine-tuning too
     )
 
 
@@ -277,7 +284,7 @@ def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Persona
     With `ticket-eval = finetune` (and a global model received), the final global subnet
     fine-tuned on local data instead (validation-selected): the ticket counterpart of FedAvg-FT.
     """
-    if ctx.sc["ticket-eval"] == "finetune" and received is not None:
+    if ctx.core.personal.ticket_eval == "finetune" and received is not None:
         return personal_finetune(ctx, apply_mask(received, state.mask) if state.mask else received, state.mask)
     if state.personal is not None:
         return state.personal, {}
@@ -302,13 +309,14 @@ def _lotteryfl(
     """
     assert received is not None
     sc, gate, mask = ctx.sc, ctx.opts(PruneGateOptions), state.mask or _ones(ctx)
+    target = ctx.core.federation.target_density
     theta0 = initial_weights(sc, ctx.data.input_shape, ctx.data.num_classes) if rewind_init else None
     start = apply_mask(received, mask)
 
     def prune(weights: Weights, acc: float) -> tuple[Mask, Weights, float]:
-        if acc < gate.acc_threshold or density(mask) <= sc["target-density"]:
+        if acc < gate.acc_threshold or density(mask) <= target:
             return mask, weights, 0.0
-        cand = get_pruner("magnitude-layer")(weights, mask, _step_amount(mask, gate.prune_rate, sc["target-density"]))
+        cand = get_pruner("magnitude-layer")(weights, mask, _step_amount(mask, gate.prune_rate, target))
         cand_w = apply_mask(weights, cand)
         if tolerance < 1.0 and val_accuracy(ctx, cand_w) < acc - tolerance:
             return mask, weights, 0.0
@@ -371,8 +379,9 @@ def _subfedavg(received: Weights | None, state: ClientState, ctx: Ctx, hybrid: b
     trained, loss = local_train(ctx, apply_mask(received, mask), mask)
     acc = val_accuracy(ctx, trained)
     pruned, dist, candidate = 0.0, 0.0, state.candidate
-    if density(mask) > sc["target-density"]:
-        amount = _step_amount(mask, o.prune_rate, sc["target-density"])
+    target = ctx.core.federation.target_density
+    if density(mask) > target:
+        amount = _step_amount(mask, o.prune_rate, target)
         if hybrid:
             _, _, pairs = _init(sc["model"], ctx.data.input_shape, ctx.data.num_classes, sc["seed"])
             cand = _hybrid_prune(trained, mask, amount, dict(pairs))
@@ -445,8 +454,8 @@ def personal_ticket(received: Weights | None, state: ClientState, ctx: Ctx) -> P
     controls: a random mask with the same per-layer counts, or the mask on a fresh init."""
     assert received is not None
     sc, o = ctx.sc, ctx.opts(PersonalTicketOptions)
-    warm, _ = _finetune(ctx, received, None, epochs=o.ticket_warmup_epochs, lrs=(sc["lr"],))
-    mask = get_pruner(o.ticket_pruner)(warm, _ones(ctx), 1.0 - sc["target-density"])
+    warm, _ = _finetune(ctx, received, None, epochs=o.ticket_warmup_epochs, lrs=(ctx.core.training.lr,))
+    mask = get_pruner(o.ticket_pruner)(warm, _ones(ctx), 1.0 - ctx.core.federation.target_density)
     if o.ticket_control == "random-mask":  # same count per layer, positions at random
         mask = random_mask_like(mask, ctx.generator)
     if o.ticket_control == "reinit":  # same mask, weights from a fresh random init
@@ -506,7 +515,7 @@ def fedrep_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
     head_epochs = ctx.opts(FedRepOptions).fedrep_head_epochs
     tuned, head_loss = local_train(ctx, start, None, head_epochs, frozen=body)
     trained, loss = local_train(ctx, tuned, None, frozen=head)
-    return _body_reply(ctx, state, trained, loss, **{"head-loss": head_loss, "epochs": float(head_epochs + ctx.sc["local-epochs"])})
+    return _body_reply(ctx, state, trained, loss, **{"head-loss": head_loss, "epochs": float(head_epochs + ctx.core.federation.local_epochs)})
 
 
 def own_head_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
@@ -517,7 +526,7 @@ def own_head_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Pe
 
 def ditto_epochs(sc: dict[str, Any]) -> int:
     """Epochs of Ditto's personal model per round (0 in the scenario: local-epochs)."""
-    return options(sc, DittoOptions).ditto_personal_epochs or sc["local-epochs"]
+    return options(sc, DittoOptions).ditto_personal_epochs or core(sc).federation.local_epochs
 
 
 def ditto_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
@@ -529,7 +538,7 @@ def ditto_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply
     trained, loss = local_train(ctx, received, None)
     v0 = state.personal if state.personal is not None else received
     v, v_loss = local_train(ctx, v0, None, ditto_epochs(ctx.sc), prox=(ctx.opts(DittoOptions).ditto_lambda, received))
-    metrics = _metrics(ctx, loss, None, **{"personal-loss": v_loss, "epochs": float(ctx.sc["local-epochs"] + ditto_epochs(ctx.sc))})
+    metrics = _metrics(ctx, loss, None, **{"personal-loss": v_loss, "epochs": float(ctx.core.federation.local_epochs + ditto_epochs(ctx.sc))})
     return Reply(trained, None, replace(state, personal=v, rounds=state.rounds + 1), metrics)
 
 
@@ -569,10 +578,10 @@ def dispfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
         # again instead of at the keepers' mean the server sent
         start = {k: torch.where(mask[k] & (state.personal[k] == 0), 0.0, v) if k in mask else v for k, v in start.items()}
     trained, loss = local_train(ctx, start, mask)
-    fraction = dispfl.drop_fraction(ctx.server_round - 1, sc["rounds"], o.dispfl_anneal)
+    fraction = dispfl.drop_fraction(ctx.server_round - 1, ctx.core.federation.rounds, o.dispfl_anneal)
     gen = ctx.generator
     if o.dispfl_regrow == "gradient":  # one shuffled batch, as the reference screens
-        idx = torch.randperm(len(ctx.data.x_train), generator=gen)[: sc["batch-size"]]
+        idx = torch.randperm(len(ctx.data.x_train), generator=gen)[: ctx.core.training.batch_size]
         scores = dispfl.gradient_scores(_model(ctx, trained), ctx.data.x_train[idx], ctx.data.y_train[idx], list(names))
     else:
         scores = dispfl.random_scores(mask, gen)
@@ -617,13 +626,13 @@ def fedpm_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply
     the client's scores start at logit of the received probabilities, train `local-epochs` with
     Adam (`fedpm-lr`) through a fresh Bernoulli(σ(s)) mask every forward pass, and it uploads
     one mask sampled from its trained σ(s): bits only, no values. It keeps nothing."""
-    sc, o = ctx.sc, ctx.opts(FedPMOptions)
+    o = ctx.opts(FedPMOptions)
     frozen, names, probs = _fedpm_probs(ctx, received)
     net = _model(ctx, frozen)
     dev = next(iter(net.parameters())).device
     scores, loss = fedpm.train_scores(
         net, frozen, fedpm.scores_from_probabilities(probs), ctx.data.x_train, ctx.data.y_train,
-        epochs=sc["local-epochs"], batch_size=sc["batch-size"], lr=o.fedpm_lr, generator=ctx.generator,
+        epochs=ctx.core.federation.local_epochs, batch_size=ctx.core.training.batch_size, lr=o.fedpm_lr, generator=ctx.generator,
         sampler=_seeded(ctx, 1, dev),
     )
     mask = fedpm.sample_masks({k: torch.sigmoid(s) for k, s in scores.items()}, _seeded(ctx, 2))
@@ -737,7 +746,7 @@ def scenario_evaluators(sc: dict[str, Any]) -> tuple[Evaluator, ...]:
     """The scenario's evaluators, built once per process, each given the keys its options declare."""
     from fedlth.registry import option_keys
 
-    names = [n.strip() for n in sc["evaluators"].split(",") if n.strip()]
+    names = [n.strip() for n in core(sc).outputs.evaluators.split(",") if n.strip()]
     keys = dict.fromkeys([*EVALUATOR_KEYS, *(k for n in names for k in option_keys("evaluator", n))])
     return _evaluators(tuple((k, sc[k]) for k in keys if k in sc))
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from fedlth.options import opt
+from fedlth.options import opt, options
 from fedlth.registry import builtin_names
 
 
@@ -153,3 +155,23 @@ GROUPS = (
     "general", "data", "model and training", "lottery tickets", "federation", "personal models and tickets", "fedpm",
     "evaluators and robust tickets", "reliability at the server", "compute",
 )
+
+
+@dataclass(frozen=True)
+class Core:
+    """A scenario's core, typed: `core(sc).federation.local_epochs` (fields in CORE order)."""
+
+    general: GeneralOptions
+    data: DataOptions
+    training: TrainingOptions
+    federation: FederationOptions
+    personal: PersonalOptions
+    wire: WireOptions
+    outputs: OutputOptions
+    reliability: ReliabilityOptions
+    compute: ComputeOptions
+
+
+def core(sc: Mapping[str, Any]) -> Core:
+    """The typed core of a validated scenario (each part built once per distinct values)."""
+    return Core(*(options(sc, cls) for cls in CORE))

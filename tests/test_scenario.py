@@ -334,3 +334,11 @@ def test_an_option_declares_type_range_and_help():
     assert rate.allowed == "a number with 0.0 <= x < 1.0" and rate.check(0.0) and not rate.check(1.0)
     assert keys["demo-mode"].choices == ("a", "b") and keys["demo-mode"].group == "other"
     assert options({"demo-rate": 0.25, "demo-mode": "b", "other": 1}, Demo) == Demo(0.25, "b")
+
+
+def test_the_core_is_typed_too():
+    from fedlth.core_options import core
+
+    c = core(resolve({"local-epochs": 3, "lr": 0.1}))
+    assert (c.federation.local_epochs, c.training.lr, c.general.seed, c.outputs.evaluators) == (3, 0.1, 0, "")
+    assert core(resolve({})) is not c and core(resolve({})).federation.local_epochs == 2
