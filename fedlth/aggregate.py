@@ -342,13 +342,13 @@ def get_aggregator(name: str, trim_fraction: float = 0.1, sc: Mapping[str, Any] 
     by the others. A plug-in rule (fedlth.plugins) is made from the scenario `sc`, which holds
     its own keys.
     """
-    from fedlth import plugins
+    from fedlth import registry
 
-    plugin = plugins.get("aggregation", name) if name not in AGGREGATORS else None
-    if plugin is not None:
-        return plugin.target(dict(sc or {}))
     if name not in AGGREGATORS:
-        raise ValueError(f"unknown aggregation {name!r}; valid: {', '.join([*AGGREGATORS, *plugins.names('aggregation')])}")
+        component = registry.get("aggregation", name)  # an unknown name: ValueError listing the valid ones
+        if component in registry.BUILTINS:  # qffl: the strategy folds replies with their losses
+            raise ValueError(f"aggregation {name!r} is not a (previous, updates) rule; server/strategy.py folds it")
+        return component.load()(dict(sc or {}))
     if name == "trimmed-mean":
         _check_trim_fraction(trim_fraction)
         return partial(masked_trimmed_mean, trim_fraction=trim_fraction)

@@ -5,13 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from fedlth import dispfl, fedpm
 from fedlth.client_data import ClientData
+from fedlth.component_options import (
+    DispFLOptions,
+    DittoOptions,
+    FedPMOptions,
+    FedRepOptions,
+    LocalOptions,
+    LotteryFLOptions,
+    PersonalTicketOptions,
+    PruneGateOptions,
+    SubFedAvgOptions,
+)
+from fedlth.core_options import Core, core
 from fedlth.devices import resolve_device
 from fedlth.evaluators import EvalData, Evaluator, build_evaluators, run_evaluators
 from fedlth.finetune import finetune_select, parse_lrs
@@ -25,6 +37,7 @@ from fedlth.masks import (
     prunable_names,
 )
 from fedlth.models import bn_pairs, build_model
+from fedlth.options import options
 from fedlth.pruning import get_pruner, random_mask_like
 from fedlth.robustness import pgd_adversarial_examples
 from fedlth.training import TrainConfig, evaluate, train_
@@ -55,6 +68,9 @@ class Reply:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+Opts = TypeVar("Opts")
+
+
 @dataclass(frozen=True)
 class Ctx:
     """Everything a client round needs besides the weights: scenario, data, θ0, seed."""
@@ -68,6 +84,15 @@ class Ctx:
     def generator(self) -> torch.Generator:
         # Seeded by (seed, round, client): the same batches whatever order clients run in.
         return torch.Generator().manual_seed(self.sc["seed"] * 1_000_003 + self.server_round * 10_007 + self.partition_id)
+
+    @property
+    def core(self) -> Core:
+        """The scenario's core keys, typed (fedlth.core_options)."""
+        return core(self.sc)
+
+    def opts(self, cls: type[Opts]) -> Opts:
+        """The scenario's options `cls` (fedlth.options): a component reads its own keys typed."""
+        return options(self.sc, cls)
 
 
 @lru_cache(maxsize=8)
@@ -124,10 +149,10 @@ def _pgd_at(ctx: Ctx) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch
     stream apart from the batch order's: each call gives a transform that replays the same
     noise, whichever clients trained before and whatever torch's global RNG holds.
     """
-    sc = ctx.sc
-    if not sc["adv-train"]:
+    out = ctx.core.outputs
+    if not out.adv_train:
         return None
-    eps, steps = sc["adv-eps"], sc["adv-steps"]
+    eps, steps = out.adv_eps, out.adv_steps
     gen = _seeded(ctx, 4)
 
     def perturb(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -152,7 +177,7 @@ def local_train(
         p.requires_grad_(name not in frozen)
     res = train_(
         net, ctx.data.x_train, ctx.data.y_train, mask or {}, train_config(ctx.sc),
-        epochs=ctx.sc["local-epochs"] if epochs is None else epochs, generator=ctx.generator, perturb=_pgd_at(ctx),
+        epochs=ctx.core.federation.local_epochs if epochs is None else epochs, generator=ctx.generator, perturb=_pgd_at(ctx),
         prox=prox,
     )
     return _snapshot(net), res.loss
@@ -181,7 +206,7 @@ def _step_amount(mask: Mask, rate: float, target: float) -> float:
 
 
 def _metrics(ctx: Ctx, loss: float, mask: Mask | None, **extra: float) -> dict[str, float]:
-    extra.setdefault("epochs", float(ctx.sc["local-epochs"]))
+    extra.setdefault("epochs", float(ctx.core.federation.local_epochs))
     return {
         "num-examples": float(len(ctx.data.x_train)), "train-loss": loss,
         "density": density(mask) if mask else 1.0, "partition-id": float(ctx.partition_id), **extra,
@@ -200,7 +225,8 @@ def fedavg_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
 
 def federation_epochs(sc: dict[str, Any]) -> int:
     """Local epochs an average client trains in the federation: rounds × share sampled × E."""
-    return max(1, round(sc["rounds"] * sc["clients-per-round"] / sc["num-clients"] * sc["local-epochs"]))
+    fed = core(sc).federation
+    return max(1, round(fed.rounds * fed.clients_per_round / core(sc).data.num_clients * fed.local_epochs))
 
 
 def local_only_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
@@ -213,7 +239,7 @@ def local_only_train(received: Weights | None, state: ClientState, ctx: Ctx) -> 
     """
     if state.personal is not None:
         return Reply(None, None, replace(state, rounds=state.rounds + 1), _metrics(ctx, float("nan"), None, epochs=0.0))
-    total = ctx.sc["local-total-epochs"] or federation_epochs(ctx.sc)
+    total = ctx.opts(LocalOptions).local_total_epochs or federation_epochs(ctx.sc)
     start = initial_weights(ctx.sc, ctx.data.input_shape, ctx.data.num_classes)
     trained, sel = _finetune(ctx, start, None, epochs=total)  # the same lr choice as every fine-tuning
     metrics = _metrics(ctx, float("nan"), None, epochs=float(total), **{"selected-epochs": float(sel.epochs)})
@@ -225,12 +251,12 @@ Personal = tuple[Weights, dict[str, float]]
 
 def _finetune(ctx: Ctx, start: Weights, mask: Mask | None, *, epochs: int | None = None, lrs: tuple[float, ...] | None = None):
     """The shared validation-selected fine-tuning (fedlth.finetune) on this client's data."""
-    sc = ctx.sc
+    sc, tune = ctx.sc, ctx.core.personal
     return finetune_select(
         lambda w: _model(ctx, w), start, mask or {}, (ctx.data.x_train, ctx.data.y_train), (ctx.data.x_val, ctx.data.y_val),
-        train_config(sc), epochs=sc["finetune-epochs"] if epochs is None else epochs,
-        lrs=parse_lrs(sc["finetune-lrs"], sc["lr"]) if lrs is None else lrs, generator=ctx.generator, select=sc["finetune-select"],
-        make_perturb=(lambda: _pgd_at(ctx)) if sc["adv-train"] else None,  # PGD-AT in fine-tuning too
+        train_config(sc), epochs=tune.finetune_epochs if epochs is None else epochs,
+        lrs=parse_lrs(tune.finetune_lrs, ctx.core.training.lr) if lrs is None else lrs, generator=ctx.generator,
+        select=tune.finetune_select, make_perturb=(lambda: _pgd_at(ctx)) if ctx.core.outputs.adv_train else None,  # PGD-AT in fine-tuning too
     )
 
 
@@ -258,7 +284,7 @@ def own_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Persona
     With `ticket-eval = finetune` (and a global model received), the final global subnet
     fine-tuned on local data instead (validation-selected): the ticket counterpart of FedAvg-FT.
     """
-    if ctx.sc["ticket-eval"] == "finetune" and received is not None:
+    if ctx.core.personal.ticket_eval == "finetune" and received is not None:
         return personal_finetune(ctx, apply_mask(received, state.mask) if state.mask else received, state.mask)
     if state.personal is not None:
         return state.personal, {}
@@ -282,14 +308,15 @@ def _lotteryfl(
     drops by at most this (1.0 = never refuse, as published).
     """
     assert received is not None
-    sc, mask = ctx.sc, state.mask or _ones(ctx)
+    sc, gate, mask = ctx.sc, ctx.opts(PruneGateOptions), state.mask or _ones(ctx)
+    target = ctx.core.federation.target_density
     theta0 = initial_weights(sc, ctx.data.input_shape, ctx.data.num_classes) if rewind_init else None
     start = apply_mask(received, mask)
 
     def prune(weights: Weights, acc: float) -> tuple[Mask, Weights, float]:
-        if acc < sc["acc-threshold"] or density(mask) <= sc["target-density"]:
+        if acc < gate.acc_threshold or density(mask) <= target:
             return mask, weights, 0.0
-        cand = get_pruner("magnitude-layer")(weights, mask, _step_amount(mask, sc["prune-rate"], sc["target-density"]))
+        cand = get_pruner("magnitude-layer")(weights, mask, _step_amount(mask, gate.prune_rate, target))
         cand_w = apply_mask(weights, cand)
         if tolerance < 1.0 and val_accuracy(ctx, cand_w) < acc - tolerance:
             return mask, weights, 0.0
@@ -321,10 +348,9 @@ def lotteryfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> R
     """LotteryFL made sound (README, "Deviations"); each deviation is a scenario key, so the
     ablation is one `--set` away: `lotteryfl-prune-from`, `lotteryfl-rewind`, `prune-tolerance`.
     """
-    sc = ctx.sc
+    o = ctx.opts(LotteryFLOptions)
     return _lotteryfl(
-        received, state, ctx, prune_from=sc["lotteryfl-prune-from"], rewind_init=sc["lotteryfl-rewind"],
-        tolerance=sc["prune-tolerance"],
+        received, state, ctx, prune_from=o.lotteryfl_prune_from, rewind_init=o.lotteryfl_rewind, tolerance=o.prune_tolerance,
     )
 
 
@@ -349,12 +375,13 @@ def _subfedavg(received: Weights | None, state: ClientState, ctx: Ctx, hybrid: b
     and validation accuracy holds.
     """
     assert received is not None
-    sc, mask = ctx.sc, state.mask or _ones(ctx)
+    sc, o, mask = ctx.sc, ctx.opts(SubFedAvgOptions), state.mask or _ones(ctx)
     trained, loss = local_train(ctx, apply_mask(received, mask), mask)
     acc = val_accuracy(ctx, trained)
     pruned, dist, candidate = 0.0, 0.0, state.candidate
-    if density(mask) > sc["target-density"]:
-        amount = _step_amount(mask, sc["prune-rate"], sc["target-density"])
+    target = ctx.core.federation.target_density
+    if density(mask) > target:
+        amount = _step_amount(mask, o.prune_rate, target)
         if hybrid:
             _, _, pairs = _init(sc["model"], ctx.data.input_shape, ctx.data.num_classes, sc["seed"])
             cand = _hybrid_prune(trained, mask, amount, dict(pairs))
@@ -362,9 +389,9 @@ def _subfedavg(received: Weights | None, state: ClientState, ctx: Ctx, hybrid: b
             cand = get_pruner("magnitude-layer")(trained, mask, amount)
         dist = 1.0 if state.candidate is None or state.candidate.keys() != cand.keys() else hamming_distance(cand, state.candidate)
         candidate = cand
-        if dist > sc["mask-epsilon"] and acc >= sc["acc-threshold"]:
+        if dist > o.mask_epsilon and acc >= o.acc_threshold:
             cand_w = apply_mask(trained, cand)
-            if val_accuracy(ctx, cand_w) >= acc - sc["prune-tolerance"]:
+            if val_accuracy(ctx, cand_w) >= acc - o.prune_tolerance:
                 mask, trained, pruned = cand, cand_w, 1.0
     st = replace(state, mask=mask, personal=trained, candidate=candidate, rounds=state.rounds + 1)
     return Reply(trained, mask, st, _metrics(ctx, loss, mask, pruned=pruned, **{"gate-accuracy": acc, "mask-distance": dist}))
@@ -415,7 +442,7 @@ def sparse_upload_train(received: Weights | None, state: ClientState, ctx: Ctx) 
     trained, loss = local_train(ctx, received, None)
     ones = _ones(ctx)
     delta = {k: trained[k] - received[k] for k in ones}
-    keep = get_pruner("magnitude-layer")(delta, ones, 1.0 - ctx.sc["upload-density"])
+    keep = get_pruner("magnitude-layer")(delta, ones, 1.0 - ctx.opts(PersonalTicketOptions).upload_density)
     metrics = _metrics(ctx, loss, None, **{"upload-density": density(keep)})
     return Reply(apply_mask(trained, keep), keep, replace(state, rounds=state.rounds + 1), metrics)
 
@@ -426,15 +453,15 @@ def personal_ticket(received: Weights | None, state: ClientState, ctx: Ctx) -> P
     rate chosen on validation at both stages. `ticket-control` swaps in the winning-ticket
     controls: a random mask with the same per-layer counts, or the mask on a fresh init."""
     assert received is not None
-    sc = ctx.sc
-    warm, _ = _finetune(ctx, received, None, epochs=sc["ticket-warmup-epochs"], lrs=(sc["lr"],))
-    mask = get_pruner(sc["ticket-pruner"])(warm, _ones(ctx), 1.0 - sc["target-density"])
-    if sc["ticket-control"] == "random-mask":  # same count per layer, positions at random
+    sc, o = ctx.sc, ctx.opts(PersonalTicketOptions)
+    warm, _ = _finetune(ctx, received, None, epochs=o.ticket_warmup_epochs, lrs=(ctx.core.training.lr,))
+    mask = get_pruner(o.ticket_pruner)(warm, _ones(ctx), 1.0 - ctx.core.federation.target_density)
+    if o.ticket_control == "random-mask":  # same count per layer, positions at random
         mask = random_mask_like(mask, ctx.generator)
-    if sc["ticket-control"] == "reinit":  # same mask, weights from a fresh random init
+    if o.ticket_control == "reinit":  # same mask, weights from a fresh random init
         warm = initial_weights(sc | {"seed": sc["seed"] + 1}, ctx.data.input_shape, ctx.data.num_classes)
     weights, info = personal_finetune(ctx, apply_mask(warm, mask), mask)
-    return weights, info | {"finetune-epochs-run": info["finetune-epochs-run"] + sc["ticket-warmup-epochs"], "density": density(mask)}
+    return weights, info | {"finetune-epochs-run": info["finetune-epochs-run"] + o.ticket_warmup_epochs, "density": density(mask)}
 
 
 # --- personalized baselines: FedPer, FedRep, Ditto ---------------------------------------------
@@ -485,10 +512,10 @@ def fedrep_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
     start = _with_own_head(received, state, ctx)
     head = frozenset(_head_mask(ctx))
     body = frozenset(k for k in start if k not in head)
-    head_epochs = ctx.sc["fedrep-head-epochs"]
+    head_epochs = ctx.opts(FedRepOptions).fedrep_head_epochs
     tuned, head_loss = local_train(ctx, start, None, head_epochs, frozen=body)
     trained, loss = local_train(ctx, tuned, None, frozen=head)
-    return _body_reply(ctx, state, trained, loss, **{"head-loss": head_loss, "epochs": float(head_epochs + ctx.sc["local-epochs"])})
+    return _body_reply(ctx, state, trained, loss, **{"head-loss": head_loss, "epochs": float(head_epochs + ctx.core.federation.local_epochs)})
 
 
 def own_head_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Personal:
@@ -499,7 +526,7 @@ def own_head_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Pe
 
 def ditto_epochs(sc: dict[str, Any]) -> int:
     """Epochs of Ditto's personal model per round (0 in the scenario: local-epochs)."""
-    return sc["ditto-personal-epochs"] or sc["local-epochs"]
+    return options(sc, DittoOptions).ditto_personal_epochs or core(sc).federation.local_epochs
 
 
 def ditto_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
@@ -510,8 +537,8 @@ def ditto_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply
     assert received is not None, "ditto needs the global model"
     trained, loss = local_train(ctx, received, None)
     v0 = state.personal if state.personal is not None else received
-    v, v_loss = local_train(ctx, v0, None, ditto_epochs(ctx.sc), prox=(ctx.sc["ditto-lambda"], received))
-    metrics = _metrics(ctx, loss, None, **{"personal-loss": v_loss, "epochs": float(ctx.sc["local-epochs"] + ditto_epochs(ctx.sc))})
+    v, v_loss = local_train(ctx, v0, None, ditto_epochs(ctx.sc), prox=(ctx.opts(DittoOptions).ditto_lambda, received))
+    metrics = _metrics(ctx, loss, None, **{"personal-loss": v_loss, "epochs": float(ctx.core.federation.local_epochs + ditto_epochs(ctx.sc))})
     return Reply(trained, None, replace(state, personal=v, rounds=state.rounds + 1), metrics)
 
 
@@ -529,8 +556,8 @@ def ditto_personal(received: Weights | None, state: ClientState, ctx: Ctx) -> Pe
 def dispfl_mask(sc: dict[str, Any], theta0: Weights, prunable: list[str], client: int) -> Mask:
     """DisPFL: the client's initial mask, drawn from (seed, client); the server draws the same."""
     shapes = {k: tuple(theta0[k].shape) for k in prunable}
-    gen = dispfl.mask_generator(sc["seed"], client)
-    return dispfl.initial_mask(shapes, sc["dispfl-density"], sc["dispfl-distribution"], gen)
+    gen, o = dispfl.mask_generator(sc["seed"], client), options(sc, DispFLOptions)
+    return dispfl.initial_mask(shapes, o.dispfl_density, o.dispfl_distribution, gen)
 
 
 def dispfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply:
@@ -542,19 +569,19 @@ def dispfl_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Repl
     their first training from the keepers' mean, as the reference's aggregation gives them
     (`dispfl-regrow-init = zero`: from 0, as in RigL)."""
     assert received is not None, "dispfl needs the global model"
-    sc = ctx.sc
+    sc, o = ctx.sc, ctx.opts(DispFLOptions)
     theta0, names, _ = _init(sc["model"], ctx.data.input_shape, ctx.data.num_classes, sc["seed"])
     mask = state.mask or dispfl_mask(sc, theta0, list(names), ctx.partition_id)
     start = apply_mask(received, mask)
-    if sc["dispfl-regrow-init"] == "zero" and state.personal is not None:
+    if o.dispfl_regrow_init == "zero" and state.personal is not None:
         # the entries it regrew last round are the kept ones its model holds at 0: they start at 0
         # again instead of at the keepers' mean the server sent
         start = {k: torch.where(mask[k] & (state.personal[k] == 0), 0.0, v) if k in mask else v for k, v in start.items()}
     trained, loss = local_train(ctx, start, mask)
-    fraction = dispfl.drop_fraction(ctx.server_round - 1, sc["rounds"], sc["dispfl-anneal"])
+    fraction = dispfl.drop_fraction(ctx.server_round - 1, ctx.core.federation.rounds, o.dispfl_anneal)
     gen = ctx.generator
-    if sc["dispfl-regrow"] == "gradient":  # one shuffled batch, as the reference screens
-        idx = torch.randperm(len(ctx.data.x_train), generator=gen)[: sc["batch-size"]]
+    if o.dispfl_regrow == "gradient":  # one shuffled batch, as the reference screens
+        idx = torch.randperm(len(ctx.data.x_train), generator=gen)[: ctx.core.training.batch_size]
         scores = dispfl.gradient_scores(_model(ctx, trained), ctx.data.x_train[idx], ctx.data.y_train[idx], list(names))
     else:
         scores = dispfl.random_scores(mask, gen)
@@ -575,7 +602,7 @@ def _fedpm_net(model: str, shape: tuple[int, ...], classes: int, seed: int, init
 def fedpm_network(sc: dict[str, Any], shape: tuple[int, ...], classes: int) -> tuple[Weights, list[str]]:
     """FedPM's frozen random network (seeded: the server and every client hold the same) and
     the names of the tensors that get mask scores."""
-    frozen, names = _fedpm_net(sc["model"], tuple(shape), classes, sc["seed"], sc["fedpm-init"])
+    frozen, names = _fedpm_net(sc["model"], tuple(shape), classes, sc["seed"], options(sc, FedPMOptions).fedpm_init)
     return {k: v.clone() for k, v in frozen.items()}, list(names)
 
 
@@ -599,17 +626,17 @@ def fedpm_train(received: Weights | None, state: ClientState, ctx: Ctx) -> Reply
     the client's scores start at logit of the received probabilities, train `local-epochs` with
     Adam (`fedpm-lr`) through a fresh Bernoulli(σ(s)) mask every forward pass, and it uploads
     one mask sampled from its trained σ(s): bits only, no values. It keeps nothing."""
-    sc = ctx.sc
+    o = ctx.opts(FedPMOptions)
     frozen, names, probs = _fedpm_probs(ctx, received)
     net = _model(ctx, frozen)
     dev = next(iter(net.parameters())).device
     scores, loss = fedpm.train_scores(
         net, frozen, fedpm.scores_from_probabilities(probs), ctx.data.x_train, ctx.data.y_train,
-        epochs=sc["local-epochs"], batch_size=sc["batch-size"], lr=sc["fedpm-lr"], generator=ctx.generator,
+        epochs=ctx.core.federation.local_epochs, batch_size=ctx.core.training.batch_size, lr=o.fedpm_lr, generator=ctx.generator,
         sampler=_seeded(ctx, 1, dev),
     )
     mask = fedpm.sample_masks({k: torch.sigmoid(s) for k, s in scores.items()}, _seeded(ctx, 2))
-    metrics = _metrics(ctx, loss, mask, **fedpm.upload_bits(mask, names, sc["fedpm-codec"], probs))
+    metrics = _metrics(ctx, loss, mask, **fedpm.upload_bits(mask, names, o.fedpm_codec, probs))
     return Reply(None, mask, replace(state, rounds=state.rounds + 1), metrics)
 
 
@@ -619,7 +646,7 @@ def fedpm_model(received: Weights | None, state: ClientState, ctx: Ctx) -> Perso
     sample is seeded by (seed, round) alone: every client scores the same global model."""
     sc = ctx.sc
     frozen, _, probs = _fedpm_probs(ctx, received)
-    if sc["fedpm-eval-mask"] == "threshold":
+    if ctx.opts(FedPMOptions).fedpm_eval_mask == "threshold":
         mask = fedpm.threshold_masks(probs)
     else:
         mask = fedpm.sample_masks(probs, torch.Generator().manual_seed(sc["seed"] * 1_000_003 + ctx.server_round * 10_007 + 3 * 2**40))
@@ -700,16 +727,13 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 
 def get_algorithm(name: str) -> Algorithm:
-    """The algorithm registered under `name` (built-in or plug-in, fedlth.plugins)."""
-    from fedlth import plugins
+    """The algorithm registered under `name` (fedlth.registry: built-in or plug-in)."""
+    from fedlth import registry
 
-    known = plugins.merged(ALGORITHMS, "algorithm")
-    if name not in known:
-        raise ValueError(f"unknown algorithm {name!r}; valid: {', '.join(known)}")
-    return known[name]
+    return registry.load("algorithm", name)
 
 
-EVALUATOR_KEYS = ("evaluators", "attack", "attack-eps", "attack-steps", "attack-samples", "sensitive", "seed")
+EVALUATOR_KEYS = ("evaluators", "seed")  # core keys every evaluator sees, besides its own options'
 
 
 @lru_cache(maxsize=8)
@@ -719,11 +743,12 @@ def _evaluators(options: tuple[tuple[str, Any], ...]) -> tuple[Evaluator, ...]:
 
 
 def scenario_evaluators(sc: dict[str, Any]) -> tuple[Evaluator, ...]:
-    """The scenario's evaluators, built once per process (with every plug-in key: a plug-in
-    evaluator reads its own)."""
-    from fedlth import plugins
+    """The scenario's evaluators, built once per process, each given the keys its options declare."""
+    from fedlth.registry import option_keys
 
-    return _evaluators(tuple((k, sc[k]) for k in (*EVALUATOR_KEYS, *sorted(plugins.keys())) if k in sc))
+    names = [n.strip() for n in core(sc).outputs.evaluators.split(",") if n.strip()]
+    keys = dict.fromkeys([*EVALUATOR_KEYS, *(k for n in names for k in option_keys("evaluator", n))])
+    return _evaluators(tuple((k, sc[k]) for k in keys if k in sc))
 
 
 def evaluate_client(

@@ -49,7 +49,10 @@ def main() -> None:
 
 @main.command()
 @click.argument("pattern", default="")
-def keys(pattern: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["scenario", "toml", "markdown"]), default="scenario", show_default=True,
+              help="scenario: commented TOML, itself a valid scenario; toml: pyproject's [tool.flwr.app.config] block; "
+                   "markdown: the README's key tables.")
+def keys(pattern: str, fmt: str) -> None:
     """List the scenario keys (all, or those matching PATTERN: a glob or part of a name or group)
     with type, default, allowed values and help, grouped by concern. The full list is valid TOML."""
     from fedlth.scenario import describe_keys, matching_keys, suggest_key
@@ -57,7 +60,12 @@ def keys(pattern: str) -> None:
     found = matching_keys(pattern)
     if not found:
         fail(f"no scenario key matches {pattern!r}; {suggest_key(pattern)}")
-    click.echo(describe_keys(found), nl=False)
+    if fmt == "scenario":
+        click.echo(describe_keys(found), nl=False)
+        return
+    from fedlth.key_docs import config_toml, markdown_tables
+
+    click.echo((config_toml if fmt == "toml" else markdown_tables)(found), nl=False)
 
 
 @main.command()
@@ -255,11 +263,11 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
             raise ScenarioError(f"--algorithms: unknown {bad or 'empty list'}; allowed: {', '.join(ALGORITHM_NAMES)} (each may take NAME:key=value variants)")
         for a in algs:  # a variant's own keys are checked before any run starts
             name, variant_sets = parse_variant(a)
-            resolve(sc | {"algorithm": name}, variant_sets, source=a)
+            variant = resolve(sc | {"algorithm": name}, variant_sets, source=a)
             from fedlth.key_readers import check_run_keys
 
-            try:
-                check_run_keys(sc, variant_sets, {name})
+            try:  # against the variant: NAME:aggregation=qffl,qffl-q=2 selects the reader of its own key
+                check_run_keys(variant, variant_sets, {name})
             except ValueError as exc:
                 raise ScenarioError(f"{a}: {exc}") from None
         _check_keys(sc, overrides, {parse_variant(a)[0] for a in algs}, quiet)

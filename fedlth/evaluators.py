@@ -1,8 +1,8 @@
 """Pluggable evaluators: named, configurable judges of a ticket that return flat metrics.
 
-Built-ins are registered here; other packages add theirs through the entry-point group
-`fedlth.evaluators` (the entry point loads a factory `options -> Evaluator`), without
-touching fedlth.
+Built-ins are registered in fedlth.registry with their options (fedlth.component_options);
+other packages add theirs as plug-ins (fedlth.plugins), or through the older entry-point group
+`fedlth.evaluators` (the entry point loads a factory `options -> Evaluator`, without keys).
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from typing import Any, Protocol
 import numpy as np
 from torch import Tensor, nn
 
+from fedlth.component_options import FairnessOptions, RobustnessOptions
 from fedlth.fairness import flatten_counts, group_counts
+from fedlth.options import options, with_defaults
 from fedlth.robustness import ATTACKS, robust_accuracy
 from fedlth.training import predict
 
@@ -84,14 +86,13 @@ class RobustnessEvaluator:
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> RobustnessEvaluator:
-        text = str(opts.get("attack", "pgd"))
-        attacks = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+        o = options(with_defaults(opts, RobustnessOptions), RobustnessOptions)
+        attacks = tuple(dict.fromkeys(a.strip() for a in o.attack.split(",") if a.strip()))
         if not attacks or any(a not in ATTACKS for a in attacks):
-            raise ValueError(f"key 'attack' is {text!r}; allowed: {', '.join(ATTACKS)} (one, or several comma-separated)")
+            raise ValueError(f"key 'attack' is {o.attack!r}; allowed: {', '.join(ATTACKS)} (one, or several comma-separated)")
         return cls(
-            attacks=attacks, eps=parse_floats(str(opts.get("attack-eps", "0.1")), "attack-eps"),
-            steps=int(opts.get("attack-steps", 10)), samples=int(opts.get("attack-samples", 200)),
-            seed=int(opts.get("seed", 0)),
+            attacks=attacks, eps=parse_floats(str(o.attack_eps), "attack-eps"), steps=int(o.attack_steps),
+            samples=int(o.attack_samples), seed=int(opts.get("seed", 0)),
         )
 
     def check(self, info: DataInfo) -> None:
@@ -125,7 +126,8 @@ class FairnessEvaluator:
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> FairnessEvaluator:
-        return cls(tuple(s.strip() for s in str(opts.get("sensitive", "")).split(",") if s.strip()))
+        sensitive = options(with_defaults(opts, FairnessOptions), FairnessOptions).sensitive
+        return cls(tuple(s.strip() for s in str(sensitive).split(",") if s.strip()))
 
     def check(self, info: DataInfo) -> None:
         if info.num_classes != 2:
@@ -145,21 +147,16 @@ class FairnessEvaluator:
         return out
 
 
-BUILTINS: dict[str, Factory] = {
-    "robustness": RobustnessEvaluator.from_options,
-    "fairness": FairnessEvaluator.from_options,
-}
-
-
 def registry() -> dict[str, Factory]:
-    """Built-ins plus every evaluator installed under the `fedlth.evaluators` entry points."""
-    from fedlth import plugins
+    """Every evaluator by name: fedlth.registry's (built-ins, then plug-ins), then those installed
+    under the older `fedlth.evaluators` entry points (none shadows another)."""
+    from fedlth.registry import components
 
-    found = dict(BUILTINS)
+    found = {c.name: c.load() for c in components("evaluator")}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in found:  # a plug-in never shadows a built-in
+        if ep.name not in found:
             found[ep.name] = ep.load()
-    return plugins.merged(found, "evaluator")  # and those of the general plug-in group
+    return found
 
 
 def build_evaluators(spec: str, options: Mapping[str, Any], info: DataInfo | None = None) -> list[Evaluator]:

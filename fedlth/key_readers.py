@@ -1,40 +1,31 @@
-"""Which scenario keys only some algorithms or commands read, so a setting nobody reads is caught."""
+"""Which scenario keys only some components read (derived from their options), so a setting nobody reads is caught."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
-CENTRAL = "fedlth ticket"
-LOTTERYFL = ("lotteryfl", "lotteryfl-faithful")
-SUBFEDAVG = ("subfedavg", "subfedavg-hybrid")
+from fedlth.registry import CENTRAL
 
-# Keys absent here are read by every federated algorithm (or by the run itself). Kept beside
-# the code that reads them by tests/test_key_readers.py, which greps each reader's source.
-READERS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(
-        ("epochs", "imp-levels", "pruner", "rewind", "rewind-iteration", "one-shot", "skip-first-layer",
-         "skip-last-layer", "controls", "early-bird-epsilon", "early-bird-window", "lr-schedule"),
-        (CENTRAL,),
-    ),
-    "prune-rate": (CENTRAL, *LOTTERYFL, *SUBFEDAVG),
-    "acc-threshold": (*LOTTERYFL, *SUBFEDAVG),
-    "prune-tolerance": ("lotteryfl", *SUBFEDAVG),
-    "mask-epsilon": SUBFEDAVG,
-    "lotteryfl-prune-from": ("lotteryfl",),
-    "lotteryfl-rewind": ("lotteryfl",),
-    "prune-start": ("shared-ticket",),
-    "prune-end": ("shared-ticket",),
-    "server-pruner": ("shared-ticket",),
-    "ticket-control": ("personal-ticket", "shared-ticket"),
-    "upload-density": ("personal-ticket",),
-    "sparse-fill": ("personal-ticket",),
-    "ticket-pruner": ("personal-ticket",),
-    "ticket-warmup-epochs": ("personal-ticket",),
-    "local-total-epochs": ("local",),
-    "fedrep-head-epochs": ("fedrep",),
-}
-PREFIXES = ("ditto", "dispfl", "fedpm")  # every `<name>-…` key is read by algorithm <name> alone
+__all__ = ["CENTRAL", "HINTS", "check_run_keys", "readers", "readers_of", "unread"]
+
+
+def readers() -> dict[str, tuple[str, ...]]:
+    """Each key that only some components read, with those that declare it in their options
+    (fedlth.registry: built-ins and plug-ins; CENTRAL is the `fedlth ticket` command). A key
+    absent here is the core's: every run reads it."""
+    from fedlth import registry
+
+    return _readers(registry.components())
+
+
+@lru_cache(maxsize=4)
+def _readers(components: tuple[Any, ...]) -> dict[str, tuple[str, ...]]:
+    from fedlth.scenario import declarations
+
+    return {key: who for key, (_, who) in declarations(components).items() if who}
+
 
 # What a user who set a central key on a federated run most likely meant.
 HINTS = {
@@ -46,20 +37,12 @@ HINTS = {
 
 def readers_of(key: str) -> tuple[str, ...] | None:
     """Who reads `key`, or None when every run does."""
-    if key in READERS:
-        return READERS[key]
-    from fedlth import plugins
-
-    owner = plugins.keys().get(key)
-    if owner is not None:
-        return (owner[1],)  # a plug-in's own key: read by that component alone
-    prefix = key.split("-", 1)[0]
-    return (prefix,) if prefix in PREFIXES and key != prefix else None
+    return readers().get(key)
 
 
 def unread(keys: Iterable[str], present: Collection[str]) -> dict[str, tuple[str, ...]]:
-    """Those of `keys` that none of the `present` readers (algorithm names, or CENTRAL) read,
-    each with who would."""
+    """Those of `keys` that none of the `present` readers (algorithm names, CENTRAL, or other
+    components' labels such as `aggregation qffl`) read, each with who would."""
     out = {}
     for key in keys:
         who = readers_of(key)
@@ -75,10 +58,14 @@ def _what(present: Collection[str]) -> str:
     return ("algorithm " if len(names) == 1 else "algorithms ") + ", ".join(names)
 
 
-def refusal(key: str, who: tuple[str, ...], present: Collection[str]) -> str:
-    """The error for a key given at the command line that nobody in this run reads."""
+def refusal(key: str, who: tuple[str, ...], present: Collection[str], chosen: Collection[str] = ()) -> str:
+    """The error for a key given at the command line that nobody in this run reads; of the
+    run's `chosen` components (labels) it names those of the readers' kinds (`partition iid`)."""
     hint = f" ({HINTS[key]})" if key in HINTS and CENTRAL not in present else ""
-    return f"key {key!r} is not read by {_what(present)}; it is read by: {', '.join(who)}{hint}"
+    kinds = {w.split(" ", 1)[0] for w in who}
+    same = sorted(c for c in chosen if c.split(" ", 1)[0] in kinds)
+    run = ", ".join([_what(present), *same])
+    return f"key {key!r} is not read by {run}; it is read by: {', '.join(who)}{hint}"
 
 
 def overridden_keys(pairs: Iterable[str]) -> list[str]:
@@ -97,21 +84,21 @@ def ignored_settings(sc: Mapping[str, Any], present: Collection[str]) -> dict[st
 
 
 def selected(sc: Mapping[str, Any]) -> set[str]:
-    """The components a scenario selects besides its algorithm: its aggregation rule, pruner and
-    evaluators (a plug-in among them reads its own keys)."""
-    names = {sc.get("aggregation", ""), sc.get("pruner", "")}
-    names |= {n.strip() for n in str(sc.get("evaluators", "")).split(",") if n.strip()}
-    return names - {""}
+    """The components a scenario selects besides its algorithm, by label (fedlth.registry): its
+    partition, aggregation rule, pruner and evaluators (each reads its own keys)."""
+    names = {f"{kind} {sc[kind]}" for kind in ("partition", "aggregation", "pruner") if sc.get(kind)}
+    return names | {f"evaluator {n.strip()}" for n in str(sc.get("evaluators", "")).split(",") if n.strip()}
 
 
 def check_run_keys(sc: Mapping[str, Any], overrides: Iterable[str], present: Collection[str]) -> list[str]:
     """Refuse (ValueError) a `--set` key that no reader in `present` reads; return a note per
     scenario-file key the run ignores."""
-    readers = {*present, *selected(sc)}
+    chosen = selected(sc)
+    readers = {*present, *chosen}
     wanted = overridden_keys(overrides)
     bad = unread(wanted, readers)
     if bad:
-        raise ValueError("; ".join(refusal(k, who, present) for k, who in bad.items()))
+        raise ValueError("; ".join(refusal(k, who, present, chosen) for k, who in bad.items()))
     ignored = ignored_settings(sc, readers)
     if not ignored:
         return []

@@ -1,30 +1,20 @@
 """Components from outside fedlth: an algorithm, pruner, aggregation rule or evaluator, with its
-own scenario keys, declared in one place and found by name like the built-ins."""
+own options dataclass, declared in one module and found by name like the built-ins."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
+
+from fedlth.options import declared_keys
+from fedlth.registry import Component
 
 GROUP = "fedlth.plugins"  # each entry point loads a Plugin, or a list of them
 KINDS = ("algorithm", "pruner", "aggregation", "evaluator")
 
-
-@dataclass(frozen=True)
-class Plugin:
-    """One component. `target` by kind: algorithm, an `Algorithm`; pruner, a function
-    `(weights, mask, amount, *, generator=None, bn_of=None) -> Mask`; aggregation, a factory
-    `scenario -> (previous, updates) -> weights`; evaluator, a factory `scenario -> Evaluator`.
-    `keys`: its own scenario keys (`fedlth.scenario.Key`), read only by runs that select it."""
-
-    kind: str
-    name: str
-    target: Any
-    keys: Mapping[str, Any] = field(default_factory=dict)
-    help: str = ""
-
+# A plug-in is a registry component like the built-ins: Plugin(kind, name, target, options, help).
+Plugin = Component
 
 _registered: dict[tuple[str, str], Plugin] = {}
 _loaded: dict[tuple[str, str], Plugin] | None = None
@@ -40,14 +30,19 @@ def _from_entry_points() -> dict[tuple[str, str], Plugin]:
 
 
 def _checked(plugin: Plugin) -> Plugin:
-    from fedlth.scenario import KEYS, Key
+    from fedlth.scenario import BUILTIN_KEYS
 
+    if not isinstance(plugin, Component):
+        raise ValueError(f"plug-in {plugin!r}: expected a fedlth.plugins.Plugin")
     if plugin.kind not in KINDS:
         raise ValueError(f"plug-in {plugin.name!r}: kind {plugin.kind!r}; allowed: {', '.join(KINDS)}")
-    for key, spec in plugin.keys.items():
-        if not isinstance(spec, Key):
-            raise ValueError(f"plug-in {plugin.name!r}: key {key!r} must be a fedlth.scenario.Key")
-        if key in KEYS and KEYS[key].group != f"plug-in {plugin.name}":
+    cls = plugin.options_class()
+    try:
+        keys = declared_keys(cls) if cls is not None else {}
+    except TypeError as exc:
+        raise ValueError(f"plug-in {plugin.name!r}: options: {exc}") from None
+    for key in keys:
+        if key in BUILTIN_KEYS:
             raise ValueError(f"plug-in {plugin.name!r}: key {key!r} is already fedlth's; give it a name of its own (e.g. {plugin.name}-…)")
     return plugin
 
@@ -82,11 +77,6 @@ def get(kind: str, name: str) -> Plugin | None:
     return plugins().get((kind, name))
 
 
-def keys() -> dict[str, tuple[Any, str]]:
-    """Each plug-in key with its spec and the component that reads it."""
-    return {key: (spec, name) for (_, name), p in plugins().items() for key, spec in p.keys.items()}
-
-
 _listeners: list[Callable[[], None]] = []
 
 
@@ -101,7 +91,7 @@ def _publish() -> None:
         listener()
 
 
-def merged(builtin: Mapping[str, Any], kind: str, value: Callable[[Plugin], Any] = lambda p: p.target) -> dict[str, Any]:
+def merged(builtin: Mapping[str, Any], kind: str, value: Callable[[Plugin], Any] = lambda p: p.load()) -> dict[str, Any]:
     """Built-ins plus this kind's plug-ins (a plug-in never shadows a built-in)."""
     out = dict(builtin)
     for (k, name), plugin in plugins().items():

@@ -222,20 +222,21 @@ PRUNERS: dict[str, Pruner] = {
 
 
 def pruner_names() -> list[str]:
-    """Every pruner's name, built-in or plug-in (fedlth.plugins)."""
-    from fedlth import plugins
+    """Every pruner's name, built-in or plug-in (fedlth.registry)."""
+    from fedlth import registry
 
-    return sorted(plugins.merged(PRUNERS, "pruner"))
+    return sorted(registry.names("pruner"))
 
 
 def get_pruner(name: str) -> Pruner:
-    """The pruner registered under `name` (built-in or plug-in)."""
-    from fedlth import plugins
+    """The pruner registered under `name` (fedlth.registry: built-in or plug-in)."""
+    from fedlth import registry
 
-    known = plugins.merged(PRUNERS, "pruner")
-    if name not in known:
+    if name in PRUNERS:  # the hot path: clients prune every round
+        return PRUNERS[name]
+    if name not in registry.names("pruner"):
         raise ValueError(f"unknown pruner {name!r}; valid names: {pruner_names()}")
-    return known[name]
+    return registry.load("pruner", name)
 
 
 def random_mask_like(mask: Mask, generator: torch.Generator) -> Mask:

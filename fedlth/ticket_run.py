@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from fedlth.client_data import ClientData, split_tensors
+from fedlth.component_options import CentralTicketOptions
 from fedlth.data import ArrayData, load_dataset
 from fedlth.io import write_json_atomic, write_text_atomic
 from fedlth.lottery import (
@@ -32,6 +33,7 @@ from fedlth.masks import (
     prunable_names,
 )
 from fedlth.models import bn_pairs, build_model
+from fedlth.options import options
 from fedlth.partition import central_split
 from fedlth.provenance import provenance_markdown
 from fedlth.scenario import ScenarioError, to_toml
@@ -56,15 +58,16 @@ def train_config(sc: dict[str, Any]) -> TrainConfig:
     """The training part of a scenario."""
     return TrainConfig(
         lr=sc["lr"], momentum=sc["momentum"], weight_decay=sc["weight-decay"], batch_size=sc["batch-size"],
-        optimizer=sc["optimizer"], lr_schedule=sc["lr-schedule"],
+        optimizer=sc["optimizer"], lr_schedule=options(sc, CentralTicketOptions).lr_schedule,
     )
 
 
 def check_ticket_scenario(sc: dict[str, Any], steps_total: int) -> None:
     """Cross-key checks that need the data's size."""
-    if sc["rewind"] == "iteration" and sc["rewind-iteration"] >= steps_total:
+    o = options(sc, CentralTicketOptions)
+    if o.rewind == "iteration" and o.rewind_iteration >= steps_total:
         raise ScenarioError(
-            f"key 'rewind-iteration' is {sc['rewind-iteration']}; allowed: 0 <= k < {steps_total} "
+            f"key 'rewind-iteration' is {o.rewind_iteration}; allowed: 0 <= k < {steps_total} "
             f"(the steps of one level: epochs x batches per epoch)"
         )
 
@@ -74,6 +77,7 @@ class TicketRun:
 
     def __init__(self, sc: dict[str, Any], progress: Progress | None = None) -> None:
         self.sc = sc
+        self.opts = options(sc, CentralTicketOptions)  # the central run's own keys, typed
         self.say = progress or (lambda _msg: None)
         self.seed = sc["seed"]
         if sc["torch-threads"] > 0:
@@ -82,9 +86,9 @@ class TicketRun:
         self.split = central_tensors(self.data, self.seed, sc["val-fraction"])
         self.cfg = train_config(sc)
         self.steps_per_epoch = math.ceil(len(self.split.x_train) / self.cfg.batch_size)
-        self.total_steps = sc["epochs"] * self.steps_per_epoch
+        self.total_steps = self.opts.epochs * self.steps_per_epoch
         check_ticket_scenario(sc, self.total_steps)
-        self.rewind_step = {"init": 0, "iteration": sc["rewind-iteration"], "lr": 0}[sc["rewind"]]
+        self.rewind_step = {"init": 0, "iteration": self.opts.rewind_iteration, "lr": 0}[self.opts.rewind]
 
     def fresh_model(self, init_seed: int) -> nn.Module:
         """A new model whose initialization depends only on `init_seed`."""
@@ -97,7 +101,7 @@ class TicketRun:
         model.load_state_dict(start)
         # Every model of a level sees the same batch order, so the controls differ only in mask or init.
         gen = torch.Generator().manual_seed(self.seed * 1_000 + level)
-        epochs_left = self.sc["epochs"] - start_step // self.steps_per_epoch
+        epochs_left = self.opts.epochs - start_step // self.steps_per_epoch
         # A rewind into the middle of an epoch trains the rest of that epoch as a full one;
         # the schedule (and so the learning rate) still resumes at the exact step.
         res = train_(
@@ -111,9 +115,9 @@ class TicketRun:
 
     def run(self) -> dict[str, Any]:
         """Dense training, then `imp-levels` prune → rewind → retrain levels with controls."""
-        sc, t_start = self.sc, time.perf_counter()
+        sc, o, t_start = self.sc, self.opts, time.perf_counter()
         model = self.fresh_model(self.seed)
-        names = prunable_names(model, skip_first=sc["skip-first-layer"], skip_last=sc["skip-last-layer"])
+        names = prunable_names(model, skip_first=o.skip_first_layer, skip_last=o.skip_last_layer)
         bn_of = bn_pairs(model)
         theta0 = snapshot(model)
         dense_mask = mask = ones_mask(theta0, names)
@@ -126,7 +130,7 @@ class TicketRun:
 
         def early_bird(_epoch: int, m: nn.Module) -> None:
             # The mask one IMP step would cut now; when it stops moving, the ticket is drawn.
-            eb_masks.append(next_mask(snapshot(m), dense_mask, pruner=sc["pruner"], amount=sc["prune-rate"], bn_of=bn_of))
+            eb_masks.append(next_mask(snapshot(m), dense_mask, pruner=o.pruner, amount=o.prune_rate, bn_of=bn_of))
 
         self.say("level 0: dense training")
         t0 = time.perf_counter()
@@ -136,21 +140,21 @@ class TicketRun:
         dense_trained = snapshot(model)
         trained = dense_trained
         levels: list[dict[str, Any]] = []
-        for level in range(1, sc["imp-levels"] + 1):
+        for level in range(1, o.imp_levels + 1):
             t0 = time.perf_counter()
-            if sc["one-shot"]:
+            if o.one_shot:
                 mask = one_shot_mask(
-                    dense_trained, names, pruner=sc["pruner"], prune_rate=sc["prune-rate"], level=level,
+                    dense_trained, names, pruner=o.pruner, prune_rate=o.prune_rate, level=level,
                     generator=torch.Generator().manual_seed(self.seed + level), bn_of=bn_of,
                 )
             else:
                 mask = next_mask(
-                    trained, mask, pruner=sc["pruner"], amount=sc["prune-rate"],
+                    trained, mask, pruner=o.pruner, amount=o.prune_rate,
                     generator=torch.Generator().manual_seed(self.seed + level), bn_of=bn_of,
                 )
-            if sc["rewind"] == "lr":
+            if o.rewind == "lr":
                 # Learning-rate rewinding (Renda et al. 2020): keep the weights, replay the schedule.
-                base = dense_trained if sc["one-shot"] else trained
+                base = dense_trained if o.one_shot else trained
                 start, start_step = apply_mask(base, mask), 0
             else:
                 start, start_step = rewind(theta_k, mask), self.rewind_step
@@ -164,7 +168,7 @@ class TicketRun:
                 "ticket_val_accuracy": ticket["val_accuracy"], "reinit_accuracy": None, "random_mask_accuracy": None,
                 "layer_densities": layer_densities(mask), "seconds": ticket_seconds,
             }
-            if sc["controls"]:
+            if o.controls:
                 self.say(f"level {level}: density {d:.3f}, re-init control")
                 # Same mask, a fresh random initialization (Frankle & Carbin's re-init control).
                 fresh = snapshot(self.fresh_model(self.seed + 7_919 * level))
@@ -181,14 +185,14 @@ class TicketRun:
             entry["seconds_with_controls"] = time.perf_counter() - t0
             levels.append(entry)
 
-        eb_epoch = early_bird_epoch(eb_masks, sc["early-bird-epsilon"], sc["early-bird-window"]) if eb_masks else None
+        eb_epoch = early_bird_epoch(eb_masks, o.early_bird_epsilon, o.early_bird_window) if eb_masks else None
         return {
-            "dataset": sc["dataset"], "model": sc["model"], "seed": self.seed, "pruner": sc["pruner"],
-            "rewind": sc["rewind"], "one_shot": sc["one-shot"],
+            "dataset": sc["dataset"], "model": sc["model"], "seed": self.seed, "pruner": o.pruner,
+            "rewind": o.rewind, "one_shot": o.one_shot,
             "dense_accuracy": dense["test_accuracy"], "dense_val_accuracy": dense["val_accuracy"],
             "dense_seconds": dense_seconds, "levels": levels,
             "early_bird": {
-                "epoch": eb_epoch, "epsilon": sc["early-bird-epsilon"], "window": sc["early-bird-window"],
+                "epoch": eb_epoch, "epsilon": o.early_bird_epsilon, "window": o.early_bird_window,
                 "distances": mask_distances(eb_masks),
             },
             "split_sizes": {"train": len(self.split.x_train), "val": len(self.split.x_val), "test": len(self.split.x_test)},

@@ -19,7 +19,9 @@ from flwr.supercore import log
 from fedlth import fedpm
 from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
 from fedlth.algorithms import get_algorithm, head_off
+from fedlth.component_options import QFFLOptions
 from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
+from fedlth.options import options
 from fedlth.qffl import QFFLStream
 from fedlth.records import (
     config_to_record,
@@ -327,8 +329,9 @@ class TicketStrategy(Strategy):
         if rule == "mean":
             self._stream = MaskedMeanStream(self.global_weights)
         elif rule == "qffl":  # the paper's Lipschitz constant, 1 / the clients' learning rate, unless set
-            lipschitz = self.sc["qffl-lipschitz"] or 1.0 / self.sc["lr"]
-            self._stream = QFFLStream(self.global_weights, self.sc["qffl-q"], lipschitz)
+            o = options(self.sc, QFFLOptions)
+            lipschitz = o.qffl_lipschitz or 1.0 / self.sc["lr"]
+            self._stream = QFFLStream(self.global_weights, o.qffl_q, lipschitz)
         self._losses: dict[int, float] = {}  # qffl: each reply's loss at the model it received
         self._kept: list[Update] = []
         self._sampled: list[Mask] = []  # fedpm: the round's accepted masks, in client-id order

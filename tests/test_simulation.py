@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fedlth.cli import main
-from fedlth.scenario import ALGORITHM_NAMES, defaults
+from fedlth.scenario import ALGORITHM_NAMES
 
 ROOT = Path(__file__).parent.parent
 
@@ -163,11 +163,6 @@ def test_same_seed_same_metrics(tmp_path):
     assert a == b
     sampled = [sorted(r["train"]) for r in a]
     assert all(len(s) == 2 for s in sampled)
-
-
-def test_pyproject_run_config_lists_every_scenario_key_at_its_default():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert config == defaults()
 
 
 FAIR = """
