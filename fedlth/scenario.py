@@ -110,6 +110,10 @@ def check_cross(sc: dict[str, Any]) -> None:
             f"global model they receive and upload weights (not {', '.join(QFFL_REFUSED)}): q-FFL weighs each client by its "
             "loss at that model"
         )
+    wanted = [n.strip() for n in str(sc["evaluators"]).split(",") if n.strip()]
+    known = registry.names("evaluator")
+    if unknown := [n for n in wanted if n not in known]:  # names are torch-free: refused before any import
+        raise ScenarioError(f"evaluators: unknown evaluator(s) {unknown}; available: {', '.join(sorted(known))}")
     if sc["min-clients"] > sc["clients-per-round"]:
         raise ScenarioError(
             f"key 'min-clients' is {sc['min-clients']}; allowed: at most clients-per-round ({sc['clients-per-round']})"

@@ -262,13 +262,15 @@ def test_evaluator_settings_are_refused_before_any_data_is_loaded(tmp_path, monk
     dataset's declared metadata: exit 2, no data loaded, nothing written."""
     from click.testing import CliRunner
 
-    from fedlth import data
+    from fedlth import client_data, data
     from fedlth.cli import main
 
     def no_loading(*args, **kwargs):
         raise AssertionError("data was loaded before the evaluator check")
 
+    # client_data is imported above, so it keeps the real loader bound once this test ends
     monkeypatch.setattr(data, "load_dataset", no_loading)
+    monkeypatch.setattr(client_data, "load_dataset", no_loading)
     monkeypatch.setitem(data.DATASETS, "mnist1d", no_loading)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", f"evaluators={evaluators}", "--out", str(out)])
