@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from fedlth import __version__
+from fedlth.core_options import core
 from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
 from fedlth.io import OutputError, check_out_dir, default_out_dir, default_run_dir
 from fedlth.progress import Progress, batch_runs, imp_models
@@ -92,8 +93,12 @@ def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: 
 
         progress = Progress.for_terminal(quiet)
         with progress.active():
-            progress.task(f"loading {sc['dataset']}")
-            say = imp_models(progress, sc["imp-levels"], sc["controls"], repeats=seeds)
+            from fedlth.component_options import CentralTicketOptions
+            from fedlth.options import options
+
+            o = options(sc, CentralTicketOptions)
+            progress.task(f"loading {core(sc).data.dataset}")
+            say = imp_models(progress, o.imp_levels, o.controls, repeats=seeds)
             if seeds > 1:
                 summaries = run_ticket_seeds(sc, list(range(seeds)), out, say, prov)
             else:
@@ -140,14 +145,14 @@ def run(
                 )
             (sc, done), out = _resumable(resume_dir), resume_dir
             if not quiet:
-                click.echo(f"resuming {out} after round {done} of {sc['rounds']}", err=True)
+                click.echo(f"resuming {out} after round {done} of {core(sc).federation.rounds}", err=True)
         else:
             if scenario is None:
                 raise ScenarioError("give a SCENARIO file, or --resume RUN_DIR")
             sc = load_scenario(scenario, overrides)
-            if sc["resume-from"]:
+            if core(sc).federation.resume_from:
                 raise ScenarioError("resume-from is for flwr run (a deployed run); fedlth run continues a run with --resume RUN_DIR")
-            _check_keys(sc, overrides, {sc["algorithm"]}, quiet)
+            _check_keys(sc, overrides, {core(sc).federation.algorithm}, quiet)
             out = out or default_run_dir(sc)
             check_out_dir(out)
         progress = Progress.for_terminal(quiet)
@@ -179,7 +184,7 @@ def _run_seeds(sc: dict, seeds: int, out: Path, prov: dict, progress: Progress) 
 
     try:
         with stop_on_sigint() as stop, progress.active():
-            res = run_compare(sc, [sc["algorithm"]], list(range(seeds)), out, _runner(prov, stop, progress), on_run=say, prov=prov, stem="seeds")
+            res = run_compare(sc, [core(sc).federation.algorithm], list(range(seeds)), out, _runner(prov, stop, progress), on_run=say, prov=prov, stem="seeds")
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo(res["table"])
@@ -271,7 +276,7 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
             except ValueError as exc:
                 raise ScenarioError(f"{a}: {exc}") from None
         _check_keys(sc, overrides, {parse_variant(a)[0] for a in algs}, quiet)
-        out = out or default_out_dir("compare", sc["name"])
+        out = out or default_out_dir("compare", core(sc).general.name)
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
         with progress.active():
@@ -317,24 +322,25 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
 
     try:
         sc = load_scenario(scenario, overrides)
-        _check_keys(sc, overrides, {sc["algorithm"]}, quiet)
+        algorithm = core(sc).federation.algorithm
+        _check_keys(sc, overrides, {algorithm}, quiet)
         try:
             targets = parse_densities(densities)
         except ValueError as exc:
             raise ScenarioError(str(exc)) from None
-        if controls and sc["algorithm"] != "personal-ticket":
+        if controls and algorithm != "personal-ticket":
             raise ScenarioError(
                 f"--controls needs algorithm = personal-ticket (its tickets are cut from a finished federation); "
-                f"the scenario has {sc['algorithm']!r} (shared-ticket's controls: compare with ticket-control=reinit or server-pruner=random)"
+                f"the scenario has {algorithm!r} (shared-ticket's controls: compare with ticket-control=reinit or server-pruner=random)"
             )
-        out = out or default_out_dir("study", sc["name"])
+        out = out or default_out_dir("study", core(sc).general.name)
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
         with progress.active():
             _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
-    if sc["algorithm"] == "personal-ticket":
+    if algorithm == "personal-ticket":
         _study_arms(sc, targets, out, seeds, controls, prov, progress)
         return
     from fedlth.study import study as run_study
@@ -454,20 +460,24 @@ def _check_data(sc: dict) -> None:
     from fedlth.data import META
     from fedlth.progress import current
 
-    if sc["partition"] == partition_file.METHOD:  # its checks need no data: their error comes alone
-        partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
-    meta = META[sc["dataset"]]
+    c = core(sc)
+    if c.data.partition == partition_file.METHOD:  # its checks need no data: their error comes alone
+        from fedlth.component_options import FilePartitionOptions
+        from fedlth.options import options
+
+        partition_file.read_partition_file(options(sc, FilePartitionOptions).partition_file, c.data.num_clients)
+    meta = META[c.data.dataset]
     from fedlth.models import build_model
 
     try:  # the model must fit the data's input shape: built once here, not in every client
-        build_model(sc["model"], meta.input_shape, meta.num_classes)
+        build_model(c.training.model, meta.input_shape, meta.num_classes)
     except ValueError as exc:
-        raise ScenarioError(f"key 'model' is {sc['model']!r} on {sc['dataset']}: {exc}") from None
-    if sc["evaluators"]:
+        raise ScenarioError(f"key 'model' is {c.training.model!r} on {c.data.dataset}: {exc}") from None
+    if c.outputs.evaluators:
         from fedlth.evaluators import DataInfo, build_evaluators
 
         try:
-            build_evaluators(sc["evaluators"], sc, DataInfo(meta.num_classes, meta.sensitive))
+            build_evaluators(c.outputs.evaluators, sc, DataInfo(meta.num_classes, meta.sensitive))
         except ValueError as exc:
             raise ScenarioError(f"evaluators: {exc}") from None
     from server.simulate import check_compute
@@ -478,7 +488,7 @@ def _check_data(sc: dict) -> None:
         raise ScenarioError(str(exc)) from None
     from fedlth.sampled_partition import SAMPLED
 
-    current().task(f"loading {sc['dataset']}" + ("" if sc["partition"] in SAMPLED else f" and building {sc['num-clients']:,} partitions"))
+    current().task(f"loading {c.data.dataset}" + ("" if c.data.partition in SAMPLED else f" and building {c.data.num_clients:,} partitions"))
     check_data_settings(sc)
 
 

@@ -27,7 +27,16 @@ from torch import Tensor
 
 from fedlth import partition as partition_module
 from fedlth import partition_file
+from fedlth.component_options import (
+    DirichletOptions,
+    FilePartitionOptions,
+    PathologicalOptions,
+    SampleOptions,
+    ShardOptions,
+)
+from fedlth.core_options import DataOptions, core
 from fedlth.data import ArrayData, _read_npz, _save_npz_atomic, default_cache_dir, load_dataset
+from fedlth.options import options
 from fedlth.partition import ClientSplit, partition
 from fedlth.partition_file import load_partition_file, read_partition_file
 from fedlth.sampled_partition import SAMPLED, sampled_split
@@ -69,7 +78,8 @@ def _dataset(name: str, path: str) -> ArrayData:
 
 
 def _scenario_dataset(sc: dict[str, Any]) -> ArrayData:
-    return _dataset(sc["dataset"], sc["data-path"])
+    d = core(sc).data
+    return _dataset(d.dataset, d.data_path)
 
 
 @lru_cache(maxsize=1)
@@ -126,34 +136,39 @@ def _unpack(arrays: dict[str, np.ndarray], n: int) -> tuple[ClientSplit, ...] | 
 
 @lru_cache(maxsize=4)
 def _splits(key: tuple[Any, ...]) -> tuple[ClientSplit, ...]:
-    sc = dict(zip(_KEY_NAMES, key, strict=True))
-    data = _dataset(sc["dataset"], sc["data-path"])
+    rec = dict(zip(_KEY_NAMES, key, strict=True))
+    d = options(rec, DataOptions)
+    data = _dataset(d.dataset, d.data_path)
     file = _partition_file(key, data)
     arrays = _read_npz(file, tuple(k for p in _PARTS for k in (p, f"{p}_offsets")))
-    cached = _unpack(arrays, sc["num-clients"]) if arrays is not None else None
+    cached = _unpack(arrays, d.num_clients) if arrays is not None else None
     if cached is not None:
         return cached
-    splits = _compute_splits(sc, data)
+    splits = _compute_splits(rec, data)
     with contextlib.suppress(OSError):  # a read-only cache only costs the next process the same work
         _save_npz_atomic(file, _pack(splits))
     return tuple(splits)
 
 
-def _compute_splits(sc: dict[str, Any], data: ArrayData) -> tuple[ClientSplit, ...]:
-    """The scenario's partitions, read from its partition file or made by a partitioner."""
-    if sc["partition"] == partition_file.METHOD:
-        return load_partition_file(sc["partition-file"], sc["num-clients"], len(data.y_train), len(data.y_test))
+def _compute_splits(rec: dict[str, Any], data: ArrayData) -> tuple[ClientSplit, ...]:
+    """The partitions a data key's record (DATA_KEYS' values, not a whole scenario) fixes, read
+    from its partition file or made by a partitioner."""
+    d = options(rec, DataOptions)
+    if d.partition == partition_file.METHOD:
+        path = options(rec, FilePartitionOptions).partition_file
+        return load_partition_file(path, d.num_clients, len(data.y_train), len(data.y_test))
     return tuple(partition(
-        data, sc["partition"], sc["num-clients"], seed=sc["seed"], alpha=sc["alpha"],
-        classes_per_client=sc["classes-per-client"], shards_per_client=sc["shards-per-client"],
-        val_fraction=sc["val-fraction"],
+        data, d.partition, d.num_clients, seed=rec["seed"], alpha=options(rec, DirichletOptions).alpha,  # seed: the record has no whole GeneralOptions
+        classes_per_client=options(rec, PathologicalOptions).classes_per_client,
+        shards_per_client=options(rec, ShardOptions).shards_per_client, val_fraction=d.val_fraction,
     ))
 
 
 def data_key(sc: dict[str, Any]) -> tuple[Any, ...]:
     """The part of a scenario that fixes the partitions (with the partition file's content hash)."""
-    digest = partition_file.file_digest(sc["partition-file"]) if sc["partition"] == partition_file.METHOD else ""
-    return (*(sc[k] for k in DATA_KEYS), digest)
+    on_file = core(sc).data.partition == partition_file.METHOD
+    digest = partition_file.file_digest(options(sc, FilePartitionOptions).partition_file) if on_file else ""
+    return (*(sc[k] for k in DATA_KEYS), digest)  # the keys' values as they are: the cache key
 
 
 def scenario_splits(sc: dict[str, Any]) -> tuple[ClientSplit, ...]:
@@ -166,8 +181,9 @@ def check_data_settings(sc: dict[str, Any]) -> None:
     bad settings raise ScenarioError before any training, and write no partition cache."""
     from fedlth.data import DatasetUnavailableError
 
-    if sc["partition"] == partition_file.METHOD:
-        read_partition_file(sc["partition-file"], sc["num-clients"])
+    d = core(sc).data
+    if d.partition == partition_file.METHOD:
+        read_partition_file(options(sc, FilePartitionOptions).partition_file, d.num_clients)
     try:
         client_data(sc, 0)
     except ScenarioError:
@@ -205,15 +221,17 @@ def split_tensors(data: ArrayData, s: ClientSplit) -> ClientData:
 def client_split(sc: dict[str, Any], partition_id: int) -> ClientSplit:
     """Client `partition_id`'s indices: drawn for it alone (sampled partitions, O(its examples)),
     else cut from the scenario's partition of the whole pool."""
-    if sc["partition"] in SAMPLED:
-        return sampled_split(_scenario_dataset(sc), sc["partition"], partition_id, seed=sc["seed"],
-                             examples=sc["client-examples"], val_fraction=sc["val-fraction"], alpha=sc["alpha"])
+    c = core(sc)
+    if c.data.partition in SAMPLED:
+        return sampled_split(_scenario_dataset(sc), c.data.partition, partition_id, seed=c.general.seed,
+                             examples=options(sc, SampleOptions).client_examples, val_fraction=c.data.val_fraction,
+                             alpha=options(sc, DirichletOptions).alpha)
     return scenario_splits(sc)[partition_id]
 
 
 def client_data(sc: dict[str, Any], partition_id: int) -> ClientData:
     """Tensors of client `partition_id` under the scenario's partition."""
-    n = sc["num-clients"]
+    n = core(sc).data.num_clients
     if not 0 <= partition_id < n:
         raise ValueError(f"partition id {partition_id} is out of range; allowed: 0 <= id < {n}")
     return split_tensors(_scenario_dataset(sc), client_split(sc, partition_id))

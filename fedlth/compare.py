@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedlth.core_options import core
 from fedlth.io import write_json_atomic, write_text_atomic
 from fedlth.provenance import provenance_markdown
 from fedlth.stats import SPREAD_NOTE, seed_stats
@@ -35,7 +36,7 @@ def client_epochs(sc: dict[str, Any], rounds: Sequence[dict[str, Any]]) -> tuple
     train = sum(m.get("epochs", 0.0) for r in rounds for m in r["train"].values())
     evals = [r for r in rounds if r.get("evaluate")]
     tune = [m.get("finetune-epochs-run", 0.0) for m in evals[-1]["evaluate"].values()] if evals else []
-    return train / sc["num-clients"], (sum(tune) / len(tune) if tune else 0.0)
+    return train / core(sc).data.num_clients, (sum(tune) / len(tune) if tune else 0.0)
 
 
 def compare(
@@ -69,15 +70,17 @@ def compare(
                     curve.append((r["round"], sum(accs) / len(accs)))
             curves.setdefault(spec, []).append(curve)
     rows = comparison_rows(results)
+    c = core(sc)
+    setting = f"{c.data.dataset}, {c.data.num_clients} clients ({c.data.partition})"
     columns = ["algorithm", "personalized", "worst10", "global", "density", "upload_mb", "download_mb", "upload_ratio", "epochs", "wall_s"]
     stat_rows = [{"algorithm": r["algorithm"]} | r["stats"] for r in rows]
     table = Table(columns, stat_rows)
     table.write_csv(out / f"{stem}.csv")
     tail = "\n" + "\n".join(provenance_markdown(prov)) if prov else ""
     md = [
-        f"# {'Comparison' if stem == 'comparison' else sc['algorithm']} over seeds {list(seeds)}", "",
-        f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']}), {sc['clients-per-round']} per round, "
-        f"{sc['rounds']} rounds, {sc['local-epochs']} local epochs.", "",
+        f"# {'Comparison' if stem == 'comparison' else c.federation.algorithm} over seeds {list(seeds)}", "",
+        f"{setting}, {c.federation.clients_per_round} per round, "
+        f"{c.federation.rounds} rounds, {c.federation.local_epochs} local epochs.", "",
         table.markdown(), "",
         f"Each cell: {SPREAD_NOTE}" + (" (one seed: no spread)" if len(seeds) < 2 else "")
         + "; accuracy intervals clipped to [0, 100] %. Personalized accuracy: each client's personal model on its "
@@ -92,7 +95,7 @@ def compare(
 
     finals = {r["algorithm"]: {"accuracy": r["stats"]["personalized"], "upload_mb": r["stats"]["upload_mb"]} for r in rows}
     dense_up = [run["bytes"]["dense_fedavg_upload"] / 1e6 for runs in results.values() for run in runs]
-    plot_comparison(curves, finals, out / f"{stem}.png", f"{sc['dataset']}, {sc['num-clients']} clients ({sc['partition']})",
+    plot_comparison(curves, finals, out / f"{stem}.png", setting,
                     dense_upload_mb=max(dense_up) if dense_up else None)
     return {"table": table.markdown(), "rows": rows}
 

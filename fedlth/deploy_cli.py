@@ -159,6 +159,7 @@ def commands(address: str, superlink_port: int, database: str, gateway_dir: str,
 def export_data(scenario: Path, out: Path, overrides: tuple[str, ...]) -> None:
     """Write every client's partition as OUT/client-<i>.npz, a device's `data-file` (needs the sim extra)."""
     from fedlth.client_data import check_data_settings, client_data
+    from fedlth.core_options import core
     from fedlth.io import OutputError, check_out_dir
     from fedlth.local_data import save_local_data
     from fedlth.scenario import ScenarioError, load_scenario
@@ -169,6 +170,6 @@ def export_data(scenario: Path, out: Path, overrides: tuple[str, ...]) -> None:
         check_data_settings(sc)  # a bad partition file or data setting writes nothing
     except (ScenarioError, OutputError) as exc:
         _fail(str(exc))
-    for i in range(sc["num-clients"]):
+    for i in range(core(sc).data.num_clients):
         path = save_local_data(out / f"client-{i}.npz", client_data(sc, i))
         click.echo(f"wrote {path}")

@@ -533,7 +533,10 @@ def export_run_ticket(
     Every check runs before anything is written, and the write is atomic.
     """
     from fedlth.client_data import dataset_info
+    from fedlth.component_options import CentralTicketOptions
+    from fedlth.core_options import core
     from fedlth.data import DatasetUnavailableError
+    from fedlth.options import options
     from fedlth.scenario import load_scenario
     from fedlth.tickets import load_ticket_file, ticket_path
 
@@ -566,8 +569,12 @@ def export_run_ticket(
         shape, classes = dataset_info(sc)
     except (ValueError, DatasetUnavailableError) as exc:  # ScenarioError, TicketFileError, data settings
         raise ExportError(_one_line(str(exc))) from None
-    run = {k: sc[k] for k in ("name", "dataset", "algorithm", "pruner", "seed")}
-    spec = ModelSpec(sc["model"], tuple(shape), int(classes))
+    c = core(sc)
+    run = {  # the run the ticket came from, as the file records it
+        "name": c.general.name, "dataset": c.data.dataset, "algorithm": c.federation.algorithm,
+        "pruner": options(sc, CentralTicketOptions).pruner, "seed": c.general.seed,
+    }
+    spec = ModelSpec(c.training.model, tuple(shape), int(classes))
     blob = export_ticket(weights, mask, spec, shrink=shrink, meta={"client": pid, "run": run})
     write_bytes_atomic(out, blob)
     return {**_split(blob, repr(str(out)))[0], "file_bytes": len(blob)}

@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from fedlth.core_options import core
+
 
 class OutputError(ValueError):
     """An output folder can't be used without losing what is there."""
@@ -24,8 +26,9 @@ def default_out_dir(kind: str, name: str, root: str | Path = "runs") -> Path:
 
 def default_run_dir(sc: dict, kind: str = "run", root: str | Path = "runs") -> Path:
     """runs/<kind>-<scenario>-<algorithm>-s<seed>-<timestamp>: the folder says what ran."""
-    parts = [p for p in (sc.get("name"), sc.get("algorithm") if kind == "run" else None) if p]
-    return default_out_dir(kind, "-".join([*parts, f"s{sc['seed']}"]), root)
+    c = core(sc)
+    parts = [p for p in (c.general.name, c.federation.algorithm if kind == "run" else None) if p]
+    return default_out_dir(kind, "-".join([*parts, f"s{c.general.seed}"]), root)
 
 
 def check_out_dir(path: Path) -> None:

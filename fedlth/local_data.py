@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from fedlth.client_data import ClientData
+from fedlth.core_options import core
 
 log = logging.getLogger("fedlth")
 
@@ -126,7 +127,8 @@ def local_client_data(path: str | Path, sc: dict[str, Any], partition_id: int) -
         stamp = (st.st_mtime_ns, st.st_size)
     except OSError:
         stamp = (0, 0)
-    return _load(str(file.resolve()), stamp, float(sc["val-fraction"]), int(sc["seed"]), int(partition_id))
+    c = core(sc)
+    return _load(str(file.resolve()), stamp, float(c.data.val_fraction), int(c.general.seed), int(partition_id))
 
 
 def save_local_data(path: str | Path, data: ClientData) -> Path:

@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 
+from fedlth.component_options import FilePartitionOptions
+from fedlth.core_options import core
+from fedlth.options import options
 from fedlth.partition import ClientSplit
 from fedlth.scenario import ScenarioError
 
@@ -148,25 +151,27 @@ def load_partition_file(path: str | Path, num_clients: int, n_train: int, n_test
 
 def partition_file_record(sc: dict[str, Any]) -> dict[str, str | None] | None:
     """{"path", "sha256"} of the scenario's partition file for the run's outputs; None without one."""
-    if sc["partition"] != METHOD:
+    if core(sc).data.partition != METHOD:
         return None
+    path = options(sc, FilePartitionOptions).partition_file
     try:
-        digest: str | None = file_digest(sc["partition-file"])
+        digest: str | None = file_digest(path)
     except ScenarioError:
         digest = None  # a deployed server need not hold the file its devices were split by
-    return {"path": sc["partition-file"], "sha256": digest}
+    return {"path": path, "sha256": digest}
 
 
 def check_unchanged(sc: dict[str, Any], run_dir: Path) -> None:
     """A resumed run's partition file still has the content the run began with."""
     record = run_dir / RECORD_NAME
-    if sc["partition"] != METHOD or not record.is_file():
+    if core(sc).data.partition != METHOD or not record.is_file():
         return
+    path = options(sc, FilePartitionOptions).partition_file
     began = json.loads(record.read_text()).get("sha256")
-    now = file_digest(sc["partition-file"])
+    now = file_digest(path)
     if began and began != now:
         raise ScenarioError(
-            f"--resume: {_name(sc['partition-file'])} changed since the run began (sha256 {began[:12]}… now {now[:12]}…); "
+            f"--resume: {_name(path)} changed since the run began (sha256 {began[:12]}… now {now[:12]}…); "
             "restore it to resume, or start a new run"
         )
 

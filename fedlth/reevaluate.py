@@ -8,6 +8,7 @@ from typing import Any
 
 from fedlth.algorithms import Ctx, score_model
 from fedlth.client_data import client_data
+from fedlth.core_options import core
 from fedlth.masks import Weights, density
 from fedlth.models import build_model
 from fedlth.progress import Progress
@@ -38,20 +39,21 @@ def reevaluate(run_dir: Path, sc: dict[str, Any], progress: Progress | None = No
     """Every client's saved ticket on its own test split, with the scenario's evaluators."""
     per_client: dict[int, dict[str, float]] = {}
     progress = progress or Progress()
-    progress.task("tickets evaluated" + (f" (+ {sc['evaluators']})" if sc["evaluators"] else ""),
-                  total=sc["num-clients"])
-    for pid in range(sc["num-clients"]):
+    c = core(sc)
+    evaluators = c.outputs.evaluators
+    progress.task("tickets evaluated" + (f" (+ {evaluators})" if evaluators else ""), total=c.data.num_clients)
+    for pid in range(c.data.num_clients):
         try:
             weights, mask = load_ticket_file(ticket_path(run_dir / "tickets", pid))
         except TicketFileError as exc:
             raise RunDirError(str(exc)) from None
         ctx = Ctx(sc, client_data(sc, pid), pid, 0)
-        net = build_model(sc["model"], ctx.data.input_shape, ctx.data.num_classes)
+        net = build_model(c.training.model, ctx.data.input_shape, ctx.data.num_classes)
         net.load_state_dict(weights)
         metrics = score_model(ctx, net)  # as the live evaluation scores it
         per_client[pid] = metrics | {"density": density(mask) if mask else 1.0, "partition-id": float(pid)}
         progress.update(advance=1)
-    return {"evaluators": sc["evaluators"], "per_client": per_client, "summary": evaluation_summary(per_client)}
+    return {"evaluators": evaluators, "per_client": per_client, "summary": evaluation_summary(per_client)}
 
 
 def repersonalize(
@@ -66,19 +68,20 @@ def repersonalize(
     from fedlth.algorithms import ClientState, evaluate_client, get_algorithm
     from fedlth.records import decode_record, encode_record
 
-    alg = get_algorithm(sc["algorithm"])
+    c = core(sc)
+    alg = get_algorithm(c.federation.algorithm)
     if not (alg.has_global or alg.server_mask) or alg.name == "ditto":  # ditto's v lives in client state
-        raise RunDirError(f"{sc['algorithm']} keeps personal models only on its clients; nothing to re-personalize")
+        raise RunDirError(f"{c.federation.algorithm} keeps personal models only on its clients; nothing to re-personalize")
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["strategy"]
     shared = state.get("shared_mask") if alg.server_mask else None
     glob = state["global"]
     received, mask = decode_record(
-        encode_record(glob, shared, with_shapes=False, wire_dtype=sc["wire-dtype"]),
+        encode_record(glob, shared, with_shapes=False, wire_dtype=c.wire.wire_dtype),
         {k: tuple(v.shape) for k, v in glob.items()}, {k: v.dtype for k, v in glob.items()},
     )
     out: dict[int, dict[str, float]] = {}
-    for pid in range(sc["num-clients"]):
-        ctx = Ctx(sc, client_data(sc, pid), pid, sc["rounds"])  # the last round's generator
+    for pid in range(c.data.num_clients):
+        ctx = Ctx(sc, client_data(sc, pid), pid, c.federation.rounds)  # the last round's generator
         state = ClientState(mask=mask or None)
         personal = alg.personal(received, state, ctx)
         if on_model is not None:

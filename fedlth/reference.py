@@ -54,6 +54,7 @@ def scenario_reference(sc: dict[str, Any]) -> dict[str, Any] | None:
     """reference_scores for a scenario whose dataset declares sensitive features (fairness
     datasets), on the scenario's partitions; None for other datasets or when data is missing."""
     from fedlth.client_data import _scenario_dataset, _splits, data_key
+    from fedlth.core_options import core
     from fedlth.data import DatasetUnavailableError
     from fedlth.sampled_partition import SAMPLED
 
@@ -62,6 +63,6 @@ def scenario_reference(sc: dict[str, Any]) -> dict[str, Any] | None:
         if not data.sensitive_train or data.num_classes != 2:
             return None
         # a sampled partition's clients are drawn one by one: the per-client majority would cost O(num-clients)
-        return reference_scores(data, None if sc["partition"] in SAMPLED else _splits(data_key(sc)))
+        return reference_scores(data, None if core(sc).data.partition in SAMPLED else _splits(data_key(sc)))
     except (DatasetUnavailableError, OSError):  # a deployed server may hold no data
         return None

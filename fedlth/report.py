@@ -6,9 +6,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fedlth.component_options import RobustnessOptions
+from fedlth.core_options import core
 from fedlth.evaluators import COUNTS_PREFIX
 from fedlth.fairness import client_fairness, merge_counts, metrics_from_counts, unflatten_counts
 from fedlth.labels import TICKET_DENSITY
+from fedlth.options import options
 from fedlth.provenance import provenance_markdown
 from fedlth.tables import Table
 
@@ -128,12 +131,13 @@ def summarize(
 ) -> dict[str, Any]:
     """summary.json: the last evaluation's personalized accuracy, densities, total bytes, and the
     data's reference scores (majority class, logistic regression) when given."""
+    c = core(sc)
     evals = [r for r in rounds if r.get("evaluate")]
     last = evals[-1]["evaluate"] if evals else {}
     acc = client_stats({int(pid): m["accuracy"] for pid, m in last.items()})
     # clients asked with no valid evaluation reply (silent, failed or rejected) are not in `last`;
     # eval-clients > 0 asks a seeded sample (logs older than eval_asked: every client was asked)
-    asked = evals[-1].get("eval_asked", sc["num-clients"]) if evals else 0
+    asked = evals[-1].get("eval_asked", c.data.num_clients) if evals else 0
     acc["evaluated_clients"] = asked
     acc["missing_clients"] = max(0, asked - len(last)) if evals else 0
     acc["unscored_clients"] += acc["missing_clients"]
@@ -146,8 +150,8 @@ def summarize(
         for k in totals:
             totals[k] += r["bytes"].get(k, 0)  # logs older than `rejected` lack it
     return {
-        "algorithm": sc["algorithm"], "dataset": sc["dataset"], "model": sc["model"], "seed": sc["seed"],
-        "rounds": len(rounds), "num_clients": sc["num-clients"], "clients_per_round": sc["clients-per-round"],
+        "algorithm": c.federation.algorithm, "dataset": c.data.dataset, "model": c.training.model, "seed": c.general.seed,
+        "rounds": len(rounds), "num_clients": c.data.num_clients, "clients_per_round": c.federation.clients_per_round,
         "personalized_accuracy": acc,
         "personalized_accuracy_pooled": pooled_accuracy(last) if last else None,
         "global_accuracy": glob,
@@ -196,12 +200,13 @@ def report_markdown(sc: Mapping[str, Any], summary: Mapping[str, Any], figures: 
     acc = summary["personalized_accuracy"]
     b = summary["bytes"]
     pct = _pct
+    c = core(sc)
 
     lines = [
-        f"# {sc['name'] or 'run'}: {summary['algorithm']} on {summary['dataset']}",
+        f"# {c.general.name or 'run'}: {summary['algorithm']} on {summary['dataset']}",
         "",
-        f"{summary['num_clients']} clients ({sc['partition']} partition), {summary['clients_per_round']} per round, "
-        f"{summary['rounds']} rounds, {sc['local-epochs']} local epochs, model {summary['model']}, seed {summary['seed']}.",
+        f"{summary['num_clients']} clients ({c.data.partition} partition), {summary['clients_per_round']} per round, "
+        f"{summary['rounds']} rounds, {c.federation.local_epochs} local epochs, model {summary['model']}, seed {summary['seed']}.",
         "",
         "| metric | value |",
         "|---|---|",
@@ -310,7 +315,7 @@ def _evaluation_lines(sc: Mapping[str, Any], ev: Mapping[str, Any] | None, ref: 
         lines += ["## Evaluators (mean over clients)", "", "| metric | value |", "|---|---|"]
         lines += [f"| {human_name(k)} | {format_cell(k, v)} |" for k, v in ev["evaluators_mean"].items()]
         lines += ["", csv_note("evaluators.csv"), ""]
-        if "autoattack" in str(sc.get("attack", "")).split(","):
+        if "autoattack" in options(sc, RobustnessOptions).attack.split(","):
             from fedlth.robustness import NOTE_AUTOATTACK
 
             lines += [NOTE_AUTOATTACK, ""]

@@ -8,7 +8,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from fedlth.component_options import RobustnessOptions
+from fedlth.core_options import core
 from fedlth.io import write_json_atomic, write_text_atomic
+from fedlth.options import options
 from fedlth.provenance import provenance_markdown
 from fedlth.stats import SPREAD_NOTE, seed_stats
 from fedlth.tables import Table, csv_note
@@ -96,10 +99,12 @@ def study(
     scenario's seed replaced); write study.md, study.csv, study.json and study.png (with `prov`,
     the provenance record)."""
     multi = seeds is not None and len(seeds) > 1
+    c = core(sc)
+    what = f"{c.federation.algorithm} on {c.data.dataset}"
     rows, per_seed_rows, references = [], {}, {}
     for d in densities:
         runs = []
-        for seed in (seeds if multi else [sc.get("seed")]):
+        for seed in (seeds if multi else [c.general.seed]):
             if on_run is not None:
                 on_run(d, seed)
             run_dir = out / f"density-{d:g}" / f"seed-{seed}" if multi else out / f"density-{d:g}"
@@ -116,10 +121,9 @@ def study(
     table_rows = [{"predictor": "tickets"} | r for r in rows] + refs
     table = Table(["predictor", *keys], table_rows)
     table.write_csv(out / "study.csv")
-    which = "" if sc.get("seed") is None else f" ({sc.get('seed')})"
     spread = (f"Each cell over seeds {list(seeds)}: {SPREAD_NOTE}; accuracy intervals clipped to [0, 100] %. "
-              if multi else f"One seed{which}: no spread over seeds (`--seeds N` gives mean ± std and a 95 % interval). ")
-    md = [f"# Ticket-versus-density study: {sc['algorithm']} on {sc['dataset']}", "", table.markdown(), "",
+              if multi else f"One seed ({c.general.seed}): no spread over seeds (`--seeds N` gives mean ± std and a 95 % interval). ")
+    md = [f"# Ticket-versus-density study: {what}", "", table.markdown(), "",
           spread + "Personalized accuracy: each client's ticket on its own test split, mean over clients; "
           "std over clients: the spread of those client scores within a run (population std, in points). "
           "Pooled accuracy: every client's test samples together; fairness gaps are pooled the same way "
@@ -132,13 +136,13 @@ def study(
     md += provenance_markdown(prov) if prov else []
     write_text_atomic(out / "study.md", "\n".join(md) + "\n")
     write_json_atomic(out / "study.json", {
-        "scenario": sc["name"], "seeds": list(seeds) if multi else [sc.get("seed")], "spread": SPREAD_NOTE if multi else None,
+        "scenario": c.general.name, "seeds": list(seeds) if multi else [c.general.seed], "spread": SPREAD_NOTE if multi else None,
         "rows": rows, "per_seed": per_seed_rows if multi else None, "baselines": refs, "provenance": dict(prov) if prov else None,
     })
     from fedlth.plots import plot_study
 
     baselines = {"majority class (constant)": refs[0]["pooled_accuracy"]} if refs else {}
-    plot_study(rows, out / "study.png", f"{sc['algorithm']} on {sc['dataset']}", baselines)
+    plot_study(rows, out / "study.png", what, baselines)
     return rows
 
 
@@ -191,9 +195,11 @@ def study_arms(
     unknown = [a for a in arms if a not in ARMS]
     if unknown or not arms:
         raise ValueError(f"arms {unknown or 'empty'}; allowed: {', '.join(ARMS)}")
-    seeds = list(seeds) if seeds else [sc["seed"]]
+    c = core(sc)
+    what = f"{c.federation.algorithm} on {c.data.dataset}"
+    seeds = list(seeds) if seeds else [c.general.seed]
     multi = len(seeds) > 1
-    fed_sc = sc | {"target-density": densities[0], "evaluators": "", "eval-every": sc["rounds"]}
+    fed_sc = sc | {"target-density": densities[0], "evaluators": "", "eval-every": c.federation.rounds}
     per_seed_rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
     kept: dict[str, Any] = {}
     reproduced: dict[str, bool] = {}
@@ -241,7 +247,7 @@ def study_arms(
     table.write_csv(out / "study.csv")
     spread = (f"Each cell over seeds {seeds}: {SPREAD_NOTE}; accuracy intervals clipped to [0, 100] %. "
               if multi else f"One seed ({seeds[0]}): no spread over seeds (`--seeds N` gives mean ± std and a 95 % interval). ")
-    md = [f"# Ticket-versus-density study with controls: {sc['algorithm']} on {sc['dataset']}", "", table.markdown(), "",
+    md = [f"# Ticket-versus-density study with controls: {what}", "", table.markdown(), "",
           spread + "One federation per seed; every client's ticket then re-made from that federation's final global "
           "model at each density: **ticket** (fine-tune, prune by magnitude, retrain in the mask), **random-mask** "
           "(the ticket's per-layer counts at random positions), **reinit** (the ticket's mask on a fresh random init), "
@@ -254,7 +260,7 @@ def study_arms(
           f"The ticket arm reproduced each run's own evaluation (density {densities[0]:g}, per-client accuracy): "
           f"{'yes' if reproduced and all(reproduced.values()) else 'NO ' + str(reproduced)}.",
           csv_note("study.csv"), "", "![study](study.png)", ""]
-    if "autoattack" in str(sc.get("attack", "")).split(",") and "robustness" in sc.get("evaluators", ""):
+    if "autoattack" in options(sc, RobustnessOptions).attack.split(",") and "robustness" in c.outputs.evaluators:
         from fedlth.robustness import NOTE_AUTOATTACK
 
         md += [NOTE_AUTOATTACK, ""]
@@ -264,7 +270,7 @@ def study_arms(
     md += provenance_markdown(prov) if prov else []
     write_text_atomic(out / "study.md", "\n".join(md) + "\n")
     write_json_atomic(out / "study.json", {
-        "scenario": sc["name"], "seeds": seeds, "arms": list(arms), "densities": list(densities),
+        "scenario": c.general.name, "seeds": seeds, "arms": list(arms), "densities": list(densities),
         "spread": SPREAD_NOTE if multi else None, "rows": rows, "per_seed": per_seed_rows, "baselines": refs,
         "controls_keep_layer_counts": same_counts, "ticket_reproduces_run": reproduced, "layer_kept": kept,
         "provenance": dict(prov) if prov else None,
@@ -272,5 +278,5 @@ def study_arms(
     from fedlth.plots import plot_study_arms
 
     baselines = {"majority class (constant)": refs[0]["pooled_accuracy"]} if refs else {}
-    plot_study_arms(rows, out / "study.png", f"{sc['algorithm']} on {sc['dataset']}", baselines)
+    plot_study_arms(rows, out / "study.png", what, baselines)
     return rows

@@ -13,6 +13,7 @@ from torch import nn
 
 from fedlth.client_data import ClientData, split_tensors
 from fedlth.component_options import CentralTicketOptions
+from fedlth.core_options import core
 from fedlth.data import ArrayData, load_dataset
 from fedlth.io import write_json_atomic, write_text_atomic
 from fedlth.lottery import (
@@ -56,9 +57,10 @@ def snapshot(model: nn.Module) -> Weights:
 
 def train_config(sc: dict[str, Any]) -> TrainConfig:
     """The training part of a scenario."""
+    t = core(sc).training
     return TrainConfig(
-        lr=sc["lr"], momentum=sc["momentum"], weight_decay=sc["weight-decay"], batch_size=sc["batch-size"],
-        optimizer=sc["optimizer"], lr_schedule=options(sc, CentralTicketOptions).lr_schedule,
+        lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, batch_size=t.batch_size,
+        optimizer=t.optimizer, lr_schedule=options(sc, CentralTicketOptions).lr_schedule,
     )
 
 
@@ -78,12 +80,14 @@ class TicketRun:
     def __init__(self, sc: dict[str, Any], progress: Progress | None = None) -> None:
         self.sc = sc
         self.opts = options(sc, CentralTicketOptions)  # the central run's own keys, typed
+        self.core = core(sc)  # the core keys, typed
         self.say = progress or (lambda _msg: None)
-        self.seed = sc["seed"]
-        if sc["torch-threads"] > 0:
-            torch.set_num_threads(sc["torch-threads"])
-        self.data = load_dataset(sc["dataset"], seed=self.seed, path=sc["data-path"] or None)
-        self.split = central_tensors(self.data, self.seed, sc["val-fraction"])
+        self.seed = self.core.general.seed
+        if self.core.general.torch_threads > 0:
+            torch.set_num_threads(self.core.general.torch_threads)
+        d = self.core.data
+        self.data = load_dataset(d.dataset, seed=self.seed, path=d.data_path or None)
+        self.split = central_tensors(self.data, self.seed, d.val_fraction)
         self.cfg = train_config(sc)
         self.steps_per_epoch = math.ceil(len(self.split.x_train) / self.cfg.batch_size)
         self.total_steps = self.opts.epochs * self.steps_per_epoch
@@ -94,7 +98,7 @@ class TicketRun:
         """A new model whose initialization depends only on `init_seed`."""
         with torch.random.fork_rng(devices=[]):  # torch's layers init from the global RNG; leave it as it was
             torch.manual_seed(init_seed)
-            return build_model(self.sc["model"], self.data.input_shape, self.data.num_classes)
+            return build_model(self.core.training.model, self.data.input_shape, self.data.num_classes)
 
     def train(self, model: nn.Module, start: Weights, mask: Mask, level: int, start_step: int, **hooks: Any) -> dict[str, float]:
         """Load `start`, train to the end of the schedule, return val/test accuracy."""
@@ -115,7 +119,7 @@ class TicketRun:
 
     def run(self) -> dict[str, Any]:
         """Dense training, then `imp-levels` prune → rewind → retrain levels with controls."""
-        sc, o, t_start = self.sc, self.opts, time.perf_counter()
+        o, t_start = self.opts, time.perf_counter()
         model = self.fresh_model(self.seed)
         names = prunable_names(model, skip_first=o.skip_first_layer, skip_last=o.skip_last_layer)
         bn_of = bn_pairs(model)
@@ -187,7 +191,7 @@ class TicketRun:
 
         eb_epoch = early_bird_epoch(eb_masks, o.early_bird_epsilon, o.early_bird_window) if eb_masks else None
         return {
-            "dataset": sc["dataset"], "model": sc["model"], "seed": self.seed, "pruner": o.pruner,
+            "dataset": self.core.data.dataset, "model": self.core.training.model, "seed": self.seed, "pruner": o.pruner,
             "rewind": o.rewind, "one_shot": o.one_shot,
             "dense_accuracy": dense["test_accuracy"], "dense_val_accuracy": dense["val_accuracy"],
             "dense_seconds": dense_seconds, "levels": levels,
@@ -220,13 +224,13 @@ def _report(sc: dict[str, Any], summaries: Sequence[dict[str, Any]], prov: dict[
     """report.md of one or several seeds' IMP runs, and its table."""
     table = ticket_table(summaries)
     seeds = [s["seed"] for s in summaries]
-    first = summaries[0]
+    first, o = summaries[0], options(sc, CentralTicketOptions)
     spread = (f"Each cell over seeds {seeds}: {SPREAD_NOTE}; accuracy intervals clipped to [0, 100] %."
               if len(seeds) > 1 else f"Seed {seeds[0]}; `--seeds N` gives mean ± std and a 95 % interval over seeds.")
     md = [f"# Central lottery ticket: {first['model']} on {first['dataset']}", "",
           f"IMP, pruner {first['pruner']}, rewind {first['rewind']}{', one-shot' if first['one_shot'] else ''}, "
-          f"{sc['imp-levels']} level(s), each pruning {sc['prune-rate']:g} of the remaining weights, "
-          f"{sc['epochs']} epochs per level.", "",
+          f"{o.imp_levels} level(s), each pruning {o.prune_rate:g} of the remaining weights, "
+          f"{o.epochs} epochs per level.", "",
           table.markdown(), "",
           spread + " Test accuracy on the held-out test split; level 0 is the dense net. Re-init: the same mask "
           "from a fresh initialization; random mask: the same per-layer density at random positions.",

@@ -203,11 +203,15 @@ def test_export_says_kept_weights_apart_from_the_models_parameters():
 
 def test_default_folders_name_the_algorithm_and_seed():
     from fedlth.io import default_run_dir
+    from fedlth.scenario import defaults
 
-    run = default_run_dir({"name": "quickstart", "algorithm": "fedavg", "seed": 3})
+    def sc(name: str, algorithm: str, seed: int) -> dict:
+        return defaults() | {"name": name, "algorithm": algorithm, "seed": seed}
+
+    run = default_run_dir(sc("quickstart", "fedavg", 3))
     assert run.parent == Path("runs") and run.name.startswith("run-quickstart-fedavg-s3-")
-    assert default_run_dir({"name": "", "algorithm": "local", "seed": 0}).name.startswith("run-local-s0-")
-    assert default_run_dir({"name": "central", "algorithm": "fedavg", "seed": 1}, "ticket").name.startswith("ticket-central-s1-")
+    assert default_run_dir(sc("", "local", 0)).name.startswith("run-local-s0-")
+    assert default_run_dir(sc("central", "fedavg", 1), "ticket").name.startswith("ticket-central-s1-")
 
 
 # --- a quiet terminal ------------------------------------------------------------------------

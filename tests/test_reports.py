@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from fedlth.scenario import defaults
 from fedlth.stats import SPREAD_NOTE, format_stats, seed_stats, t_quantile
 from fedlth.tables import Table, format_cell, human_name
 
@@ -171,7 +172,7 @@ def test_compare_over_seeds_writes_intervals_csv_and_banded_figure(tmp_path):
 def test_study_over_seeds_names_columns_and_carries_baselines(tmp_path):
     from fedlth.study import study
 
-    sc = {"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 0}
+    sc = defaults() | {"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 0}
     seen = []
     rows = study(sc, [1.0, 0.2], tmp_path, _fake_federated_run, on_run=lambda d, s: seen.append((d, s)), seeds=[0, 1, 2])
     assert seen == [(1.0, 0), (1.0, 1), (1.0, 2), (0.2, 0), (0.2, 1), (0.2, 2)]
@@ -194,7 +195,7 @@ def test_study_over_seeds_names_columns_and_carries_baselines(tmp_path):
 def test_single_seed_study_labels_the_spread_over_clients(tmp_path):
     from fedlth.study import study
 
-    rows = study({"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 3}, [1.0], tmp_path, _fake_federated_run)
+    rows = study(defaults() | {"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 3}, [1.0], tmp_path, _fake_federated_run)
     assert rows[0]["accuracy_std_over_clients"] == 0.02 and "accuracy_std" not in rows[0]
     md = (tmp_path / "study.md").read_text()
     assert "One seed (3): no spread over seeds" in md and "population std" in md
@@ -203,7 +204,7 @@ def test_single_seed_study_labels_the_spread_over_clients(tmp_path):
 def test_run_report_uses_human_names_and_the_majority_baseline():
     from fedlth.report import report_markdown
 
-    sc = {"name": "x", "partition": "iid", "local-epochs": 1, "attack": "pgd"}
+    sc = defaults() | {"name": "x", "partition": "iid", "local-epochs": 1, "attack": "pgd"}
     ev = {"across_clients": {k: 0.5 for k in ("mean", "variance", "variance_x1e4", "worst10", "best10", "worst", "jain_index")},
           "evaluators_mean": {"robustness.pgd.eps=0.05.robust_accuracy": 0.4321},
           "pooled_fairness": {"race": {"overall": {"accuracy": 0.76, "selection_rate": 0.01}, "demographic_parity_difference": 0.004,
