@@ -5,9 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedlth.options import opt
-from fedlth.registry import builtin_names
+from fedlth.registry import builtin_names, builtin_subset
 
-ATTACK_NAMES = ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack")  # fedlth.robustness.ATTACKS (torch-free here)
+# The robustness evaluator's attacks: the one list (fedlth.robustness.ATTACKS is this tuple; it
+# lives here so validating a scenario imports no torch); each has a builder in fedlth.robustness.
+ATTACK_NAMES: tuple[str, ...] = ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack")
+# The pruners shared-ticket's server may use (fedlth.shared_ticket.server_prune) and those a
+# personal-ticket client prunes its ticket with: subsets of the pruner registry.
+SERVER_PRUNERS = builtin_subset("pruner", "magnitude-global", "magnitude-layer", "random")
+TICKET_PRUNERS = builtin_subset("pruner", "magnitude-global", "magnitude-layer")
 
 
 def _attack_names(text: str) -> bool:
@@ -107,7 +113,7 @@ class SharedTicketOptions(TicketControlOptions):
 
     prune_start: int = opt(30, 'shared-ticket: the shared mask stays dense through this round.', lo=0)
     prune_end: int = opt(50, 'shared-ticket: the shared mask reaches target-density after this round (cubic schedule in between).', lo=1)
-    server_pruner: str = opt('magnitude-global', 'shared-ticket: how the server prunes the aggregated model (random: the random-mask control).', choices=('magnitude-global', 'magnitude-layer', 'random'))
+    server_pruner: str = opt('magnitude-global', 'shared-ticket: how the server prunes the aggregated model (random: the random-mask control).', choices=SERVER_PRUNERS)
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,7 @@ class PersonalTicketOptions(TicketControlOptions):
 
     upload_density: float = opt(0.3, "personal-ticket: share of each prunable layer's weights a client uploads (those that changed most in its round).", lo=0.0, lo_open=True, hi=1.0)
     sparse_fill: str = opt('keepers', 'personal-ticket: each weight is averaged over the clients that sent it (keepers), or over every client of the round with the current global value for those that did not (global: top-k sparsification).', choices=('keepers', 'global'))
-    ticket_pruner: str = opt('magnitude-global', 'personal-ticket: how a client prunes its fine-tuned model to target-density: one magnitude threshold over all layers, or the same share of every layer.', choices=('magnitude-global', 'magnitude-layer'))
+    ticket_pruner: str = opt('magnitude-global', 'personal-ticket: how a client prunes its fine-tuned model to target-density: one magnitude threshold over all layers, or the same share of every layer.', choices=TICKET_PRUNERS)
     ticket_warmup_epochs: int = opt(5, 'personal-ticket: epochs of fine-tuning (validation-best) before a client prunes its ticket.', lo=0)
 
 

@@ -99,6 +99,16 @@ def builtin_names(kind: str) -> tuple[str, ...]:
     return tuple(c.name for c in BUILTINS if c.kind == kind)
 
 
+def builtin_subset(kind: str, *names: str) -> tuple[str, ...]:
+    """`names`, each a built-in of `kind`: the choices of a key that takes only some of them
+    (`server-pruner`: the pruners the server's schedule implements). A name the registry lacks
+    fails at import, so the two lists can't drift apart."""
+    known = builtin_names(kind)
+    if missing := [n for n in names if n not in known]:
+        raise ValueError(f"{', '.join(missing)}: not a built-in {kind}; built-ins: {', '.join(known)}")
+    return names
+
+
 def components(kind: str | None = None) -> tuple[Component, ...]:
     """Built-ins, then plug-ins (fedlth.plugins; one never shadows a built-in), of `kind` or all."""
     from fedlth import plugins

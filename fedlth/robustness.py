@@ -13,12 +13,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from fedlth.component_options import ATTACK_NAMES
 from fedlth.progress import current as current_progress
 
 if TYPE_CHECKING:  # imported where an attack is built: it costs ~1 s at every ClientApp start
     import torchattacks
 
-ATTACKS: tuple[str, ...] = ("fgsm", "pgd", "pgd-l2", "cw", "square", "autoattack")
+ATTACKS: tuple[str, ...] = ATTACK_NAMES  # declared torch-free (fedlth.component_options); each built in _build
 
 NOTE_AUTOATTACK = (
     "torchattacks' AutoAttack is weaker than the official one (fra31/auto-attack): its APGD-CE, "

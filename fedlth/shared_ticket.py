@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from fedlth.component_options import SERVER_PRUNERS
 from fedlth.masks import Mask, Weights, apply_mask, density
 from fedlth.pruning import get_pruner
-
-SERVER_PRUNERS = ("magnitude-global", "magnitude-layer", "random")
 
 
 def density_at(round_: int, start: int, end: int, target: float) -> float:

@@ -59,3 +59,25 @@ def test_listing_components_and_their_keys_imports_no_torch():
             "[c.options_class() for c in registry.components()]\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_pruner_choices_of_the_ticket_keys_are_registry_subsets():
+    from fedlth.component_options import SERVER_PRUNERS, TICKET_PRUNERS
+    from fedlth.scenario import KEYS
+    from fedlth.shared_ticket import SERVER_PRUNERS as server_side
+
+    assert KEYS["server-pruner"].choices == SERVER_PRUNERS == ("magnitude-global", "magnitude-layer", "random")
+    assert KEYS["ticket-pruner"].choices == TICKET_PRUNERS == ("magnitude-global", "magnitude-layer")
+    assert server_side is SERVER_PRUNERS and set(SERVER_PRUNERS) <= set(registry.builtin_names("pruner"))
+    assert registry.builtin_subset("pruner", "random") == ("random",)
+    with pytest.raises(ValueError, match="magnitude-local: not a built-in pruner; built-ins: magnitude-layer, "):
+        registry.builtin_subset("pruner", "random", "magnitude-local")
+
+
+def test_attack_names_have_one_source_and_a_display_name_each():
+    from fedlth.component_options import ATTACK_NAMES
+    from fedlth.robustness import ATTACKS
+    from fedlth.tables import ATTACK_NAMES as display
+
+    assert ATTACKS is ATTACK_NAMES  # every name is built by fedlth.robustness (tests/test_robustness.py runs each)
+    assert set(display) == set(ATTACK_NAMES)
