@@ -57,9 +57,20 @@ def plugins() -> dict[tuple[str, str], Plugin]:
 
 def register(plugin: Plugin) -> Plugin:
     """Add a component in this process (a notebook, a test, the in-process backend); installed
-    packages use the entry-point group instead, which every process (Ray's workers too) sees."""
-    _registered[(plugin.kind, plugin.name)] = _checked(plugin)
-    _publish()
+    packages use the entry-point group instead, which every process (Ray's workers too) sees.
+    A plug-in whose keys clash with another's (fedlth.scenario.declarations) is refused and not kept."""
+    key = (plugin.kind, plugin.name)
+    before = _registered.get(key)
+    _registered[key] = _checked(plugin)
+    try:
+        _publish()
+    except ValueError:
+        if before is None:
+            _registered.pop(key)
+        else:
+            _registered[key] = before
+        _publish()
+        raise
     return plugin
 
 

@@ -36,14 +36,28 @@ AGGREGATION_NAMES = registry.builtin_names("aggregation")
 PLUGIN_CHOICES = {"algorithm": "algorithm", "pruner": "pruner", "aggregation": "aggregation"}
 
 
+PLUGIN_GROUP = "plug-in "  # a plug-in's keys are listed under "plug-in NAME" (or "plug-in A, B" when shared)
+
+
+def _shared_by_plugins(a: Key, b: Key) -> bool:
+    """Two plug-in components declaring one key alike (one options dataclass for both): the
+    same Key but for the group each component's name gives it."""
+    plugged = a.group.startswith(PLUGIN_GROUP) and b.group.startswith(PLUGIN_GROUP)
+    return plugged and replace(a, group="") == replace(b, group="")
+
+
 def declarations(components: Iterable[registry.Component]) -> dict[str, tuple[Key, tuple[str, ...]]]:
     """Each key of the core and of `components`' options, with the components declaring it (their
-    labels; none for a core key: every run reads those). A key declared twice must be the same Key."""
+    labels; none for a core key: every run reads those). A key declared twice must be the same Key
+    (plug-ins sharing one options dataclass: the same but for the group, which then names them all)."""
     out: dict[str, tuple[Key, tuple[str, ...]]] = {}
 
     def add(key: str, spec: Key, who: tuple[str, ...]) -> None:
         if key in out and out[key][0] != spec:
-            raise ValueError(f"key {key!r} is declared twice, differently (by {', '.join(out[key][1]) or 'the core'} and {', '.join(who) or 'the core'})")
+            have = out[key][0]
+            if not _shared_by_plugins(have, spec):
+                raise ValueError(f"key {key!r} is declared twice, differently (by {', '.join(out[key][1]) or 'the core'} and {', '.join(who) or 'the core'})")
+            spec = replace(have, group=f"{have.group}, {spec.group.removeprefix(PLUGIN_GROUP)}")
         out[key] = (spec, (*out[key][1], *who) if key in out else who)
 
     for cls in CORE:
@@ -55,7 +69,7 @@ def declarations(components: Iterable[registry.Component]) -> dict[str, tuple[Ke
             continue
         plug_in = (comp.kind, comp.name) not in {(c.kind, c.name) for c in registry.BUILTINS}
         for key, spec in declared_keys(cls).items():
-            add(key, replace(spec, group=f"plug-in {comp.name}") if plug_in else spec, (comp.label,))
+            add(key, replace(spec, group=f"{PLUGIN_GROUP}{comp.name}") if plug_in else spec, (comp.label,))
     return out
 
 

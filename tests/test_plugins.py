@@ -229,6 +229,31 @@ def test_a_plugin_key_is_validated_like_a_builtin(throwaway):
     assert readers_of("shrunk-mean-factor") == ("aggregation shrunk-mean",)
 
 
+def test_two_plugins_may_share_one_options_dataclass(throwaway):
+    from dataclasses import dataclass
+
+    from fedlth.key_readers import readers_of
+    from fedlth.options import opt
+
+    @dataclass(frozen=True)
+    class Shared:
+        shared_scale: float = opt(1.0, "Read by both evaluators.", lo=0.0)
+
+    plugins.register(plugins.Plugin("evaluator", "scale-a", object, Shared))
+    plugins.register(plugins.Plugin("evaluator", "scale-b", object, Shared))
+    assert KEYS["shared-scale"].group == "plug-in scale-a, scale-b" and KEYS["shared-scale"].default == 1.0
+    assert readers_of("shared-scale") == ("evaluator scale-a", "evaluator scale-b")
+    assert resolve({"evaluators": "scale-b", "shared-scale": 2.0})["shared-scale"] == 2.0
+
+    @dataclass(frozen=True)
+    class Other:
+        shared_scale: float = opt(3.0, "Another default.", lo=0.0)
+
+    with pytest.raises(ValueError, match=r"key 'shared-scale' is declared twice, differently \(by evaluator scale-a, evaluator scale-b and evaluator scale-c\)"):
+        plugins.register(plugins.Plugin("evaluator", "scale-c", object, Other))
+    assert ("evaluator", "scale-c") not in plugins.plugins() and KEYS["shared-scale"].default == 1.0  # refused, not kept
+
+
 def test_after_the_plugin_tests_the_key_table_is_fedlths_own():
     """The fixture's clean-up left nothing behind (other test files compare KEYS with pyproject)."""
     from fedlth import scenario
