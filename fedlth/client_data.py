@@ -152,13 +152,14 @@ def _splits(key: tuple[Any, ...]) -> tuple[ClientSplit, ...]:
 
 def _compute_splits(rec: dict[str, Any], data: ArrayData) -> tuple[ClientSplit, ...]:
     """The partitions a data key's record (DATA_KEYS' values, not a whole scenario) fixes, read
-    from its partition file or made by a partitioner."""
+    from its partition file or made by a partitioner. Its keys are read typed, but for `seed`:
+    the record holds no whole GeneralOptions (name and torch-threads don't change a partition)."""
     d = options(rec, DataOptions)
     if d.partition == partition_file.METHOD:
         path = options(rec, FilePartitionOptions).partition_file
         return load_partition_file(path, d.num_clients, len(data.y_train), len(data.y_test))
     return tuple(partition(
-        data, d.partition, d.num_clients, seed=rec["seed"], alpha=options(rec, DirichletOptions).alpha,  # seed: the record has no whole GeneralOptions
+        data, d.partition, d.num_clients, seed=rec["seed"], alpha=options(rec, DirichletOptions).alpha,
         classes_per_client=options(rec, PathologicalOptions).classes_per_client,
         shards_per_client=options(rec, ShardOptions).shards_per_client, val_fraction=d.val_fraction,
     ))
