@@ -87,7 +87,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit: float) -> None:
 
 
 # in-process rounds take a fraction of a second: enough of them that the Ctrl-C lands mid-run
-@pytest.mark.parametrize("backend,rounds", [("inprocess", 30), ("ray", TINY["rounds"])])
+@pytest.mark.parametrize("backend,rounds", [("inprocess", 30), pytest.param("ray", TINY["rounds"], marks=pytest.mark.xdist_group("ray"))])
 def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tmp_path, backend, rounds):
     scenario = tmp_path / "tiny.toml"
     tiny = TINY | {"backend": backend, "rounds": rounds}

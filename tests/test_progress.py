@@ -283,7 +283,7 @@ def _fedlth(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("backend", ["inprocess", "ray"])
+@pytest.mark.parametrize("backend", ["inprocess", pytest.param("ray", marks=pytest.mark.xdist_group("ray"))])
 def test_a_piped_run_is_plain_says_what_it_does_and_carries_no_third_party_noise(tmp_path, backend):
     (tmp_path / "tiny.toml").write_text(TINY + f'backend = "{backend}"\n')
     res = _fedlth(tmp_path, "run", "tiny.toml")

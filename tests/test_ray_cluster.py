@@ -28,6 +28,7 @@ ROOT = Path(__file__).parent.parent
 START_S, RUN_S, QUERY_S, STOP_S = 90, 180, 60, 5
 
 pytestmark = [
+    pytest.mark.xdist_group("ray"),  # under pytest-xdist, on the one worker that runs Ray tests one at a time
     pytest.mark.skipif(shutil.which("ray") is None, reason="needs the ray command line (pip install ray)"),
     pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds the head's processes through /proc (Linux)"),
 ]
@@ -125,9 +126,10 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_head():
-    """A 2-CPU Ray head on 127.0.0.1 with its own temp folder and ports; stopped afterwards."""
+    """A 2-CPU Ray head on 127.0.0.1 with its own temp folder and ports, started once for this
+    file's runs (each is its own job on it, told apart by its driver's pid); stopped afterwards."""
     # Short folder: Ray's unix sockets live under it, and socket paths are limited to ~107 bytes.
     folder = Path(tempfile.mkdtemp(prefix="rh", dir="/tmp"))
     gcs, client, agent, agent_grpc, metrics, env_agent = _free_ports(6)
