@@ -1,11 +1,11 @@
 """`ray-address`: a run joins a Ray cluster that is already running instead of starting its own.
 
-The tests start a Ray head on loopback (`ray start --head`) in its own short temporary folder,
-run scenarios/scale-100k.toml at test size (40 clients, 2 a round, 1 round) against it once in a
-subprocess, then check its outputs and ask the head's GCS which jobs and actors it has seen: the
-run's driver must be one of its jobs and the clients its actors. The head is stopped by killing exactly the processes of that folder (and their
-children), never with `ray stop`, which would kill every Ray process on the machine, other
-runs' included. Every wait is bounded.
+The tests start one Ray head on loopback (`ray start --head`) in its own short temporary
+folder, run scenarios/scale-100k.toml at test size (40 clients, 2 a round, 1 round) against it
+once in a subprocess, then check its outputs and ask the head's GCS which jobs and actors it has
+seen: the run's driver must be one of its jobs and the clients its actors. The head is stopped
+by killing exactly the processes of that folder (and their children), never with `ray stop`,
+which would kill every Ray process on the machine, other runs' included. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def test_the_100k_scenario_runs_on_a_ray_cluster(cluster_run):
     out = cluster_run["out"]
     summary = json.loads((out / "summary.json").read_text())
     acc = summary["personalized_accuracy"]
-    assert summary["num_clients"] == 40 and acc["evaluated_clients"] == 3 and acc["scored_clients"] == 3
+    assert summary["rounds"] == 1 and summary["num_clients"] == 40
+    assert acc["evaluated_clients"] == 3 and acc["scored_clients"] == 3
     rounds = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rounds[0]["train"]) == 2 and rounds[0]["rejected"] == []
