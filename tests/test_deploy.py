@@ -337,6 +337,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+@pytest.mark.xdist_group("deploy")  # under pytest-xdist, one deployment at a time on one worker
 def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps_its_ticket(tmp_path):
     from fedlth.client_data import client_data
     from fedlth.state_store import mask_digest

@@ -136,6 +136,7 @@ def _summary_metrics(out: Path) -> dict:
     return {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k not in {"wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance", "timing"}}
 
 
+@pytest.mark.xdist_group("ray")  # under pytest-xdist, with the other Ray tests on one worker
 def test_ray_and_inprocess_backends_give_bit_identical_results(tmp_path):
     """The one end-to-end run on Ray in this file: Flower's simulation engine and the in-process
     grid run the same apps, so one seed gives the very same metrics, bytes and tickets (client
