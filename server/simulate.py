@@ -19,9 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedlth.core_options import core
-from fedlth.interrupt import RunInterrupted
-from fedlth.progress import Progress
+from fedlth.config.core_options import core
+from fedlth.reporting.interrupt import RunInterrupted
+from fedlth.reporting.progress import Progress
 from server.server_app import RoundHook, make_server_app
 
 
@@ -48,12 +48,12 @@ def client_gpus(sc: dict[str, Any], cuda: bool | None = None) -> float:
         return 0.0
     if not c.ray_address:
         if cuda is None:
-            from fedlth.devices import cuda_available
+            from fedlth.learning.devices import cuda_available
 
             cuda = cuda_available()
         if not cuda:
             if c.device == "cuda":
-                from fedlth.devices import resolve_device
+                from fedlth.learning.devices import resolve_device
 
                 resolve_device("cuda")  # raises, saying why there is no GPU
             return 0.0
@@ -101,7 +101,7 @@ def check_compute(sc: dict[str, Any]) -> None:
     if c.ray_address:
         raise ValueError(f"ray-address = {c.ray_address!r} joins a Ray cluster, which only backend = ray uses; add backend = ray")
     if c.device == "cuda":
-        from fedlth.devices import resolve_device
+        from fedlth.learning.devices import resolve_device
 
         resolve_device("cuda")  # raises, saying why there is no GPU
 
@@ -144,14 +144,14 @@ def simulate(
     (resume: continue the killed run in `out` from its last checkpoint). Once `stop` is set
     the server stops at its next grid call and this raises RunInterrupted (the run folder
     keeps the checkpoint of the last finished round). `prov`: the provenance record for the
-    run's outputs (fedlth.provenance; built by the server when None). `progress`: where the run
-    says what it does (fedlth.progress; silent when None).
+    run's outputs (fedlth.reporting.provenance; built by the server when None). `progress`: where the run
+    says what it does (fedlth.reporting.progress; silent when None).
 
     backend = inprocess (the default): the same ServerApp loop and ClientApp, driven in this
     process through Flower's Grid interface (server.local_grid), one client after another,
     with no Ray start; backend = ray: Flower's simulation engine (clients in parallel, Ray clusters).
     """
-    from fedlth.terminal import flower_console
+    from fedlth.reporting.terminal import flower_console
 
     flower_console()  # Flower colours its log lines even in a pipe; loaded here, not by the CLI
     num_clients = core(sc).data.num_clients

@@ -16,21 +16,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedlth import fedpm
-from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
-from fedlth.algorithms import get_algorithm, head_off
-from fedlth.component_options import QFFLOptions
-from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
-from fedlth.options import options
-from fedlth.qffl import QFFLStream
-from fedlth.records import (
+from fedlth.config.component_options import QFFLOptions
+from fedlth.config.options import options
+from fedlth.federation import fedpm
+from fedlth.federation.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
+from fedlth.federation.algorithms import get_algorithm, head_off
+from fedlth.federation.qffl import QFFLStream
+from fedlth.federation.records import (
     config_to_record,
     encode_record,
     record_bytes,
     weights_to_record,
 )
-from fedlth.shared_ticket import density_at, reinit_kept, server_prune
-from fedlth.wire_delta import Base, as_received, base_of, kept_count
+from fedlth.federation.shared_ticket import density_at, reinit_kept, server_prune
+from fedlth.federation.wire_delta import Base, as_received, base_of, kept_count
+from fedlth.tickets.masks import Mask, Weights, apply_mask, is_subset, ones_mask
 from server.directory import OffsetIds, sorted_keys
 from server.exchange import stream_replies
 from server.replies import (

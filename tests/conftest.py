@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlth.data import ArrayData, load_dataset
+from fedlth.data.datasets import ArrayData, load_dataset
 
 
 @pytest.fixture(scope="session")

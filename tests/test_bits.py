@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedlth.bits import pack, unpack
+from fedlth.tickets.bits import pack, unpack
 
 
 def test_pack_is_row_major_msb_first_with_zero_padding():

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from test_deploy import ROOT, SUPERNODE, _free_ports, _kill_group, _ours, _wait
 
 from fedlth.cli import main
-from fedlth.deploy import (
+from fedlth.deployment.deploy import (
     Certs,
     DeployError,
     command_lines,
@@ -85,7 +85,7 @@ class Deployment:
         _wait(f"127.0.0.1:{port} to listen", listening, self.procs, STEP)
 
     def superlink(self) -> None:
-        """The recipe's SuperLink (fedlth.deploy.superlink_command), on loopback."""
+        """The recipe's SuperLink (fedlth.deployment.deploy.superlink_command), on loopback."""
         self.start("superlink", superlink_command(port=self.link_port, certs=self.certs, auth=True, database=self.database))
         self.wait_port(self.link_port)
 

@@ -17,8 +17,8 @@ import pytest
 from test_progress import NOISE, piped_env
 
 from clients.client_app import app as client_app
-from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted
-from fedlth.scenario import resolve
+from fedlth.config.scenario import resolve
+from fedlth.reporting.interrupt import EXIT_INTERRUPTED, RunInterrupted
 from server.exchange import StoppableGrid
 from server.local_grid import LocalGrid
 from server.server_app import load_checkpoint, run_federation
@@ -56,7 +56,7 @@ def test_second_sigint_quits_at_once_although_a_thread_blocks_exit(tmp_path):
     would make a normal exit hang; the second Ctrl-C leaves anyway, with 130."""
     script = textwrap.dedent("""
         import threading, time
-        from fedlth.interrupt import stop_on_sigint
+        from fedlth.reporting.interrupt import stop_on_sigint
         threading.Thread(target=lambda: threading.Event().wait()).start()
         with stop_on_sigint() as stop:
             print("ready", flush=True)

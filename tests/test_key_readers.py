@@ -8,21 +8,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fedlth import registry
 from fedlth.cli import main
-from fedlth.key_readers import CENTRAL, check_run_keys, readers, readers_of, unread
-from fedlth.options import declared_keys
-from fedlth.scenario import KEYS, load_scenario
+from fedlth.config import registry
+from fedlth.config.key_readers import CENTRAL, check_run_keys, readers, readers_of, unread
+from fedlth.config.options import declared_keys
+from fedlth.config.scenario import KEYS, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 FEDERATED_SOURCES = [*ROOT.glob("server/*.py"), *ROOT.glob("clients/*.py"),
-                     *(ROOT / "fedlth" / f for f in ("algorithms.py", "dispfl.py", "fedpm.py", "training.py", "shared_ticket.py", "aggregate.py"))]
-COMPONENT_SOURCES = [*FEDERATED_SOURCES, *(ROOT / "fedlth" / f for f in ("evaluators.py", "ticket_run.py", "cli.py", "scenario.py", "client_data.py"))]
+                     *(ROOT / "fedlth" / f for f in ("federation/algorithms.py", "federation/dispfl.py", "federation/fedpm.py",
+                                                     "learning/training.py", "federation/shared_ticket.py", "federation/aggregate.py"))]
+COMPONENT_SOURCES = [*FEDERATED_SOURCES, *(ROOT / "fedlth" / f for f in ("evaluation/evaluators.py", "tickets/ticket_run.py", "cli.py",
+                                                                         "config/scenario.py", "data/client_data.py"))]
 
 
 def _read_in(paths: list[Path], key: str) -> bool:
     pattern = re.compile(r"""sc\[["']""" + re.escape(key) + r"""["']\]""")
-    return any(pattern.search(p.read_text()) for p in paths)
+    return any(pattern.search(p.read_text()) for p in paths)  # a missing file fails loudly here
 
 
 def _typed_read_in(paths: list[Path], key: str) -> bool:
@@ -54,7 +56,7 @@ def test_every_key_a_builtin_declares_is_read_by_code():
 
 def test_the_algorithms_read_their_own_keys_typed():
     """algorithms.py reads no component's key by name: each algorithm reads its options."""
-    source = (ROOT / "fedlth" / "algorithms.py").read_text()
+    source = (ROOT / "fedlth" / "federation" / "algorithms.py").read_text()
     by_name = set(re.findall(r"""sc\[["']([a-z0-9-]+)["']\]""", source))
     assert not by_name & set(readers()), by_name & set(readers())
 
@@ -66,7 +68,7 @@ def test_central_only_keys_are_really_not_read_by_federated_code():
     assert "epochs" in central_only and "pruner" in central_only
     for key in central_only:
         assert not _read_in(FEDERATED_SOURCES, key), key
-        assert _typed_read_in([ROOT / "fedlth" / "ticket_run.py", ROOT / "fedlth" / "cli.py"], key), key
+        assert _typed_read_in([ROOT / "fedlth" / "tickets" / "ticket_run.py", ROOT / "fedlth" / "cli.py"], key), key
 
 
 def test_unread_names_who_would_read():

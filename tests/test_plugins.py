@@ -12,9 +12,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fedlth import plugins
 from fedlth.cli import main
-from fedlth.scenario import KEYS, ScenarioError, resolve
+from fedlth.config import plugins
+from fedlth.config.scenario import KEYS, ScenarioError, resolve
 
 THROWAWAY = '''
 """One file: everything a user adds to fedlth."""
@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fedlth.aggregate import masked_mean
-from fedlth.algorithms import Algorithm, fedavg_train, global_model
-from fedlth.options import opt, options
-from fedlth.plugins import Plugin
-from fedlth.pruning import magnitude_layer
+from fedlth.federation.aggregate import masked_mean
+from fedlth.federation.algorithms import Algorithm, fedavg_train, global_model
+from fedlth.config.options import opt, options
+from fedlth.config.plugins import Plugin
+from fedlth.tickets.pruning import magnitude_layer
 
 CALLS = {"train": 0, "prune": 0}
 
@@ -144,9 +144,9 @@ def test_one_module_adds_an_algorithm_an_aggregation_with_a_key_and_an_evaluator
     params = sum(v.numel() for k, v in theta.items())
     assert summary["evaluation"]["evaluators_mean"]["weight-count"] == pytest.approx(2.0 * params, rel=0.01)
     # the aggregation read its own key: factor 0 never moves the global model off θ0
-    from fedlth.algorithms import initial_weights
-    from fedlth.client_data import dataset_info
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
+    from fedlth.data.client_data import dataset_info
+    from fedlth.federation.algorithms import initial_weights
 
     sc = load_scenario(scenario)
     theta0 = initial_weights(sc, *dataset_info(sc))
@@ -193,7 +193,7 @@ def test_an_installed_package_is_found_through_the_entry_point_group(throwaway, 
 def test_a_plugin_may_not_take_a_fedlth_key():
     from dataclasses import dataclass
 
-    from fedlth.options import opt
+    from fedlth.config.options import opt
 
     @dataclass(frozen=True)
     class Bad:
@@ -211,7 +211,7 @@ def test_plugin_options_must_be_declared_with_opt():
     class Loose:
         bad_scale: float = 1.0
 
-    with pytest.raises(ValueError, match=r"Loose\.bad_scale: declare it with fedlth\.options\.opt"):
+    with pytest.raises(ValueError, match=r"Loose\.bad_scale: declare it with fedlth\.config\.options\.opt"):
         plugins.register(plugins.Plugin("evaluator", "bad", object, Loose))
     assert ("evaluator", "bad") not in plugins.plugins()
 
@@ -223,7 +223,7 @@ def test_a_plugin_key_is_validated_like_a_builtin(throwaway):
         resolve({"aggregation": "shrunk-mean", "shrunk-mean-factor": 1.5})
     with pytest.raises(ScenarioError, match="key 'shrunk-mean-factor' is nan; allowed: a finite number"):
         resolve({"aggregation": "shrunk-mean", "shrunk-mean-factor": float("nan")})
-    from fedlth.key_readers import readers_of
+    from fedlth.config.key_readers import readers_of
 
     assert readers_of("counted-fedavg-step") == ("counted-fedavg",)
     assert readers_of("shrunk-mean-factor") == ("aggregation shrunk-mean",)
@@ -232,8 +232,8 @@ def test_a_plugin_key_is_validated_like_a_builtin(throwaway):
 def test_two_plugins_may_share_one_options_dataclass(throwaway):
     from dataclasses import dataclass
 
-    from fedlth.key_readers import readers_of
-    from fedlth.options import opt
+    from fedlth.config.key_readers import readers_of
+    from fedlth.config.options import opt
 
     @dataclass(frozen=True)
     class Shared:
@@ -256,6 +256,6 @@ def test_two_plugins_may_share_one_options_dataclass(throwaway):
 
 def test_after_the_plugin_tests_the_key_table_is_fedlths_own():
     """The fixture's clean-up left nothing behind (other test files compare KEYS with pyproject)."""
-    from fedlth import scenario
+    from fedlth.config import scenario
 
     assert KEYS == scenario.BUILTIN_KEYS and not plugins.plugins()

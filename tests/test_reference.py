@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedlth.data import ArrayData
-from fedlth.partition import ClientSplit
-from fedlth.reference import local_majority, majority_rate, reference_scores
-from fedlth.report import pooled_accuracy, report_markdown, summarize
-from fedlth.scenario import defaults
+from fedlth.config.scenario import defaults
+from fedlth.data.datasets import ArrayData
+from fedlth.data.partition import ClientSplit
+from fedlth.evaluation.reference import local_majority, majority_rate, reference_scores
+from fedlth.reporting.report import pooled_accuracy, report_markdown, summarize
 
 
 def _separable(seed: int = 0) -> ArrayData:
@@ -70,7 +70,7 @@ def test_summary_and_report_show_the_reference_beside_the_tickets():
 def test_study_table_carries_the_reference(tmp_path):
     import json
 
-    from fedlth.study import study
+    from fedlth.reporting.study import study
 
     def runner(sc: dict, out) -> None:
         out.mkdir(parents=True)

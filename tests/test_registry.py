@@ -7,17 +7,17 @@ import sys
 
 import pytest
 
-from fedlth import registry
+from fedlth.config import registry
 
 
 def test_every_builtin_loads_the_object_its_module_holds():
-    from fedlth.aggregate import masked_mean, masked_trimmed_mean
-    from fedlth.algorithms import ALGORITHMS
-    from fedlth.data import DATASETS
-    from fedlth.evaluators import RobustnessEvaluator
-    from fedlth.models import MODELS
-    from fedlth.pruning import PRUNERS
-    from fedlth.ticket_run import TicketRun
+    from fedlth.data.datasets import DATASETS
+    from fedlth.evaluation.evaluators import RobustnessEvaluator
+    from fedlth.federation.aggregate import masked_mean, masked_trimmed_mean
+    from fedlth.federation.algorithms import ALGORITHMS
+    from fedlth.learning.models import MODELS
+    from fedlth.tickets.pruning import PRUNERS
+    from fedlth.tickets.ticket_run import TicketRun
 
     by_kind = {"algorithm": ALGORITHMS, "dataset": DATASETS, "model": MODELS, "pruner": PRUNERS}
     for comp in registry.BUILTINS:
@@ -45,7 +45,7 @@ def test_names_are_unique_per_kind_and_unknown_ones_list_the_valid():
 
 
 def test_shared_gate_options_are_one_dataclass_reused():
-    from fedlth.component_options import LotteryFLOptions, PruneGateOptions, SubFedAvgOptions
+    from fedlth.config.component_options import LotteryFLOptions, PruneGateOptions, SubFedAvgOptions
 
     gate = {"acc-threshold", "prune-rate"}
     for name in ("lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid"):
@@ -55,16 +55,16 @@ def test_shared_gate_options_are_one_dataclass_reused():
 
 
 def test_listing_components_and_their_keys_imports_no_torch():
-    code = ("import sys\nfrom fedlth import registry\nimport fedlth.scenario\n"
+    code = ("import sys\nfrom fedlth.config import registry\nimport fedlth.config.scenario\n"
             "[c.options_class() for c in registry.components()]\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_pruner_choices_of_the_ticket_keys_are_registry_subsets():
-    from fedlth.component_options import SERVER_PRUNERS, TICKET_PRUNERS
-    from fedlth.scenario import KEYS
-    from fedlth.shared_ticket import SERVER_PRUNERS as server_side
+    from fedlth.config.component_options import SERVER_PRUNERS, TICKET_PRUNERS
+    from fedlth.config.scenario import KEYS
+    from fedlth.federation.shared_ticket import SERVER_PRUNERS as server_side
 
     assert KEYS["server-pruner"].choices == SERVER_PRUNERS == ("magnitude-global", "magnitude-layer", "random")
     assert KEYS["ticket-pruner"].choices == TICKET_PRUNERS == ("magnitude-global", "magnitude-layer")
@@ -75,9 +75,9 @@ def test_pruner_choices_of_the_ticket_keys_are_registry_subsets():
 
 
 def test_attack_names_have_one_source_and_a_display_name_each():
-    from fedlth.component_options import ATTACK_NAMES
-    from fedlth.robustness import ATTACKS
-    from fedlth.tables import ATTACK_NAMES as display
+    from fedlth.config.component_options import ATTACK_NAMES
+    from fedlth.evaluation.robustness import ATTACKS
+    from fedlth.reporting.tables import ATTACK_NAMES as display
 
-    assert ATTACKS is ATTACK_NAMES  # every name is built by fedlth.robustness (tests/test_robustness.py runs each)
+    assert ATTACKS is ATTACK_NAMES  # every name is built by fedlth.evaluation.robustness (tests/test_robustness.py runs each)
     assert set(display) == set(ATTACK_NAMES)

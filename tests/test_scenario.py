@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fedlth import scenario as sc_mod
 from fedlth.cli import main
-from fedlth.scenario import KEYS, ScenarioError, load_scenario, parse_override, resolve, to_toml
+from fedlth.config import scenario as sc_mod
+from fedlth.config.scenario import (
+    KEYS,
+    ScenarioError,
+    load_scenario,
+    parse_override,
+    resolve,
+    to_toml,
+)
 
 SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
 
@@ -22,12 +29,12 @@ def test_every_shipped_scenario_validates(path):
 
 
 def test_registries_match_the_names_the_validator_allows():
-    from fedlth.data import DATASETS
-    from fedlth.models import MODELS
-    from fedlth.partition import PARTITIONERS
-    from fedlth.partition_file import METHOD
-    from fedlth.pruning import PRUNERS
-    from fedlth.sampled_partition import SAMPLED
+    from fedlth.data.datasets import DATASETS
+    from fedlth.data.partition import PARTITIONERS
+    from fedlth.data.partition_file import METHOD
+    from fedlth.data.sampled_partition import SAMPLED
+    from fedlth.learning.models import MODELS
+    from fedlth.tickets.pruning import PRUNERS
 
     assert set(sc_mod.DATASET_NAMES) == set(DATASETS)
     assert set(sc_mod.MODEL_NAMES) == set(MODELS)
@@ -262,8 +269,9 @@ def test_evaluator_settings_are_refused_before_any_data_is_loaded(tmp_path, monk
     dataset's declared metadata: exit 2, no data loaded, nothing written."""
     from click.testing import CliRunner
 
-    from fedlth import client_data, data
     from fedlth.cli import main
+    from fedlth.data import client_data
+    from fedlth.data import datasets as data
 
     def no_loading(*args, **kwargs):
         raise AssertionError("data was loaded before the evaluator check")
@@ -285,7 +293,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_pyproject_and_readme_hold_what_the_key_table_generates():
     """[tool.flwr.app.config] and the README's key tables are `fedlth keys --format toml|markdown`
     (regenerate them with those commands after changing an options dataclass)."""
-    from fedlth.key_docs import MARKDOWN_BEGIN, MARKDOWN_END, config_toml, markdown_tables, section
+    from fedlth.config.key_docs import (
+        MARKDOWN_BEGIN,
+        MARKDOWN_END,
+        config_toml,
+        markdown_tables,
+        section,
+    )
 
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert section(pyproject, "[tool.flwr.app.config]", "") == config_toml(sc_mod.BUILTIN_KEYS)
@@ -306,9 +320,9 @@ def test_fedlth_keys_prints_the_run_config_block_and_the_readme_tables():
 
 def test_keys_come_from_typed_options_declared_once():
     """KEYS is the core's and the components' options; each name key's choices are the registry's."""
-    from fedlth import registry
-    from fedlth.core_options import CORE
-    from fedlth.options import declared_keys
+    from fedlth.config import registry
+    from fedlth.config.core_options import CORE
+    from fedlth.config.options import declared_keys
 
     core = {k for cls in CORE for k in declared_keys(cls)}
     component = {k for c in registry.BUILTINS if c.options for k in declared_keys(c.options_class())}
@@ -321,7 +335,7 @@ def test_keys_come_from_typed_options_declared_once():
 def test_an_option_declares_type_range_and_help():
     from dataclasses import dataclass
 
-    from fedlth.options import declared_keys, opt, options
+    from fedlth.config.options import declared_keys, opt, options
 
     @dataclass(frozen=True)
     class Demo:
@@ -339,7 +353,7 @@ def test_an_option_declares_type_range_and_help():
 
 
 def test_the_core_is_typed_too():
-    from fedlth.core_options import core
+    from fedlth.config.core_options import core
 
     c = core(resolve({"local-epochs": 3, "lr": 0.1}))
     assert (c.federation.local_epochs, c.training.lr, c.general.seed, c.outputs.evaluators) == (3, 0.1, 0, "")

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fedlth.cli import main
-from fedlth.scenario import ALGORITHM_NAMES
+from fedlth.config.scenario import ALGORITHM_NAMES
 
 ROOT = Path(__file__).parent.parent
 
@@ -63,7 +63,7 @@ def test_two_rounds_three_clients_on_flowers_engine(tmp_path, algorithm):
 def test_two_rounds_three_clients_every_algorithm(tmp_path, algorithm):
     """The same checks for every algorithm, on the in-process grid (seconds, not Ray's 20 s)."""
     from clients.client_app import app as client_app
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
     from server.local_grid import LocalGrid
     from server.server_app import run_federation
 
@@ -214,8 +214,8 @@ def test_evaluators_in_a_run_and_reevaluation_of_its_saved_tickets(tmp_path):
     import torch
 
     import fedlth
-    from fedlth.client_data import client_data
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
+    from fedlth.data.client_data import client_data
 
     file = tmp_path / "client-0.fltk"
     exported = CliRunner().invoke(main, ["export", str(out), "--client", "0", "--out", str(file)], catch_exceptions=False)

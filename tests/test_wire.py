@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedlth.wire import WireError, decode, dense_size_bytes, encode, payload_bytes
+from fedlth.federation.wire import WireError, decode, dense_size_bytes, encode, payload_bytes
 
 SHAPES = [(1,), (7,), (8,), (3, 5), (2, 3, 3), (4, 1, 3, 3), (13, 11)]
 
