@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 from common import machine, results_dir, table  # noqa: E402
 
-from fedlth.aggregate import (  # noqa: E402
+from fedlth.federation.aggregate import (  # noqa: E402
     MaskedMeanStream,
     Update,
     _cast_like,

@@ -21,8 +21,8 @@ OUT = results_dir()
 
 def one_seed(args: tuple[int, int, int, int]) -> dict:
     seed, levels, epochs, rewind_k = args
-    from fedlth.scenario import resolve
-    from fedlth.ticket_run import TicketRun
+    from fedlth.config.scenario import resolve
+    from fedlth.tickets.ticket_run import TicketRun
 
     sc = resolve({
         "name": "central-imp-bench", "dataset": "mnist1d", "model": "cnn1d", "seed": seed, "epochs": epochs,

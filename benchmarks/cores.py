@@ -80,7 +80,7 @@ def measure(workload: str, extra: list[str], rounds: int, repeats: int) -> dict:
     try:
         # Data generated and partitioned before any clock starts.
         subprocess.run(
-            [sys.executable, "-c", "from fedlth.client_data import client_data; from fedlth.scenario import load_scenario; "
+            [sys.executable, "-c", "from fedlth.data.client_data import client_data; from fedlth.config.scenario import load_scenario; "
              f"client_data(load_scenario({str(SCENARIO)!r}, {extra!r}), 0)"],
             cwd=ROOT, env=dict(os.environ, FEDLTH_CACHE=str(cache)), check=True, timeout=600,
         )

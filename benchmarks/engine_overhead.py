@@ -32,9 +32,15 @@ def plain_loop(sc: dict) -> tuple[float, float, float]:
     """FedAvg on W1 with fedlth's math and no Flower; returns (seconds, CPU seconds, mean client accuracy)."""
     import torch
 
-    from fedlth.aggregate import Update, masked_mean
-    from fedlth.algorithms import ClientState, Ctx, evaluate_client, get_algorithm, initial_weights
-    from fedlth.client_data import client_data, dataset_info
+    from fedlth.data.client_data import client_data, dataset_info
+    from fedlth.federation.aggregate import Update, masked_mean
+    from fedlth.federation.algorithms import (
+        ClientState,
+        Ctx,
+        evaluate_client,
+        get_algorithm,
+        initial_weights,
+    )
 
     torch.set_num_threads(1)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -126,7 +132,7 @@ def side_by_side(scenario: Path, overrides: list[str], rounds: int) -> dict[str,
 
 
 def _scenario(rounds: int) -> tuple[Path, list[str], dict]:
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
 
     scenario = ROOT / "scenarios/w1-pathological-mnist1d.toml"
     overrides = ["algorithm=fedavg", f"rounds={rounds}", "eval-every=0"]
@@ -156,7 +162,7 @@ def main() -> None:
     runners = {b: (b, SAME_WORK) for b in backends}
     if a.with_outputs:
         runners.update({f"{b}, default outputs": (b, ()) for b in backends})
-    from fedlth.client_data import client_data
+    from fedlth.data.client_data import client_data
 
     client_data(sc, 0)  # data generated and cached before any clock starts
     load_start = os.getloadavg()

@@ -36,16 +36,16 @@ MODELS = {"cnn1d": (40,), "lenet5": (1, 28, 28), "cifar-cnn": (3, 32, 32)}  # MN
 def _dense(name: str):
     import torch
 
-    from fedlth.models import build_model
+    from fedlth.learning.models import build_model
 
     torch.manual_seed(0)
     return build_model(name, MODELS[name], 10).eval()
 
 
 def _ticket(name: str, structured: bool, d: float):
-    from fedlth.masks import ones_mask, prunable_names
-    from fedlth.models import bn_pairs
-    from fedlth.pruning import magnitude_global, structured_bn, structured_l1
+    from fedlth.learning.models import bn_pairs
+    from fedlth.tickets.masks import ones_mask, prunable_names
+    from fedlth.tickets.pruning import magnitude_global, structured_bn, structured_l1
 
     net = _dense(name)
     weights = {k: v.clone() for k, v in net.state_dict().items()}
@@ -78,8 +78,8 @@ def _latency(dense, ticket, x, reps: int, budget: float) -> tuple[float, float, 
 def measure(name: str, structured: bool, d: float, reps: int, budget: float) -> dict:
     import torch
 
-    from fedlth.export import ModelSpec, export_ticket, load_ticket, read_ticket
-    from fedlth.masks import density
+    from fedlth.tickets.export import ModelSpec, export_ticket, load_ticket, read_ticket
+    from fedlth.tickets.masks import density
 
     weights, mask = _ticket(name, structured, d)
     blob = export_ticket(weights, mask, ModelSpec(name, MODELS[name], 10))

@@ -59,9 +59,9 @@ def _control_rows(rows: dict[str, dict], runs: Path, seeds: list[int], sc: dict)
     """The winning-ticket controls of personal-ticket on the very same federations: each
     client's ticket re-made from the run's final global model with a random mask of the same
     per-layer counts, or with the ticket's mask on a fresh init, retrained alike."""
-    from fedlth.compare import parse_variant
-    from fedlth.reevaluate import repersonalize
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
+    from fedlth.evaluation.reevaluate import repersonalize
+    from fedlth.reporting.compare import parse_variant
 
     if PT not in rows:
         return []
@@ -114,8 +114,8 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=["eval-every=0", "backend=inprocess"])
     ap.add_argument("--tag", default="", help="Suffix of the result files, for variant runs (e.g. finetune).")
     a = ap.parse_args()
-    from fedlth.compare import compare
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
+    from fedlth.reporting.compare import compare
     from server.simulate import simulate
 
     sc = load_scenario(ROOT / WORKLOADS[a.workload], a.overrides)

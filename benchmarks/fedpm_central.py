@@ -14,12 +14,12 @@ import time
 
 import torch
 
-from fedlth import fedpm
-from fedlth.algorithms import fedpm_network
-from fedlth.client_data import client_data, dataset_info
-from fedlth.models import build_model
-from fedlth.scenario import resolve
-from fedlth.training import evaluate
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation import fedpm
+from fedlth.federation.algorithms import fedpm_network
+from fedlth.learning.models import build_model
+from fedlth.learning.training import evaluate
 
 
 def main() -> None:

@@ -50,7 +50,7 @@ IMPORT_REPEATS = 5  # fresh processes per import / data measurement; the min is 
 # each Ray worker process imports when it handles its first message.
 IMPORTS = {
     "fedlth.cli": "import fedlth.cli",
-    "data check (fedlth.client_data)": "import fedlth.client_data",
+    "data check (fedlth.data.client_data)": "import fedlth.client_data",
     "driver (server.simulate)": "import server.simulate",
     "Ray worker (clients.client_app)": "import clients.client_app",
 }
@@ -108,9 +108,9 @@ DATA_CODE = """
 import json, sys, time
 clock = lambda: (time.perf_counter(), time.process_time())
 t0 = clock()
-from fedlth.client_data import client_data
-from fedlth.data import load_dataset
-from fedlth.scenario import load_scenario
+from fedlth.data.client_data import client_data
+from fedlth.data.datasets import load_dataset
+from fedlth.config.scenario import load_scenario
 t1 = clock()
 load_dataset("mnist1d")
 t2 = clock()
@@ -340,16 +340,16 @@ def _table(results: dict, part: str, head: str, rows: list[tuple[str, object]]) 
 NOTES = """## Reading
 
 - `before` is commit c2ff9b6 (`git archive`); `after` is the same tree with only this change's files
-  (fedlth/data.py, fedlth/client_data.py, fedlth/training.py, fedlth/devices.py, server/simulate.py);
+  (fedlth/data/datasets.py, fedlth/data/client_data.py, fedlth/learning/training.py, fedlth/learning/devices.py, server/simulate.py);
   `head`, where measured, is commit 13fe43a: `after` plus everything else since c2ff9b6, among it the
-  lazy torchattacks import in fedlth/robustness.py.
+  lazy torchattacks import in fedlth/evaluation/robustness.py.
 - The cuts: the mnist1d cache file is named by the package's version, so a warm load no longer imports
   mnist1d (which imports scipy and matplotlib); partitions are cached on disk, so neither the driver's data
   check nor any Ray worker imports flwr-datasets and Hugging Face datasets or partitions again; digits and
   arrests are cached as arrays (not used by quickstart). Same accuracy before and after (summary.json).
 - What is left before round 1: Ray's start and each Ray worker's first import of the ClientApp, and the
   driver's imports (torch, flwr; and in `before`/`after` torchattacks, ~1.1 s per process, which
-  fedlth/robustness.py imports lazily since then).
+  fedlth/evaluation/robustness.py imports lazily since then).
 - This 2-core machine was shared with other jobs while this ran (load column): the wall times of whole
   commands moved by 2x from run to run; the steps, the mins and the CPU seconds are the steadier numbers.
 """

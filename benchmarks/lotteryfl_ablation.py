@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--rounds", type=int, default=100)
     a = ap.parse_args()
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
     from server.simulate import simulate
 
     seeds = [int(s) for s in a.seeds.split(",")]

@@ -28,7 +28,7 @@ SCENARIOS = {"w3": "scenarios/w3-dirichlet-mnist1d.toml", "adult": "scenarios/fa
 
 
 def main() -> None:
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
     from server.simulate import simulate
 
     ap = argparse.ArgumentParser()

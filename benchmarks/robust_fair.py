@@ -27,7 +27,7 @@ EPS = (0.1, 0.3)
 
 
 def robust_part(seeds: list[int]) -> tuple[list[str], dict]:
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
     from server.simulate import simulate
 
     configs = {
@@ -67,8 +67,8 @@ def robust_part(seeds: list[int]) -> tuple[list[str], dict]:
 
 
 def fair_part(seeds: list[int]) -> tuple[list[str], dict]:
-    from fedlth.scenario import load_scenario
-    from fedlth.study import study
+    from fedlth.config.scenario import load_scenario
+    from fedlth.reporting.study import study
     from server.simulate import simulate
 
     per_seed = {}

@@ -5,7 +5,7 @@
 For each seed and each training (standard, local PGD-AT) one `personal-ticket` federation runs on
 scenarios/robust-tickets-mnist1d.toml with target-density 0.2; its clients' tickets at 0.2 are
 the run's own evaluation, and the tickets at 0.1 and the dense personal models (1.0) are made
-again from the same run's final global model (fedlth.reevaluate.repersonalize: the same
+again from the same run's final global model (fedlth.evaluation.reevaluate.repersonalize: the same
 fine-tune → prune → retrain, PGD-AT in both phases when adv-train is on). Every personal model
 is judged by the scenario's `robustness` evaluator (PGD, L∞, at the scenario's attack-eps, in
 MNIST-1D's raw input units, on each client's first attack-samples test samples) and by its
@@ -42,9 +42,9 @@ def _row(summary_like: dict, eps: list[str]) -> dict[str, float]:
 
 
 def ticket_runs(seeds: list[int], extra: list[str]) -> dict:
-    from fedlth.reevaluate import repersonalize
-    from fedlth.report import evaluation_summary
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
+    from fedlth.evaluation.reevaluate import repersonalize
+    from fedlth.reporting.report import evaluation_summary
     from server.simulate import simulate
 
     raw: dict = {}
@@ -78,7 +78,7 @@ def ticket_runs(seeds: list[int], extra: list[str]) -> dict:
 
 
 def subfedavg_runs(seeds: list[int], extra: list[str], rounds: int) -> dict:
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
     from server.simulate import simulate
 
     raw: dict = {}
@@ -106,7 +106,7 @@ def subfedavg_runs(seeds: list[int], extra: list[str], rounds: int) -> dict:
 
 
 def main() -> None:
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", default="0,1,2")

@@ -5,7 +5,7 @@ six densities over 3 seeds, on MNIST-1D (robustness), Adult and COMPAS (group fa
     python benchmarks/study.py            # render study.md / study.json from the committed results
 
 Each study is `fedlth study SCENARIO --densities 1,0.5,0.3,0.2,0.1,0.05 --controls --seeds 3`
-(fedlth.study.study_arms); --run runs its seeds as parallel processes into --work and gathers them
+(fedlth.reporting.study.study_arms); --run runs its seeds as parallel processes into --work and gathers them
 with reuse=True, which gives the same files as one sequential call. The four study files of each
 go to benchmarks/results/study_<name>/; this script's summary (per-metric tables with the arms as
 columns, and the change from dense to density 0.05 paired over seeds) to results/study.md.
@@ -91,9 +91,9 @@ def command(name: str) -> str:
 def run_one(name: str, seeds: list[int], work: Path, reuse: bool, gather_only: bool = False) -> None:
     """study_arms for `seeds` of one study into work/name (reuse: gather what parallel processes
     wrote; gather_only: refuse to run anything, only re-gather finished seeds)."""
-    from fedlth.provenance import provenance
-    from fedlth.scenario import load_scenario
-    from fedlth.study import study_arms
+    from fedlth.config.scenario import load_scenario
+    from fedlth.reporting.provenance import provenance
+    from fedlth.reporting.study import study_arms
     from server.simulate import simulate
 
     scenario, overrides, dens, arms, _ = STUDIES[name]
@@ -178,7 +178,7 @@ def _pct(v: object) -> str:
 
 def render() -> tuple[str, dict]:
     """study.md: per study, one table per metric; study.json: the same numbers."""
-    from fedlth.tables import human_name
+    from fedlth.reporting.tables import human_name
 
     out = ["# The cross-topic study: tickets and controls against density (issue 14)", "",
            f"Rendered by `python benchmarks/study.py` on {machine()}. " + RUNS + " Each study's own files, "

@@ -155,7 +155,7 @@ def main() -> None:
         path.write_text(json.dumps(data, indent=1))
         (OUT / "wire.md").write_text(_markdown(data))
         return
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
     from server.simulate import simulate
 
     base_overrides = ["eval-every=0", "backend=inprocess", "example-cap=0", *RECOMMENDED, *a.overrides]
@@ -200,11 +200,11 @@ def _costs(reps: int = 20) -> None:
     download, and an upload at density 0.5 as a delta against it) in each format."""
     import torch
 
-    from fedlth.algorithms import initial_weights, model_names
-    from fedlth.client_data import dataset_info
-    from fedlth.records import decode_record, encode_record, record_bytes
-    from fedlth.scenario import load_scenario
-    from fedlth.wire_delta import as_received, base_of
+    from fedlth.config.scenario import load_scenario
+    from fedlth.data.client_data import dataset_info
+    from fedlth.federation.algorithms import initial_weights, model_names
+    from fedlth.federation.records import decode_record, encode_record, record_bytes
+    from fedlth.federation.wire_delta import as_received, base_of
 
     sc = load_scenario(ROOT / WORKLOADS["w1"], [])
     shape, classes = dataset_info(sc)

@@ -1,11 +1,11 @@
-"""The Flower ClientApp: a thin shell around fedlth.algorithms; state lives in Context.state.
+"""The Flower ClientApp: a thin shell around fedlth.federation.algorithms; state lives in Context.state.
 
 Node config (simulation: Flower sets `partition-id`; deployment: `flower-supernode --node-config`):
   partition-id  required: the node's stable id in the federation (0 .. num-clients - 1). The server
                 samples, names outputs and keeps masks by it; node ids are random.
-  data-file     optional: an .npz of this device's own data (fedlth.local_data). Without it the
+  data-file     optional: an .npz of this device's own data (fedlth.data.local_data). Without it the
                 node takes partition `partition-id` of the scenario's dataset (a trial).
-  state-dir     optional: where the ticket is kept across restarts (fedlth.state_store); without
+  state-dir     optional: where the ticket is kept across restarts (fedlth.federation.state_store); without
                 it, the `state-dir` the server names in its messages (in-process simulation).
 The ticket file is tagged with the server's `run-key` (a resumed run keeps it), else the run id.
 """
@@ -23,7 +23,10 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedlth.algorithms import (
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import ClientData, client_data, data_key
+from fedlth.data.local_data import local_client_data
+from fedlth.federation.algorithms import (
     ClientState,
     Ctx,
     evaluate_client,
@@ -34,10 +37,7 @@ from fedlth.algorithms import (
     received_loss,
     weight_specs,
 )
-from fedlth.client_data import ClientData, client_data, data_key
-from fedlth.local_data import local_client_data
-from fedlth.masks import density
-from fedlth.records import (
+from fedlth.federation.records import (
     config_from_record,
     decode_record,
     encode_mask_upload,
@@ -48,9 +48,9 @@ from fedlth.records import (
     weights_from_record,
     weights_to_record,
 )
-from fedlth.scenario import resolve
-from fedlth.state_store import mask_digest, read_state_file, state_tag, write_state_file
-from fedlth.wire_delta import Base, base_of
+from fedlth.federation.state_store import mask_digest, read_state_file, state_tag, write_state_file
+from fedlth.federation.wire_delta import Base, base_of
+from fedlth.tickets.masks import density
 
 app = ClientApp()
 log = logging.getLogger("fedlth")

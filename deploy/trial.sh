@@ -12,7 +12,7 @@
 # non-zero when the run failed (summary.json status "failed", e.g. every update rejected).
 set -euo pipefail
 SCENARIO=${1:-scenarios/quickstart.toml}
-N=${2:-$(python3 -c "import sys; from fedlth.scenario import load_scenario; print(load_scenario(sys.argv[1])['num-clients'])" "$SCENARIO")}
+N=${2:-$(python3 -c "import sys; from fedlth.config.scenario import load_scenario; print(load_scenario(sys.argv[1])['num-clients'])" "$SCENARIO")}
 ROOT=${TRIAL:-/tmp/fedlth-trial}
 TRIAL="$ROOT/$(basename "$SCENARIO" .toml)-$(sha256sum <"$SCENARIO" | cut -c1-12)-n$N"
 PORT=${PORT:-9092}            # the gateway: what devices dial (Fleet API only)
@@ -80,7 +80,7 @@ OUT="$TRIAL/runs/run-$(date +%Y%m%d-%H%M%S)"
 python3 - "$SCENARIO" "$OUT" "$TRIAL/run-config.toml" <<'PY'
 import sys
 from pathlib import Path
-from fedlth.scenario import load_scenario, to_toml
+from fedlth.config.scenario import load_scenario, to_toml
 Path(sys.argv[3]).write_text(to_toml(load_scenario(sys.argv[1]) | {"out-dir": sys.argv[2]}))
 PY
 flwr run . trial --run-config "$TRIAL/run-config.toml" --stream

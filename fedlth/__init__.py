@@ -16,7 +16,7 @@ except PackageNotFoundError:  # a source tree that was never installed
 def __getattr__(name: str) -> Any:
     # Lazy, so `import fedlth` stays cheap: torch loads only when a ticket is.
     if name == "load_ticket":
-        from fedlth.export import load_ticket
+        from fedlth.tickets.export import load_ticket
 
         return load_ticket
     raise AttributeError(f"module 'fedlth' has no attribute {name!r}")

@@ -10,11 +10,12 @@ from pathlib import Path
 import click
 
 from fedlth import __version__
-from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
-from fedlth.io import OutputError, check_out_dir, default_out_dir, default_run_dir
-from fedlth.progress import Progress, batch_runs, imp_models
-from fedlth.provenance import provenance
-from fedlth.scenario import ScenarioError, load_scenario
+from fedlth.config.core_options import core
+from fedlth.config.scenario import ScenarioError, load_scenario
+from fedlth.reporting.interrupt import EXIT_INTERRUPTED, RunInterrupted, check_stop, stop_on_sigint
+from fedlth.reporting.io import OutputError, check_out_dir, default_out_dir, default_run_dir
+from fedlth.reporting.progress import Progress, batch_runs, imp_models
+from fedlth.reporting.provenance import provenance
 
 EXIT_BAD_INPUT = 2
 
@@ -41,7 +42,7 @@ class _Commands(click.Group):
 @click.version_option(__version__, prog_name="fedlth")
 def main() -> None:
     """Federated and robust lottery tickets on Flower."""
-    from fedlth.terminal import flower_console
+    from fedlth.reporting.terminal import flower_console
 
     if "flwr" in sys.modules:  # Flower colours its log lines even in a pipe (server.simulate does it too)
         flower_console()
@@ -49,15 +50,23 @@ def main() -> None:
 
 @main.command()
 @click.argument("pattern", default="")
-def keys(pattern: str) -> None:
+@click.option("--format", "fmt", type=click.Choice(["scenario", "toml", "markdown"]), default="scenario", show_default=True,
+              help="scenario: commented TOML, itself a valid scenario; toml: pyproject's [tool.flwr.app.config] block; "
+                   "markdown: the README's key tables.")
+def keys(pattern: str, fmt: str) -> None:
     """List the scenario keys (all, or those matching PATTERN: a glob or part of a name or group)
     with type, default, allowed values and help, grouped by concern. The full list is valid TOML."""
-    from fedlth.scenario import describe_keys, matching_keys, suggest_key
+    from fedlth.config.scenario import describe_keys, matching_keys, suggest_key
 
     found = matching_keys(pattern)
     if not found:
         fail(f"no scenario key matches {pattern!r}; {suggest_key(pattern)}")
-    click.echo(describe_keys(found), nl=False)
+    if fmt == "scenario":
+        click.echo(describe_keys(found), nl=False)
+        return
+    from fedlth.config.key_docs import config_toml, markdown_tables
+
+    click.echo((config_toml if fmt == "toml" else markdown_tables)(found), nl=False)
 
 
 @main.command()
@@ -69,23 +78,27 @@ def keys(pattern: str) -> None:
 @click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def ticket(scenario: Path, overrides: tuple[str, ...], out: Path | None, seeds: int, quiet: bool) -> None:
     """Central lottery-ticket run: IMP with rewinding and both controls."""
-    from fedlth.data import DatasetUnavailableError
+    from fedlth.data.datasets import DatasetUnavailableError
 
     prov = provenance(program="fedlth")
 
     try:
         sc = load_scenario(scenario, overrides)
-        from fedlth.key_readers import CENTRAL
+        from fedlth.config.key_readers import CENTRAL
 
         _check_keys(sc, overrides, {CENTRAL}, quiet)
         out = out or default_run_dir(sc, "ticket")
         check_out_dir(out)
-        from fedlth.ticket_run import TicketRun, run_ticket_seeds, write_outputs
+        from fedlth.tickets.ticket_run import TicketRun, run_ticket_seeds, write_outputs
 
         progress = Progress.for_terminal(quiet)
         with progress.active():
-            progress.task(f"loading {sc['dataset']}")
-            say = imp_models(progress, sc["imp-levels"], sc["controls"], repeats=seeds)
+            from fedlth.config.component_options import CentralTicketOptions
+            from fedlth.config.options import options
+
+            o = options(sc, CentralTicketOptions)
+            progress.task(f"loading {core(sc).data.dataset}")
+            say = imp_models(progress, o.imp_levels, o.controls, repeats=seeds)
             if seeds > 1:
                 summaries = run_ticket_seeds(sc, list(range(seeds)), out, say, prov)
             else:
@@ -132,14 +145,14 @@ def run(
                 )
             (sc, done), out = _resumable(resume_dir), resume_dir
             if not quiet:
-                click.echo(f"resuming {out} after round {done} of {sc['rounds']}", err=True)
+                click.echo(f"resuming {out} after round {done} of {core(sc).federation.rounds}", err=True)
         else:
             if scenario is None:
                 raise ScenarioError("give a SCENARIO file, or --resume RUN_DIR")
             sc = load_scenario(scenario, overrides)
-            if sc["resume-from"]:
+            if core(sc).federation.resume_from:
                 raise ScenarioError("resume-from is for flwr run (a deployed run); fedlth run continues a run with --resume RUN_DIR")
-            _check_keys(sc, overrides, {sc["algorithm"]}, quiet)
+            _check_keys(sc, overrides, {core(sc).federation.algorithm}, quiet)
             out = out or default_run_dir(sc)
             check_out_dir(out)
         progress = Progress.for_terminal(quiet)
@@ -162,7 +175,7 @@ def run(
 
 def _run_seeds(sc: dict, seeds: int, out: Path, prov: dict, progress: Progress) -> None:
     """`fedlth run --seeds N`: the scenario once per seed into out/seed-S, then seeds.md/.csv/.json/.png."""
-    from fedlth.compare import compare as run_compare
+    from fedlth.reporting.compare import compare as run_compare
 
     next_run = batch_runs(progress, seeds)
 
@@ -171,7 +184,7 @@ def _run_seeds(sc: dict, seeds: int, out: Path, prov: dict, progress: Progress) 
 
     try:
         with stop_on_sigint() as stop, progress.active():
-            res = run_compare(sc, [sc["algorithm"]], list(range(seeds)), out, _runner(prov, stop, progress), on_run=say, prov=prov, stem="seeds")
+            res = run_compare(sc, [core(sc).federation.algorithm], list(range(seeds)), out, _runner(prov, stop, progress), on_run=say, prov=prov, stem="seeds")
     except RunInterrupted:
         _exit_interrupted_batch(out)
     click.echo(res["table"])
@@ -219,7 +232,7 @@ def _resumable(run_dir: Path) -> tuple[dict, int]:
         raise ScenarioError(f"--resume: the run in {str(run_dir)!r} already finished (it has summary.json)")
     if not (run_dir / "checkpoint.pt").is_file():
         raise ScenarioError(f"--resume: {str(run_dir)!r} has no checkpoint.pt: no round of a fedlth run finished there")
-    from fedlth.partition_file import check_unchanged
+    from fedlth.data.partition_file import check_unchanged
     from server.server_app import ResumeError, check_resume_mode, load_checkpoint
 
     try:
@@ -242,8 +255,8 @@ def _resumable(run_dir: Path) -> tuple[dict, int]:
 @click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> None:
     """Run several algorithms on the same partitions over seeds; write a table and an overlay plot."""
-    from fedlth.compare import parse_variant
-    from fedlth.scenario import ALGORITHM_NAMES, resolve
+    from fedlth.config.scenario import ALGORITHM_NAMES, resolve
+    from fedlth.reporting.compare import parse_variant
 
     prov = provenance(program="fedlth")
 
@@ -255,22 +268,22 @@ def compare(scenario: Path, algorithms: str, seeds: int, overrides: tuple[str, .
             raise ScenarioError(f"--algorithms: unknown {bad or 'empty list'}; allowed: {', '.join(ALGORITHM_NAMES)} (each may take NAME:key=value variants)")
         for a in algs:  # a variant's own keys are checked before any run starts
             name, variant_sets = parse_variant(a)
-            resolve(sc | {"algorithm": name}, variant_sets, source=a)
-            from fedlth.key_readers import check_run_keys
+            variant = resolve(sc | {"algorithm": name}, variant_sets, source=a)
+            from fedlth.config.key_readers import check_run_keys
 
-            try:
-                check_run_keys(sc, variant_sets, {name})
+            try:  # against the variant: NAME:aggregation=qffl,qffl-q=2 selects the reader of its own key
+                check_run_keys(variant, variant_sets, {name})
             except ValueError as exc:
                 raise ScenarioError(f"{a}: {exc}") from None
         _check_keys(sc, overrides, {parse_variant(a)[0] for a in algs}, quiet)
-        out = out or default_out_dir("compare", sc["name"])
+        out = out or default_out_dir("compare", core(sc).general.name)
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
         with progress.active():
             _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
-    from fedlth.compare import compare as run_compare
+    from fedlth.reporting.compare import compare as run_compare
 
     next_run = batch_runs(progress, len(algs) * seeds)
 
@@ -303,33 +316,34 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
     target density) and cuts every client's ticket, and with --controls both controls, from
     that run's final global model at each density. Other algorithms run one federation per
     density and seed."""
-    from fedlth.study import parse_densities
+    from fedlth.reporting.study import parse_densities
 
     prov = provenance(program="fedlth")
 
     try:
         sc = load_scenario(scenario, overrides)
-        _check_keys(sc, overrides, {sc["algorithm"]}, quiet)
+        algorithm = core(sc).federation.algorithm
+        _check_keys(sc, overrides, {algorithm}, quiet)
         try:
             targets = parse_densities(densities)
         except ValueError as exc:
             raise ScenarioError(str(exc)) from None
-        if controls and sc["algorithm"] != "personal-ticket":
+        if controls and algorithm != "personal-ticket":
             raise ScenarioError(
                 f"--controls needs algorithm = personal-ticket (its tickets are cut from a finished federation); "
-                f"the scenario has {sc['algorithm']!r} (shared-ticket's controls: compare with ticket-control=reinit or server-pruner=random)"
+                f"the scenario has {algorithm!r} (shared-ticket's controls: compare with ticket-control=reinit or server-pruner=random)"
             )
-        out = out or default_out_dir("study", sc["name"])
+        out = out or default_out_dir("study", core(sc).general.name)
         check_out_dir(out)
         progress = Progress.for_terminal(quiet)
         with progress.active():
             _check_data(sc)
     except (ScenarioError, OutputError) as exc:
         fail(str(exc))
-    if sc["algorithm"] == "personal-ticket":
+    if algorithm == "personal-ticket":
         _study_arms(sc, targets, out, seeds, controls, prov, progress)
         return
-    from fedlth.study import study as run_study
+    from fedlth.reporting.study import study as run_study
 
     next_run = batch_runs(progress, len(targets) * seeds)
 
@@ -348,7 +362,7 @@ def study(scenario: Path, densities: str, overrides: tuple[str, ...], out: Path 
 
 def _study_arms(sc: dict, targets: list[float], out: Path, seeds: int, controls: bool, prov: dict, progress: Progress) -> None:
     """personal-ticket's study: one federation per seed, then every density x arm re-made from it."""
-    from fedlth.study import study_arms
+    from fedlth.reporting.study import study_arms
 
     arms = ("ticket", "random-mask", "reinit") if controls else ("ticket",)
     steps = batch_runs(progress, seeds * (1 + len(targets) * len(arms)))
@@ -377,9 +391,9 @@ def _study_arms(sc: dict, targets: list[float], out: Path, seeds: int, controls:
 @click.option("--quiet", is_flag=True, help="No progress display: only warnings that matter and the result.")
 def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Re-evaluate the saved tickets of a finished run, without training."""
-    from fedlth.io import write_json_atomic
-    from fedlth.labels import trained_note
-    from fedlth.reevaluate import RunDirError, load_run_scenario, reevaluate
+    from fedlth.evaluation.reevaluate import RunDirError, load_run_scenario, reevaluate
+    from fedlth.reporting.io import write_json_atomic
+    from fedlth.reporting.labels import trained_note
 
     prov = provenance(program="fedlth")
     extra = (*overrides, *((f"evaluators={evaluators}",) if evaluators is not None else ()))
@@ -396,7 +410,7 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
     out = run_dir / f"evaluation-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}.json"
     write_json_atomic(out, result)
     acc = result["summary"]["across_clients"]
-    from fedlth.tables import format_cell, human_name
+    from fedlth.reporting.tables import format_cell, human_name
 
     click.echo(f"{len(result['per_client'])} tickets: accuracy {100 * acc['mean']:.1f} % (mean over the clients' own test splits), "
                f"worst-10% {100 * acc['worst10']:.1f} %{trained_note(run_dir / 'metrics.jsonl', result['per_client'])} -> {out}")
@@ -412,7 +426,7 @@ def evaluate_cmd(run_dir: Path, evaluators: str | None, overrides: tuple[str, ..
 @click.option("--shrink/--no-shrink", default=None, help="Cut pruned channels out of the model [default: when the file gets smaller].")
 def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool | None) -> None:
     """Write one client's ticket as a compact file; fedlth.load_ticket(FILE) runs it on CPU."""
-    from fedlth.export import ExportError, export_line, export_run_ticket
+    from fedlth.tickets.export import ExportError, export_line, export_run_ticket
 
     try:
         head = export_run_ticket(run_dir, client, out, force=force, shrink=shrink)
@@ -425,7 +439,7 @@ def export_cmd(run_dir: Path, client: str, out: Path, force: bool, shrink: bool 
 
 def _check_keys(sc: dict, overrides: tuple[str, ...], present: set[str], quiet: bool) -> None:
     """A --set key that this run does not read is an error; a scenario-file key it ignores, a note."""
-    from fedlth.key_readers import check_run_keys
+    from fedlth.config.key_readers import check_run_keys
 
     try:
         notes = check_run_keys(sc, overrides, present)
@@ -441,25 +455,29 @@ def _check_data(sc: dict) -> None:
     dataset declares (model on its input shape, evaluators' needs, compute), in well under a
     second and writing nothing; then the data and partitions themselves (saying so on the
     command's progress line)."""
-    from fedlth import partition_file
-    from fedlth.client_data import check_data_settings
-    from fedlth.data import META
-    from fedlth.progress import current
+    from fedlth.data import partition_file
+    from fedlth.data.client_data import check_data_settings
+    from fedlth.data.datasets import META
+    from fedlth.reporting.progress import current
 
-    if sc["partition"] == partition_file.METHOD:  # its checks need no data: their error comes alone
-        partition_file.read_partition_file(sc["partition-file"], sc["num-clients"])
-    meta = META[sc["dataset"]]
-    from fedlth.models import build_model
+    c = core(sc)
+    if c.data.partition == partition_file.METHOD:  # its checks need no data: their error comes alone
+        from fedlth.config.component_options import FilePartitionOptions
+        from fedlth.config.options import options
+
+        partition_file.read_partition_file(options(sc, FilePartitionOptions).partition_file, c.data.num_clients)
+    meta = META[c.data.dataset]
+    from fedlth.learning.models import build_model
 
     try:  # the model must fit the data's input shape: built once here, not in every client
-        build_model(sc["model"], meta.input_shape, meta.num_classes)
+        build_model(c.training.model, meta.input_shape, meta.num_classes)
     except ValueError as exc:
-        raise ScenarioError(f"key 'model' is {sc['model']!r} on {sc['dataset']}: {exc}") from None
-    if sc["evaluators"]:
-        from fedlth.evaluators import DataInfo, build_evaluators
+        raise ScenarioError(f"key 'model' is {c.training.model!r} on {c.data.dataset}: {exc}") from None
+    if c.outputs.evaluators:
+        from fedlth.evaluation.evaluators import DataInfo, build_evaluators
 
         try:
-            build_evaluators(sc["evaluators"], sc, DataInfo(meta.num_classes, meta.sensitive))
+            build_evaluators(c.outputs.evaluators, sc, DataInfo(meta.num_classes, meta.sensitive))
         except ValueError as exc:
             raise ScenarioError(f"evaluators: {exc}") from None
     from server.simulate import check_compute
@@ -468,16 +486,16 @@ def _check_data(sc: dict) -> None:
         check_compute(sc)  # compute keys (backend, client-cpus, device, client-gpus) that can't work here
     except ValueError as exc:
         raise ScenarioError(str(exc)) from None
-    from fedlth.sampled_partition import SAMPLED
+    from fedlth.data.sampled_partition import SAMPLED
 
-    current().task(f"loading {sc['dataset']}" + ("" if sc["partition"] in SAMPLED else f" and building {sc['num-clients']:,} partitions"))
+    current().task(f"loading {c.data.dataset}" + ("" if c.data.partition in SAMPLED else f" and building {c.data.num_clients:,} partitions"))
     check_data_settings(sc)
 
 
 def _print_run_summary(out: Path, quiet: bool) -> None:
     import json
 
-    from fedlth.labels import accuracy_headline
+    from fedlth.reporting.labels import accuracy_headline
 
     s = json.loads((out / "summary.json").read_text())
     if s.get("status") == "failed":  # a run with no result (server.server_app.run_status)
@@ -521,6 +539,6 @@ def _print_ticket_table(summary: dict, out: Path, quiet: bool) -> None:
     click.echo(f"wrote {out}/summary.json, report.md, levels.csv and accuracy_vs_density.png ({summary['wall_seconds']:.1f} s)")
 
 
-from fedlth.deploy_cli import deploy  # noqa: E402  (`fedlth deploy`, kept last)
+from fedlth.deployment.deploy_cli import deploy  # noqa: E402  (`fedlth deploy`, kept last)
 
 main.add_command(deploy)

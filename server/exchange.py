@@ -10,7 +10,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from fedlth.interrupt import check_stop
+from fedlth.reporting.interrupt import check_stop
 
 FIRST_POLL_SECONDS = 0.02
 MAX_POLL_SECONDS = 0.5

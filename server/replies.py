@@ -14,10 +14,10 @@ from typing import Any
 
 from flwr.app import ArrayRecord, Message
 
-from fedlth.evaluators import COUNTS_PREFIX
-from fedlth.masks import Mask, Weights
-from fedlth.records import decode_mask_upload, decode_record, record_bytes
-from fedlth.wire_delta import Base
+from fedlth.evaluation.evaluators import COUNTS_PREFIX
+from fedlth.federation.records import decode_mask_upload, decode_record, record_bytes
+from fedlth.federation.wire_delta import Base
+from fedlth.tickets.masks import Mask, Weights
 
 QUERY, TRAIN, EVALUATE = "query", "train", "evaluate"
 MAX_EXAMPLES = 2**40  # no client holds a trillion examples; sums of counts stay far from int64's end

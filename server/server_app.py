@@ -19,11 +19,14 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from fedlth.algorithms import get_algorithm, initial_weights, model_names
-from fedlth.client_data import dataset_info
-from fedlth.fedpm import upload_summary as mask_upload_summary
-from fedlth.interrupt import RunInterrupted
-from fedlth.io import (
+from fedlth.config.scenario import load_scenario, resolve, to_toml
+from fedlth.data.client_data import dataset_info
+from fedlth.data.partition_file import RECORD_NAME, check_unchanged, partition_file_record
+from fedlth.evaluation.reference import scenario_reference
+from fedlth.federation.algorithms import get_algorithm, initial_weights, model_names
+from fedlth.federation.fedpm import upload_summary as mask_upload_summary
+from fedlth.reporting.interrupt import RunInterrupted
+from fedlth.reporting.io import (
     default_run_dir,
     sync_disks,
     wait_for_writes,
@@ -32,19 +35,17 @@ from fedlth.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from fedlth.labels import (
+from fedlth.reporting.labels import (
     TRAINING_MASK_DENSITY,
     accuracy_headline,
     round_info,
     trained_clients,
     trained_split,
 )
-from fedlth.partition_file import RECORD_NAME, check_unchanged, partition_file_record
-from fedlth.plots import plot_federated
-from fedlth.progress import CountingGrid, Progress
-from fedlth.provenance import provenance
-from fedlth.reference import scenario_reference
-from fedlth.report import (
+from fedlth.reporting.plots import plot_federated
+from fedlth.reporting.progress import CountingGrid, Progress
+from fedlth.reporting.provenance import provenance
+from fedlth.reporting.report import (
     FIGURES,
     evaluation_summary,
     report_csvs,
@@ -52,8 +53,7 @@ from fedlth.report import (
     round_bytes,
     summarize,
 )
-from fedlth.scenario import load_scenario, resolve, to_toml
-from fedlth.tickets import save_tickets
+from fedlth.tickets.saved import save_tickets
 from server.exchange import StoppableGrid, stream_replies
 from server.strategy import TicketStrategy, rng_state_compact, rng_state_tuple
 
@@ -102,7 +102,7 @@ def save_checkpoint(
     `deployed`: the run's clients are SuperNodes (flwr run), not simulated by fedlth run;
     `wall_segments`: seconds of each process that ran the run so far, this one up to now;
     `later`: by this process's writer thread, in order after the clients' ticket files queued
-    before it (fedlth.io.write_bytes_later), while the next round runs; `round_lines`: json.dumps
+    before it (fedlth.reporting.io.write_bytes_later), while the next round runs; `round_lines`: json.dumps
     of each of `rounds`, made once per round (metrics.jsonl's lines), not once per checkpoint."""
     rounds_text = json.dumps(rounds) if round_lines is None else "[" + ", ".join(round_lines) + "]"
     buf = io.BytesIO()
@@ -265,7 +265,7 @@ def run_federation(
 
     `client_state_dir`: where clients on this machine (simulation) keep their tickets, so
     that they are on disk rather than in RAM and a resumed run finds them. `prov`: the
-    provenance record (fedlth.provenance) for the outputs; built here when not given.
+    provenance record (fedlth.reporting.provenance) for the outputs; built here when not given.
     `deployed`: the clients are SuperNodes (flwr run); the checkpoint says so, so that only
     flwr run with resume-from continues it. summary.json's `status` is "ok" or "failed"
     (with `failure`: why; see run_status).

@@ -19,8 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from fedlth.interrupt import RunInterrupted
-from fedlth.progress import Progress
+from fedlth.config.core_options import core
+from fedlth.reporting.interrupt import RunInterrupted
+from fedlth.reporting.progress import Progress
 from server.server_app import RoundHook, make_server_app
 
 
@@ -42,30 +43,31 @@ def client_gpus(sc: dict[str, Any], cuda: bool | None = None) -> float:
     reserves none (CUDA_VISIBLE_DEVICES=""), so every client would fail; `device = auto` with
     no share trains on the CPUs, and a warning says so.
     """
-    if sc["device"] == "cpu":
+    c = core(sc).compute
+    if c.device == "cpu":
         return 0.0
-    if not sc["ray-address"]:
+    if not c.ray_address:
         if cuda is None:
-            from fedlth.devices import cuda_available
+            from fedlth.learning.devices import cuda_available
 
             cuda = cuda_available()
         if not cuda:
-            if sc["device"] == "cuda":
-                from fedlth.devices import resolve_device
+            if c.device == "cuda":
+                from fedlth.learning.devices import resolve_device
 
                 resolve_device("cuda")  # raises, saying why there is no GPU
             return 0.0
-    if sc["client-gpus"] <= 0:
-        if sc["device"] == "cuda":
+    if c.client_gpus <= 0:
+        if c.device == "cuda":
             raise ValueError(
                 "device = cuda in a simulation needs client-gpus > 0 (e.g. 0.25: four clients share a GPU): "
                 "Ray hides the GPUs from clients that reserve none; or set device = auto or cpu"
             )
-        if not sc["ray-address"]:
+        if not c.ray_address:
             logging.getLogger("fedlth").warning(
                 "fedlth: a GPU is present but client-gpus = 0, so clients train on CPUs; set client-gpus (e.g. 0.25) to use it"
             )
-    return float(sc["client-gpus"])
+    return float(c.client_gpus)
 
 
 def backend_config(sc: dict[str, Any], cuda: bool | None = None) -> dict[str, Any]:
@@ -75,15 +77,16 @@ def backend_config(sc: dict[str, Any], cuda: bool | None = None) -> dict[str, An
     clients run at once as fit. init_args go to ray.init: with `ray-address` it joins that
     cluster (`auto`, `host:port`, or `ray://host:10001` for Ray Client) instead of starting one.
     """
-    cpus = float(sc["client-cpus"])
-    if not sc["ray-address"] and cpus > _local_cpus():
+    c = core(sc).compute
+    cpus = float(c.client_cpus)
+    if not c.ray_address and cpus > _local_cpus():
         raise ValueError(
             f"client-cpus = {cpus:g} but this machine has {_local_cpus()} CPUs, so no client could run; "
             f"allowed: 0 < client-cpus <= {_local_cpus()} (or join a bigger cluster with ray-address)"
         )
     init_args: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "logging_level": logging.ERROR}
-    if sc["ray-address"]:
-        init_args["address"] = sc["ray-address"]
+    if c.ray_address:
+        init_args["address"] = c.ray_address
     return {"client_resources": {"num_cpus": cpus, "num_gpus": client_gpus(sc, cuda)}, "init_args": init_args}
 
 
@@ -91,13 +94,14 @@ def check_compute(sc: dict[str, Any]) -> None:
     """Refuse, with a ValueError saying why, compute settings that cannot work here: Ray's
     (backend_config) on backend = ray; in-process, a cluster address it would ignore and a
     device this machine lacks."""
-    if sc["backend"] == "ray":
+    c = core(sc).compute
+    if c.backend == "ray":
         backend_config(sc)
         return
-    if sc["ray-address"]:
-        raise ValueError(f"ray-address = {sc['ray-address']!r} joins a Ray cluster, which only backend = ray uses; add backend = ray")
-    if sc["device"] == "cuda":
-        from fedlth.devices import resolve_device
+    if c.ray_address:
+        raise ValueError(f"ray-address = {c.ray_address!r} joins a Ray cluster, which only backend = ray uses; add backend = ray")
+    if c.device == "cuda":
+        from fedlth.learning.devices import resolve_device
 
         resolve_device("cuda")  # raises, saying why there is no GPU
 
@@ -140,23 +144,24 @@ def simulate(
     (resume: continue the killed run in `out` from its last checkpoint). Once `stop` is set
     the server stops at its next grid call and this raises RunInterrupted (the run folder
     keeps the checkpoint of the last finished round). `prov`: the provenance record for the
-    run's outputs (fedlth.provenance; built by the server when None). `progress`: where the run
-    says what it does (fedlth.progress; silent when None).
+    run's outputs (fedlth.reporting.provenance; built by the server when None). `progress`: where the run
+    says what it does (fedlth.reporting.progress; silent when None).
 
     backend = inprocess (the default): the same ServerApp loop and ClientApp, driven in this
     process through Flower's Grid interface (server.local_grid), one client after another,
     with no Ray start; backend = ray: Flower's simulation engine (clients in parallel, Ray clusters).
     """
-    from fedlth.terminal import flower_console
+    from fedlth.reporting.terminal import flower_console
 
     flower_console()  # Flower colours its log lines even in a pipe; loaded here, not by the CLI
-    if sc["backend"] == "inprocess":
+    num_clients = core(sc).data.num_clients
+    if core(sc).compute.backend == "inprocess":
         from clients.client_app import app as client_app
         from server.exchange import StoppableGrid
         from server.local_grid import LocalGrid
         from server.server_app import run_federation
 
-        grid = LocalGrid(client_app, sc["num-clients"], known_partitions=True)  # no identification messages
+        grid = LocalGrid(client_app, num_clients, known_partitions=True)  # no identification messages
         run_federation(StoppableGrid(grid, stop) if stop is not None else grid, sc, out, on_round, resume=resume,
                        client_state_dir=out / "client-state", prov=prov, progress=progress or Progress())
         return
@@ -169,12 +174,12 @@ def simulate(
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.WARNING)
     progress = progress or Progress()
-    progress.task(f"starting Ray and Flower's simulation engine for {sc['num-clients']:,} clients")
+    progress.task(f"starting Ray and Flower's simulation engine for {num_clients:,} clients")
     with _third_party_notices_hidden(not verbose):
         run_simulation(
             server_app=make_server_app(sc, out, on_round, resume=resume, stop=stop, prov=prov, progress=progress),
             client_app=client_app,
-            num_supernodes=sc["num-clients"],
+            num_supernodes=num_clients,
             backend_config=config,
             verbose_logging=verbose,
         )

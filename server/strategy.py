@@ -16,19 +16,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedlth import fedpm
-from fedlth.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
-from fedlth.algorithms import get_algorithm, head_off
-from fedlth.masks import Mask, Weights, apply_mask, is_subset, ones_mask
-from fedlth.qffl import QFFLStream
-from fedlth.records import (
+from fedlth.config.component_options import QFFLOptions
+from fedlth.config.options import options
+from fedlth.federation import fedpm
+from fedlth.federation.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
+from fedlth.federation.algorithms import get_algorithm, head_off
+from fedlth.federation.qffl import QFFLStream
+from fedlth.federation.records import (
     config_to_record,
     encode_record,
     record_bytes,
     weights_to_record,
 )
-from fedlth.shared_ticket import density_at, reinit_kept, server_prune
-from fedlth.wire_delta import Base, as_received, base_of, kept_count
+from fedlth.federation.shared_ticket import density_at, reinit_kept, server_prune
+from fedlth.federation.wire_delta import Base, as_received, base_of, kept_count
+from fedlth.tickets.masks import Mask, Weights, apply_mask, is_subset, ones_mask
 from server.directory import OffsetIds, sorted_keys
 from server.exchange import stream_replies
 from server.replies import (
@@ -340,8 +342,9 @@ class TicketStrategy(Strategy):
         if rule == "mean":
             self._stream = MaskedMeanStream(self.global_weights)
         elif rule == "qffl":  # the paper's Lipschitz constant, 1 / the clients' learning rate, unless set
-            lipschitz = self.sc["qffl-lipschitz"] or 1.0 / self.sc["lr"]
-            self._stream = QFFLStream(self.global_weights, self.sc["qffl-q"], lipschitz)
+            o = options(self.sc, QFFLOptions)
+            lipschitz = o.qffl_lipschitz or 1.0 / self.sc["lr"]
+            self._stream = QFFLStream(self.global_weights, o.qffl_q, lipschitz)
         self._losses: dict[int, float] = {}  # qffl: each reply's loss at the model it received
         self._kept: list[Update] = []
         self._sampled: list[Mask] = []  # fedpm: the round's accepted masks, in client-id order

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from fedlth.data import ArrayData, load_dataset
+from fedlth.data.datasets import ArrayData, load_dataset
 
 
 @pytest.fixture(scope="session")
 def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh cache folder, so tests never read or write ~/.cache/fedlth."""
-    return tmp_path_factory.mktemp("fedlth-cache")
+    folder = tmp_path_factory.mktemp("fedlth-cache")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _copy_shared_mnist1d(folder, tmp_path_factory.getbasetemp().parent)
+    return folder
+
+
+def _copy_shared_mnist1d(folder: Path, run_root: Path) -> None:
+    """Under pytest-xdist: MNIST-1D generated once for all workers (CPU seconds each), in the
+    run's temp root under a lock, then copied into this worker's own cache folder (which stays
+    the worker's: tests compare its contents before and after)."""
+    import fcntl
+    import shutil
+
+    shared = run_root / "fedlth-shared-cache"
+    with (run_root / "fedlth-shared-cache.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker generates, the others wait and read
+        load_dataset("mnist1d", cache_dir=shared)
+    for file in shared.glob("mnist1d*.npz"):
+        shutil.copyfile(file, folder / file.name)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +60,20 @@ def _isolated_homes(data_cache_dir: Path, tmp_path_factory: pytest.TempPathFacto
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `pytest -n N --dist loadgroup`, tests marked xdist_group("name") go to one worker.
+    pytest-xdist 3.8 tags their ids with "@name" through Item._nodeid, which pytest 9 no longer
+    reads (ids live in Item._id), so every group would be scattered: tag them here instead."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId  # pytest >= 9
+    except ImportError:  # older pytest: xdist's own tag works
+        return
+    for item in items:
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid:
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")

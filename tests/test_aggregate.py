@@ -12,8 +12,8 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-import fedlth.aggregate as agg
-from fedlth.aggregate import (
+import fedlth.federation.aggregate as agg
+from fedlth.federation.aggregate import (
     AGGREGATORS,
     MaskedMeanStream,
     Update,
@@ -702,9 +702,9 @@ def test_robust_rules_resist_a_fifth_of_clients_attacking(attack, masked):
 
 
 def test_registry_names_match_the_scenario_choices():
-    from fedlth.scenario import KEYS
+    from fedlth.config.scenario import KEYS
 
-    # qffl folds each update with its client's loss (fedlth.qffl.QFFLStream), so it is no (previous, updates) rule
+    # qffl folds each update with its client's loss (fedlth.federation.qffl.QFFLStream), so it is no (previous, updates) rule
     assert tuple(AGGREGATORS) + ("qffl",) == KEYS["aggregation"].choices
     with pytest.raises(TypeError):
         AGGREGATORS["evil"] = masked_mean  # read-only

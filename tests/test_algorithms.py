@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedlth.aggregate import Update, masked_mean
-from fedlth.algorithms import (
+from fedlth.config.scenario import ALGORITHM_NAMES, resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation.aggregate import Update, masked_mean
+from fedlth.federation.algorithms import (
     ALGORITHMS,
     ClientState,
     Ctx,
@@ -15,9 +17,7 @@ from fedlth.algorithms import (
     get_algorithm,
     initial_weights,
 )
-from fedlth.client_data import client_data, dataset_info
-from fedlth.masks import apply_mask, density, is_subset
-from fedlth.scenario import ALGORITHM_NAMES, resolve
+from fedlth.tickets.masks import apply_mask, density, is_subset
 
 BASE = {
     "dataset": "digits", "model": "mlp", "partition": "pathological", "classes-per-client": 2,

@@ -15,12 +15,12 @@ from flwr.app.metadata import Metadata
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import app, context_state, persist_state_, restore_state, set_context_state_
-from fedlth.algorithms import ClientState, initial_weights
-from fedlth.client_data import dataset_info
-from fedlth.masks import density
-from fedlth.records import config_to_record, decode_record, encode_record
-from fedlth.scenario import resolve
-from fedlth.state_store import mask_digest, read_state_file, state_tag, write_state_file
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import dataset_info
+from fedlth.federation.algorithms import ClientState, initial_weights
+from fedlth.federation.records import config_to_record, decode_record, encode_record
+from fedlth.federation.state_store import mask_digest, read_state_file, state_tag, write_state_file
+from fedlth.tickets.masks import density
 
 
 def _state() -> ClientState:
@@ -188,7 +188,7 @@ def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monk
     for; the file reads back the same either way."""
     import os
 
-    from fedlth import io as fio
+    from fedlth.reporting import io as fio
 
     calls: list[int] = []
     real = os.fsync
@@ -214,7 +214,7 @@ def test_only_simulated_clients_whose_server_syncs_skip_the_fsync(tmp_path, monk
 def test_a_ticket_file_read_again_unchanged_comes_from_the_cache_as_fresh_tensors(tmp_path, monkeypatch):
     """The process remembers the file it wrote: an unchanged file skips torch.load, each read gets
     its own tensors, and a file whose bytes changed (another process, a damaged disk) is read anew."""
-    from fedlth import state_store
+    from fedlth.federation import state_store
 
     path, tag = tmp_path / "ticket-0.pt", state_tag(resolve({}), 0)
     write_state_file(path, _state(), tag, 2, (ClientState(rounds=2), 1))

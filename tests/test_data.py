@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedlth import data as data_mod
-from fedlth.data import (
+from fedlth.data import datasets as data_mod
+from fedlth.data.datasets import (
     DATASETS,
     ArrayData,
     DatasetUnavailableError,
@@ -265,7 +265,7 @@ def test_adult_reads_uci_files_from_a_folder(tmp_path):
 
 
 def test_adult_without_path_or_registry_says_to_pass_path(monkeypatch, tmp_path):
-    from fedlth import fair_data
+    from fedlth.data import fair_data
 
     def offline(folder):
         raise OSError("package registry unreachable")
@@ -277,8 +277,8 @@ def test_adult_without_path_or_registry_says_to_pass_path(monkeypatch, tmp_path)
 
 def test_declared_metadata_covers_every_dataset_and_matches_the_loaded_arrays(data_cache_dir):
     """META is what early checks read instead of loading data: it must say what the data says."""
-    from fedlth.data import META
-    from fedlth.scenario import DATASET_NAMES
+    from fedlth.config.scenario import DATASET_NAMES
+    from fedlth.data.datasets import META
 
     assert set(META) == set(DATASETS) == set(DATASET_NAMES)
     for name in data_mod.EMBEDDED:

@@ -27,9 +27,15 @@ import torch
 from click.testing import CliRunner
 
 from fedlth.cli import main
-from fedlth.deploy import DeployError, make_certs, make_node_keys, node_config, write_connection
-from fedlth.local_data import LocalDataError, local_client_data, save_local_data
-from fedlth.scenario import resolve
+from fedlth.config.scenario import resolve
+from fedlth.data.local_data import LocalDataError, local_client_data, save_local_data
+from fedlth.deployment.deploy import (
+    DeployError,
+    make_certs,
+    make_node_keys,
+    node_config,
+    write_connection,
+)
 
 ROOT = Path(__file__).parent.parent
 
@@ -143,7 +149,7 @@ def test_data_file_gives_the_client_its_tensors(tmp_path, caplog):
 
 
 def test_exported_partitions_round_trip_exactly(tmp_path):
-    from fedlth.client_data import client_data
+    from fedlth.data.client_data import client_data
 
     sc = resolve({"dataset": "digits", "model": "mlp", "num-clients": 3, "clients-per-round": 3})
     original = client_data(sc, 2)
@@ -190,9 +196,9 @@ DEVICE_SCRIPT = textwrap.dedent('''
     from flwr.supercore.task_identity import TaskIdentity
 
     import clients.client_app as client
-    from fedlth.algorithms import initial_weights
-    from fedlth.records import config_to_record, encode_record
-    from fedlth.scenario import resolve
+    from fedlth.federation.algorithms import initial_weights
+    from fedlth.federation.records import config_to_record, encode_record
+    from fedlth.config.scenario import resolve
 
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 5, 9, 1
     sc = resolve(json.loads(sys.argv[2]))
@@ -231,7 +237,7 @@ DEVICE_SCRIPT = textwrap.dedent('''
 
 
 def test_client_app_imports_and_runs_without_the_simulation_extras(tmp_path):
-    from fedlth.client_data import client_data
+    from fedlth.data.client_data import client_data
 
     spec = {"dataset": "digits", "model": "mlp", "num-clients": 5, "clients-per-round": 5,
             "algorithm": "lotteryfl", "prune-rate": 0.5, "acc-threshold": 0.0, "prune-tolerance": 1.0}
@@ -337,9 +343,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
+@pytest.mark.xdist_group("deploy")  # under pytest-xdist, one deployment at a time on one worker
 def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps_its_ticket(tmp_path):
-    from fedlth.client_data import client_data
-    from fedlth.state_store import mask_digest
+    from fedlth.data.client_data import client_data
+    from fedlth.federation.state_store import mask_digest
 
     marker = f"FEDLTH_E2E_{uuid.uuid4().hex}"
     home, logs, out = tmp_path / "flwr-home", tmp_path / "logs", tmp_path / "run"

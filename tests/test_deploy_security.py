@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from test_deploy import ROOT, SUPERNODE, _free_ports, _kill_group, _ours, _wait
 
 from fedlth.cli import main
-from fedlth.deploy import (
+from fedlth.deployment.deploy import (
     Certs,
     DeployError,
     command_lines,
@@ -85,7 +85,7 @@ class Deployment:
         _wait(f"127.0.0.1:{port} to listen", listening, self.procs, STEP)
 
     def superlink(self) -> None:
-        """The recipe's SuperLink (fedlth.deploy.superlink_command), on loopback."""
+        """The recipe's SuperLink (fedlth.deployment.deploy.superlink_command), on loopback."""
         self.start("superlink", superlink_command(port=self.link_port, certs=self.certs, auth=True, database=self.database))
         self.wait_port(self.link_port)
 
@@ -116,6 +116,13 @@ class Deployment:
         assert out[0] == 0, out[1]
         listing = json.loads(out[1][out[1].index("{"):])
         return {str(n["node-id"]): n["status"] for n in listing["nodes"]}
+
+    def wait_activated(self) -> None:
+        """Until the gateway has passed a node's activation through (read from its access log, so
+        the `flwr supernode list` that checks the node is online runs once, not once a poll)."""
+        access = self.root / "gateway" / "access.log"
+        _wait("a node to be activated", lambda: access.exists() and '"POST /v1/fleet/activate-node HTTP/1.1" 200' in access.read_text(),
+              self.procs, STEP)
 
     def stop(self, name: str) -> None:
         """Kill a process group hard (a crash, not a clean stop)."""
@@ -199,6 +206,7 @@ def _post(port: int, ca: Path, path: str) -> int:
 
 
 @needs_nginx
+@pytest.mark.xdist_group("deploy")  # under pytest-xdist, one deployment at a time on one worker
 def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(deployment: Deployment):
     dep = deployment
     node, intruder = make_node_keys(dep.root / "keys", ["node-0", "intruder"])
@@ -235,11 +243,12 @@ def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(d
     assert code == 0, out
     node_id = re.search(r"SuperNode (\d+) registered", out).group(1)
     dep.supernode(node.private)
+    dep.wait_activated()
     _wait("the node to be online", lambda: dep.nodes().get(node_id) == "online", dep.procs, STEP)
-    assert '"POST /v1/fleet/activate-node HTTP/1.1" 200' in (dep.root / "gateway" / "access.log").read_text()
 
 
 @needs_nginx
+@pytest.mark.xdist_group("deploy")  # under pytest-xdist, one deployment at a time on one worker
 def test_a_restarted_superlink_keeps_its_nodes_and_they_reconnect_by_themselves(deployment: Deployment):
     dep = deployment
     (node,) = make_node_keys(dep.root / "keys", ["node-0"])
@@ -249,6 +258,7 @@ def test_a_restarted_superlink_keeps_its_nodes_and_they_reconnect_by_themselves(
     assert code == 0, out
     node_id = re.search(r"SuperNode (\d+) registered", out).group(1)
     dep.supernode(node.private)
+    dep.wait_activated()
     _wait("the node to be online", lambda: dep.nodes().get(node_id) == "online", dep.procs, STEP)
 
     access = dep.root / "gateway" / "access.log"

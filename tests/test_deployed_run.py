@@ -16,7 +16,7 @@ from flwr.app import Context, Message, RecordDict
 
 from clients.client_app import app as client_app
 from fedlth.cli import _print_run_summary, main
-from fedlth.scenario import resolve
+from fedlth.config.scenario import resolve
 from server.local_grid import LocalGrid, Tamper
 from server.server_app import (
     ResumeError,

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedlth import client_data as cd
-from fedlth import data as data_module
-from fedlth.devices import module_device, resolve_device
-from fedlth.partition import partition
-from fedlth.scenario import defaults
-from fedlth.training import TrainConfig, evaluate, predict, train_
+from fedlth.config.scenario import defaults
+from fedlth.data import client_data as cd
+from fedlth.data import datasets as data_module
+from fedlth.data.partition import partition
+from fedlth.learning.devices import module_device, resolve_device
+from fedlth.learning.training import TrainConfig, evaluate, predict, train_
 from server.simulate import backend_config
 
 ROOT = Path(__file__).parent.parent
@@ -211,7 +211,7 @@ def test_partition_cache_key_and_damaged_files(monkeypatch):
 
 def test_mnist1d_warm_cache_does_not_import_the_generator(mnist1d_data, data_cache_dir):
     code = (
-        "import sys; from fedlth.data import load_dataset; "
+        "import sys; from fedlth.data.datasets import load_dataset; "
         f"d = load_dataset('mnist1d', cache_dir={str(data_cache_dir)!r}); "
         "print(d.x_train.shape, 'mnist1d' in sys.modules, 'scipy' in sys.modules)"
     )

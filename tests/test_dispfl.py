@@ -12,11 +12,13 @@ import pytest
 import torch
 from flwr.app import Message
 
-import fedlth.algorithms as algorithms
+import fedlth.federation.algorithms as algorithms
 from clients.client_app import app as client_app
-from fedlth import dispfl
-from fedlth.aggregate import Update, masked_mean
-from fedlth.algorithms import (
+from fedlth.config.scenario import ScenarioError, resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation import dispfl
+from fedlth.federation.aggregate import Update, masked_mean
+from fedlth.federation.algorithms import (
     ClientState,
     Ctx,
     dispfl_mask,
@@ -24,10 +26,8 @@ from fedlth.algorithms import (
     initial_weights,
     model_names,
 )
-from fedlth.client_data import client_data, dataset_info
-from fedlth.records import decode_record, encode_record
-from fedlth.scenario import ScenarioError, resolve
-from fedlth.tickets import load_ticket_file, ticket_path
+from fedlth.federation.records import decode_record, encode_record
+from fedlth.tickets.saved import load_ticket_file, ticket_path
 from server.local_grid import LocalGrid
 from server.server_app import load_checkpoint, run_federation
 

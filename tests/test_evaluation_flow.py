@@ -7,7 +7,9 @@ import pytest
 import torch
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
-from fedlth.algorithms import (
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation.algorithms import (
     ClientState,
     Ctx,
     evaluate_client,
@@ -15,11 +17,9 @@ from fedlth.algorithms import (
     initial_weights,
     local_train,
 )
-from fedlth.client_data import client_data, dataset_info
-from fedlth.models import build_model
-from fedlth.report import evaluation_summary
-from fedlth.scenario import resolve
-from fedlth.training import predict
+from fedlth.learning.models import build_model
+from fedlth.learning.training import predict
+from fedlth.reporting.report import evaluation_summary
 
 ARRESTS = {
     "dataset": "arrests", "model": "tabular-mlp", "partition": "natural-id", "num-clients": 6,
@@ -82,7 +82,7 @@ def test_adversarial_training_repeats_whatever_the_global_rng_holds():
 
 def test_personal_ticket_fine_tunes_and_retrains_adversarially():
     # personal-ticket's warm-up and its retraining inside the mask both run PGD-AT when adv-train is on
-    from fedlth.algorithms import ClientState, personal_ticket
+    from fedlth.federation.algorithms import ClientState, personal_ticket
 
     base = {"dataset": "digits", "model": "mlp", "num-clients": 2, "clients-per-round": 2, "algorithm": "personal-ticket",
             "ticket-warmup-epochs": 1, "finetune-epochs": 1, "target-density": 0.5, "adv-eps": 0.3, "adv-steps": 2}

@@ -9,8 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from fedlth.evaluators import DataInfo, EvalData, build_evaluators, registry, run_evaluators
-from fedlth.fairness import metrics_from_counts, unflatten_counts
+from fedlth.evaluation.evaluators import (
+    DataInfo,
+    EvalData,
+    build_evaluators,
+    registry,
+    run_evaluators,
+)
+from fedlth.evaluation.fairness import metrics_from_counts, unflatten_counts
 
 PLUGIN = '''
 from dataclasses import dataclass

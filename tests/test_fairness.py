@@ -21,7 +21,7 @@ from fairlearn.metrics import (
 )
 from sklearn.metrics import accuracy_score
 
-from fedlth.fairness import (
+from fedlth.evaluation.fairness import (
     client_fairness,
     flatten_counts,
     group_counts,

@@ -13,8 +13,10 @@ import torch
 from flwr.app import Message
 
 from clients.client_app import app as client_app
-from fedlth import fedpm
-from fedlth.algorithms import (
+from fedlth.config.scenario import ScenarioError, resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation import fedpm
+from fedlth.federation.algorithms import (
     ClientState,
     Ctx,
     fedpm_network,
@@ -22,10 +24,13 @@ from fedlth.algorithms import (
     initial_weights,
     model_names,
 )
-from fedlth.client_data import client_data, dataset_info
-from fedlth.models import build_model
-from fedlth.records import encode_mask_upload, encode_record, record_bytes, to_array_record
-from fedlth.scenario import ScenarioError, resolve
+from fedlth.federation.records import (
+    encode_mask_upload,
+    encode_record,
+    record_bytes,
+    to_array_record,
+)
+from fedlth.learning.models import build_model
 from server.local_grid import LocalGrid
 from server.replies import ReplyError, decode_mask_payload
 from server.server_app import load_checkpoint, run_federation

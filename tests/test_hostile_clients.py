@@ -15,13 +15,13 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Error, Message, RecordDict
 
 from clients.client_app import app as client_app
-from fedlth.aggregate import Update, masked_mean
-from fedlth.algorithms import initial_weights
-from fedlth.client_data import dataset_info
-from fedlth.evaluators import COUNTS_PREFIX
-from fedlth.records import decode_record, encode_record
-from fedlth.scenario import resolve
-from fedlth.tickets import load_ticket_file, ticket_path
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import dataset_info
+from fedlth.evaluation.evaluators import COUNTS_PREFIX
+from fedlth.federation.aggregate import Update, masked_mean
+from fedlth.federation.algorithms import initial_weights
+from fedlth.federation.records import decode_record, encode_record
+from fedlth.tickets.saved import load_ticket_file, ticket_path
 from server.local_grid import LocalGrid, Tamper
 from server.replies import EVALUATE, TRAIN, ReplyError, check_metrics
 from server.server_app import run_federation

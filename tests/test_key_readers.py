@@ -9,34 +9,66 @@ import pytest
 from click.testing import CliRunner
 
 from fedlth.cli import main
-from fedlth.key_readers import CENTRAL, READERS, check_run_keys, readers_of, unread
-from fedlth.scenario import ALGORITHM_NAMES, KEYS, load_scenario
+from fedlth.config import registry
+from fedlth.config.key_readers import CENTRAL, check_run_keys, readers, readers_of, unread
+from fedlth.config.options import declared_keys
+from fedlth.config.scenario import KEYS, load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 FEDERATED_SOURCES = [*ROOT.glob("server/*.py"), *ROOT.glob("clients/*.py"),
-                     *(ROOT / "fedlth" / f for f in ("algorithms.py", "dispfl.py", "fedpm.py", "training.py", "shared_ticket.py", "aggregate.py"))]
+                     *(ROOT / "fedlth" / f for f in ("federation/algorithms.py", "federation/dispfl.py", "federation/fedpm.py",
+                                                     "learning/training.py", "federation/shared_ticket.py", "federation/aggregate.py"))]
+COMPONENT_SOURCES = [*FEDERATED_SOURCES, *(ROOT / "fedlth" / f for f in ("evaluation/evaluators.py", "tickets/ticket_run.py", "cli.py",
+                                                                         "config/scenario.py", "data/client_data.py"))]
 
 
 def _read_in(paths: list[Path], key: str) -> bool:
     pattern = re.compile(r"""sc\[["']""" + re.escape(key) + r"""["']\]""")
-    return any(pattern.search(p.read_text()) for p in paths)
+    return any(pattern.search(p.read_text()) for p in paths)  # a missing file fails loudly here
 
 
-def test_every_listed_key_and_reader_exists():
-    assert set(READERS) <= set(KEYS)
-    assert {r for who in READERS.values() for r in who} <= {CENTRAL, *ALGORITHM_NAMES}
+def _typed_read_in(paths: list[Path], key: str) -> bool:
+    """`opts.field` (a typed options read) or a scenario lookup of `key`."""
+    attr = re.compile(r"\." + re.escape(key.replace("-", "_")) + r"\b")
+    return _read_in(paths, key) or any(attr.search(p.read_text()) for p in paths)
+
+
+def test_readers_are_the_components_that_declare_the_key():
+    assert set(readers()) <= set(KEYS)
+    every = {c.label for c in registry.components()}
+    assert {r for who in readers().values() for r in who} <= every and CENTRAL in every
     assert readers_of("ditto-lambda") == ("ditto",) and readers_of("fedpm-lr") == ("fedpm",)
+    assert readers_of("qffl-q") == ("aggregation qffl",) and readers_of("attack-eps") == ("evaluator robustness",)
+    assert readers_of("alpha") == ("partition dirichlet", "partition sample-dirichlet")
+    assert set(readers_of("prune-rate")) == {CENTRAL, "lotteryfl", "lotteryfl-faithful", "subfedavg", "subfedavg-hybrid"}
+    assert readers_of("prune-tolerance") == ("lotteryfl", "subfedavg", "subfedavg-hybrid")  # faithful: never refuses
     assert readers_of("lr") is None and readers_of("rounds") is None
 
 
+def test_every_key_a_builtin_declares_is_read_by_code():
+    """A declared key that no code reads would be accepted and ignored: each one is read, typed
+    (`opts.field`) or by name."""
+    for comp in registry.BUILTINS:
+        cls = comp.options_class()
+        for key in declared_keys(cls) if cls is not None else ():
+            assert _typed_read_in(COMPONENT_SOURCES, key), (comp.name, key)
+
+
+def test_the_algorithms_read_their_own_keys_typed():
+    """algorithms.py reads no component's key by name: each algorithm reads its options."""
+    source = (ROOT / "fedlth" / "federation" / "algorithms.py").read_text()
+    by_name = set(re.findall(r"""sc\[["']([a-z0-9-]+)["']\]""", source))
+    assert not by_name & set(readers()), by_name & set(readers())
+
+
 def test_central_only_keys_are_really_not_read_by_federated_code():
-    """The table's claim, checked against the source: a key only `fedlth ticket` reads appears
-    in no federated module's sc[...] lookups, and does appear in the central run's."""
-    central_only = [k for k, who in READERS.items() if who == (CENTRAL,)]
+    """The declaration's claim, checked against the source: a key only `fedlth ticket` reads appears
+    in no federated module's sc[...] lookups, and the central run reads it (typed or by name)."""
+    central_only = [k for k, who in readers().items() if who == (CENTRAL,)]
     assert "epochs" in central_only and "pruner" in central_only
     for key in central_only:
         assert not _read_in(FEDERATED_SOURCES, key), key
-        assert _read_in([ROOT / "fedlth" / "ticket_run.py", ROOT / "fedlth" / "cli.py"], key), key
+        assert _typed_read_in([ROOT / "fedlth" / "tickets" / "ticket_run.py", ROOT / "fedlth" / "cli.py"], key), key
 
 
 def test_unread_names_who_would_read():
@@ -58,6 +90,9 @@ def test_a_scenario_file_key_the_algorithm_ignores_is_a_note_not_an_error():
     (["run", "scenarios/quickstart.toml", "--set", "algorithm=fedavg"], "upload-density=0.2", "read by: personal-ticket"),
     (["ticket", "scenarios/central-ticket.toml"], "upload-density=0.2", "not read by fedlth ticket"),
     (["compare", "scenarios/quickstart.toml", "--algorithms", "fedavg,local"], "dispfl-density=0.2", "read by: dispfl"),
+    (["run", "scenarios/quickstart.toml", "--set", "partition=iid"], "alpha=0.1",
+     "key 'alpha' is not read by algorithm personal-ticket, partition iid; it is read by: partition dirichlet, partition sample-dirichlet"),
+    (["run", "scenarios/quickstart.toml"], "trim-fraction=0.2", "read by: aggregation trimmed-mean"),
 ])
 def test_a_set_key_nobody_reads_exits_2_before_any_work(tmp_path, command, setting, says):
     out = tmp_path / "out"
@@ -77,3 +112,14 @@ def test_the_shipped_scenarios_set_no_key_their_algorithm_ignores():
 def test_fedlth_keys_says_who_reads_a_key():
     result = CliRunner().invoke(main, ["keys", "upload-density"])
     assert result.exit_code == 0 and "Read only by: personal-ticket." in result.output
+
+
+def test_a_compare_variant_may_select_the_reader_of_its_own_key(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "taken").write_text("")  # a non-empty --out: the command stops right after the key checks
+    args = ["compare", "scenarios/quickstart.toml", "--out", str(out), "--algorithms"]
+    ok = CliRunner().invoke(main, [*args, "fedavg:aggregation=qffl:qffl-q=2"])
+    assert ok.exit_code == 2 and "qffl-q" not in ok.output and "not empty" in ok.output, ok.output
+    bad = CliRunner().invoke(main, [*args, "fedavg:qffl-q=2"])
+    assert bad.exit_code == 2 and "key 'qffl-q' is not read by algorithm fedavg, aggregation mean; it is read by: aggregation qffl" in bad.output, bad.output

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedlth.lottery import (
+from fedlth.learning.training import TrainConfig, train_
+from fedlth.tickets.lottery import (
     early_bird_epoch,
     next_mask,
     one_shot_amount,
@@ -13,8 +14,7 @@ from fedlth.lottery import (
     random_mask_control,
     rewind,
 )
-from fedlth.masks import density, is_subset, ones_mask, prunable_names
-from fedlth.training import TrainConfig, train_
+from fedlth.tickets.masks import density, is_subset, ones_mask, prunable_names
 
 
 def _model():

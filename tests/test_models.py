@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fedlth.masks import prunable_names
-from fedlth.models import MODELS, bn_pairs, build_model, count_params, model_names
+from fedlth.learning.models import MODELS, bn_pairs, build_model, count_params, model_names
+from fedlth.tickets.masks import prunable_names
 
 CASES = [
     ("mlp", (1, 8, 8), 10),

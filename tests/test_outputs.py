@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from clients.client_app import app as client_app
-from fedlth.deploy import make_certs, make_node_keys
-from fedlth.io import file_mode, write_bytes_atomic, write_json_atomic
-from fedlth.scenario import resolve
+from fedlth.config.scenario import resolve
+from fedlth.deployment.deploy import make_certs, make_node_keys
+from fedlth.reporting.io import file_mode, write_bytes_atomic, write_json_atomic
 from server.local_grid import LocalGrid
 from server.server_app import run_federation
 

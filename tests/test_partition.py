@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from fedlth.data import ArrayData, label_counts, load_dataset
-from fedlth.partition import PARTITIONERS, ClientSplit, central_split, partition
+from fedlth.data.datasets import ArrayData, label_counts, load_dataset
+from fedlth.data.partition import PARTITIONERS, ClientSplit, central_split, partition
 
 LABEL_METHODS = ("iid", "dirichlet", "pathological", "shard")
 

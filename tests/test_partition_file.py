@@ -13,11 +13,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fedlth import client_data as cd
 from fedlth.cli import main
-from fedlth.data import ArrayData
-from fedlth.partition_file import read_partition_file, write_partition_file
-from fedlth.scenario import ScenarioError, load_scenario, resolve
+from fedlth.config.scenario import ScenarioError, load_scenario, resolve
+from fedlth.data import client_data as cd
+from fedlth.data.datasets import ArrayData
+from fedlth.data.partition_file import read_partition_file, write_partition_file
 
 SCENARIO = """
 dataset = "digits"
@@ -236,7 +236,7 @@ def test_compare_with_a_bad_file_exits_2(tmp_path):
 
 
 def test_deploy_export_data_writes_the_files_rows(tmp_path, digits: ArrayData):
-    from fedlth.local_data import local_client_data
+    from fedlth.data.local_data import local_client_data
 
     path = _write(tmp_path / "exp")
     out = tmp_path / "data"

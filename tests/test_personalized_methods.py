@@ -11,10 +11,12 @@ import torch
 from flwr.app import Message
 from torch import nn
 
-import fedlth.algorithms as algorithms
+import fedlth.federation.algorithms as algorithms
 from clients.client_app import app as client_app
 from clients.client_app import context_state
-from fedlth.algorithms import (
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation.algorithms import (
     ClientState,
     Ctx,
     get_algorithm,
@@ -23,10 +25,8 @@ from fedlth.algorithms import (
     initial_weights,
     model_names,
 )
-from fedlth.client_data import client_data, dataset_info
-from fedlth.records import decode_record, encode_record, record_bytes
-from fedlth.scenario import resolve
-from fedlth.training import TrainConfig, train_
+from fedlth.federation.records import decode_record, encode_record, record_bytes
+from fedlth.learning.training import TrainConfig, train_
 from server.local_grid import LocalGrid
 from server.server_app import run_federation
 

@@ -12,27 +12,32 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fedlth import plugins
 from fedlth.cli import main
-from fedlth.scenario import KEYS, ScenarioError, resolve
+from fedlth.config import plugins
+from fedlth.config.scenario import KEYS, ScenarioError, resolve
 
 THROWAWAY = '''
 """One file: everything a user adds to fedlth."""
-from dataclasses import replace
+from dataclasses import dataclass
 
 import torch
 
-from fedlth.aggregate import masked_mean
-from fedlth.algorithms import Algorithm, fedavg_train, global_model
-from fedlth.plugins import Plugin
-from fedlth.pruning import magnitude_layer
-from fedlth.scenario import Key
+from fedlth.federation.aggregate import masked_mean
+from fedlth.federation.algorithms import Algorithm, fedavg_train, global_model
+from fedlth.config.options import opt, options
+from fedlth.config.plugins import Plugin
+from fedlth.tickets.pruning import magnitude_layer
 
 CALLS = {"train": 0, "prune": 0}
 
 
+@dataclass(frozen=True)
+class CountedOptions:
+    counted_fedavg_step: int = opt(1, "Added to the count at each client round.", lo=1)
+
+
 def counted_train(received, state, ctx):
-    CALLS["train"] += 1
+    CALLS["train"] += ctx.opts(CountedOptions).counted_fedavg_step
     return fedavg_train(received, state, ctx)
 
 
@@ -41,14 +46,24 @@ def counted_prune(weights, mask, amount, *, generator=None, bn_of=None):
     return magnitude_layer(weights, mask, amount, generator=generator, bn_of=bn_of)
 
 
+@dataclass(frozen=True)
+class ShrunkMeanOptions:
+    shrunk_mean_factor: float = opt(1.0, "Share of the way to the mean.", lo=0.0, hi=1.0)
+
+
 def shrunk_mean(sc):
-    factor = sc["shrunk-mean-factor"]
+    factor = options(sc, ShrunkMeanOptions).shrunk_mean_factor
 
     def rule(previous, updates):  # move only `factor` of the way to the masked mean
         mean = masked_mean(previous, updates)
         return {k: previous[k] + factor * (mean[k] - previous[k]) for k in previous}
 
     return rule
+
+
+@dataclass(frozen=True)
+class WeightCountOptions:
+    weight_count_scale: float = opt(1.0, "Multiplies the count.")
 
 
 class WeightCount:
@@ -66,11 +81,12 @@ class WeightCount:
 
 
 PLUGINS = [
-    Plugin("algorithm", "counted-fedavg", Algorithm("counted-fedavg", counted_train, global_model, False, True, True, "FedAvg, counted.")),
+    Plugin("algorithm", "counted-fedavg", Algorithm("counted-fedavg", counted_train, global_model, False, True, True, "FedAvg, counted."),
+           CountedOptions),
     Plugin("pruner", "counted-magnitude", counted_prune),
-    Plugin("aggregation", "shrunk-mean", shrunk_mean, {"shrunk-mean-factor": Key(float, 1.0, "Share of the way to the mean.")}),
-    Plugin("evaluator", "weight-count", lambda sc: WeightCount(sc["weight-count-scale"]),
-           {"weight-count-scale": Key(float, 1.0, "Multiplies the count.")}),
+    Plugin("aggregation", "shrunk-mean", shrunk_mean, ShrunkMeanOptions),
+    Plugin("evaluator", "weight-count", lambda sc: WeightCount(options(sc, WeightCountOptions).weight_count_scale),
+           WeightCountOptions),
 ]
 '''
 
@@ -88,6 +104,7 @@ plots = false
 algorithm = "counted-fedavg"
 aggregation = "shrunk-mean"
 shrunk-mean-factor = 0.0
+counted-fedavg-step = 2
 evaluators = "weight-count"
 weight-count-scale = 2.0
 """
@@ -119,7 +136,7 @@ def test_one_module_adds_an_algorithm_an_aggregation_with_a_key_and_an_evaluator
     scenario.write_text(SCENARIO)
     result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert throwaway.CALLS["train"] == 6  # 3 clients × 2 rounds, through the plug-in's function
+    assert throwaway.CALLS["train"] == 12  # 3 clients × 2 rounds, through the plug-in's function, each counting its own key's 2
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == "counted-fedavg"
     # the evaluator read its own key: every mlp weight and bias is nonzero, counted twice
@@ -127,9 +144,9 @@ def test_one_module_adds_an_algorithm_an_aggregation_with_a_key_and_an_evaluator
     params = sum(v.numel() for k, v in theta.items())
     assert summary["evaluation"]["evaluators_mean"]["weight-count"] == pytest.approx(2.0 * params, rel=0.01)
     # the aggregation read its own key: factor 0 never moves the global model off θ0
-    from fedlth.algorithms import initial_weights
-    from fedlth.client_data import dataset_info
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
+    from fedlth.data.client_data import dataset_info
+    from fedlth.federation.algorithms import initial_weights
 
     sc = load_scenario(scenario)
     theta0 = initial_weights(sc, *dataset_info(sc))
@@ -151,7 +168,7 @@ def test_a_plugin_key_is_refused_without_its_component_and_unknown_names_list_pl
     for p in throwaway.PLUGINS:
         plugins.register(p)
     result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", "weight-count-scale=3", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "read by: weight-count" in result.output
+    assert result.exit_code == 2 and "read by: evaluator weight-count" in result.output
     with pytest.raises(ScenarioError, match="counted-fedavg"):
         resolve({"algorithm": "nope"})
     plugins.unregister("evaluator", "weight-count")
@@ -174,16 +191,71 @@ def test_an_installed_package_is_found_through_the_entry_point_group(throwaway, 
 
 
 def test_a_plugin_may_not_take_a_fedlth_key():
-    from fedlth.scenario import Key
+    from dataclasses import dataclass
+
+    from fedlth.config.options import opt
+
+    @dataclass(frozen=True)
+    class Bad:
+        lr: float = opt(0.1, "Clashes with fedlth's lr.")
 
     with pytest.raises(ValueError, match="already fedlth's"):
-        plugins.register(plugins.Plugin("evaluator", "bad", object, {"lr": Key(float, 0.1, "")}))
+        plugins.register(plugins.Plugin("evaluator", "bad", object, Bad))
     assert ("evaluator", "bad") not in plugins.plugins()
 
+
+def test_plugin_options_must_be_declared_with_opt():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Loose:
+        bad_scale: float = 1.0
+
+    with pytest.raises(ValueError, match=r"Loose\.bad_scale: declare it with fedlth\.config\.options\.opt"):
+        plugins.register(plugins.Plugin("evaluator", "bad", object, Loose))
+    assert ("evaluator", "bad") not in plugins.plugins()
+
+
+def test_a_plugin_key_is_validated_like_a_builtin(throwaway):
+    for p in throwaway.PLUGINS:
+        plugins.register(p)
+    with pytest.raises(ScenarioError, match=r"key 'shrunk-mean-factor' is 1\.5; allowed: a number with 0\.0 <= x <= 1\.0"):
+        resolve({"aggregation": "shrunk-mean", "shrunk-mean-factor": 1.5})
+    with pytest.raises(ScenarioError, match="key 'shrunk-mean-factor' is nan; allowed: a finite number"):
+        resolve({"aggregation": "shrunk-mean", "shrunk-mean-factor": float("nan")})
+    from fedlth.config.key_readers import readers_of
+
+    assert readers_of("counted-fedavg-step") == ("counted-fedavg",)
+    assert readers_of("shrunk-mean-factor") == ("aggregation shrunk-mean",)
+
+
+def test_two_plugins_may_share_one_options_dataclass(throwaway):
+    from dataclasses import dataclass
+
+    from fedlth.config.key_readers import readers_of
+    from fedlth.config.options import opt
+
+    @dataclass(frozen=True)
+    class Shared:
+        shared_scale: float = opt(1.0, "Read by both evaluators.", lo=0.0)
+
+    plugins.register(plugins.Plugin("evaluator", "scale-a", object, Shared))
+    plugins.register(plugins.Plugin("evaluator", "scale-b", object, Shared))
+    assert KEYS["shared-scale"].group == "plug-in scale-a, scale-b" and KEYS["shared-scale"].default == 1.0
+    assert readers_of("shared-scale") == ("evaluator scale-a", "evaluator scale-b")
+    assert resolve({"evaluators": "scale-b", "shared-scale": 2.0})["shared-scale"] == 2.0
+
+    @dataclass(frozen=True)
+    class Other:
+        shared_scale: float = opt(3.0, "Another default.", lo=0.0)
+
+    with pytest.raises(ValueError, match=r"key 'shared-scale' is declared twice, differently \(by evaluator scale-a, evaluator scale-b and evaluator scale-c\)"):
+        plugins.register(plugins.Plugin("evaluator", "scale-c", object, Other))
+    assert ("evaluator", "scale-c") not in plugins.plugins() and KEYS["shared-scale"].default == 1.0  # refused, not kept
 
 
 def test_after_the_plugin_tests_the_key_table_is_fedlths_own():
     """The fixture's clean-up left nothing behind (other test files compare KEYS with pyproject)."""
-    from fedlth import scenario
+    from fedlth.config import scenario
 
-    assert KEYS == scenario._BUILTIN_KEYS and not plugins.plugins()
+    assert KEYS == scenario.BUILTIN_KEYS and not plugins.plugins()

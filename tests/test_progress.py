@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fedlth.labels import (
+from fedlth.reporting.labels import (
     TICKET_DENSITY,
     TRAINING_MASK_DENSITY,
     UPLOAD_KEPT_FRACTION,
@@ -20,7 +20,7 @@ from fedlth.labels import (
     round_info,
     trained_split,
 )
-from fedlth.progress import CLEAR_LINE, CountingGrid, Progress, clock_text, eta_seconds
+from fedlth.reporting.progress import CLEAR_LINE, CountingGrid, Progress, clock_text, eta_seconds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_the_headline_says_who_never_trained_and_gives_the_trained_only_mean():
 
 def test_a_resumed_runs_wall_seconds_is_the_sum_of_its_segments(tmp_path):
     from clients.client_app import app as client_app
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
     from server.local_grid import LocalGrid
     from server.server_app import load_checkpoint, run_federation
 
@@ -192,7 +192,7 @@ def test_a_resumed_runs_wall_seconds_is_the_sum_of_its_segments(tmp_path):
 
 
 def test_export_says_kept_weights_apart_from_the_models_parameters():
-    from fedlth.export import export_line
+    from fedlth.tickets.export import export_line
 
     head = {"client": 3, "density": 0.3, "file_bytes": 9000, "dense_bytes": 77000, "shrunk": {"0": {"kept": [1]}, "2": {}},
             "params": {"dense": 19210, "exported": 18394, "prunable": 18554, "kept": 5566}}
@@ -202,19 +202,23 @@ def test_export_says_kept_weights_apart_from_the_models_parameters():
 
 
 def test_default_folders_name_the_algorithm_and_seed():
-    from fedlth.io import default_run_dir
+    from fedlth.config.scenario import defaults
+    from fedlth.reporting.io import default_run_dir
 
-    run = default_run_dir({"name": "quickstart", "algorithm": "fedavg", "seed": 3})
+    def sc(name: str, algorithm: str, seed: int) -> dict:
+        return defaults() | {"name": name, "algorithm": algorithm, "seed": seed}
+
+    run = default_run_dir(sc("quickstart", "fedavg", 3))
     assert run.parent == Path("runs") and run.name.startswith("run-quickstart-fedavg-s3-")
-    assert default_run_dir({"name": "", "algorithm": "local", "seed": 0}).name.startswith("run-local-s0-")
-    assert default_run_dir({"name": "central", "algorithm": "fedavg", "seed": 1}, "ticket").name.startswith("ticket-central-s1-")
+    assert default_run_dir(sc("", "local", 0)).name.startswith("run-local-s0-")
+    assert default_run_dir(sc("central", "fedavg", 1), "ticket").name.startswith("ticket-central-s1-")
 
 
 # --- a quiet terminal ------------------------------------------------------------------------
 
 
 def test_colour_only_on_a_terminal_and_never_under_no_color():
-    from fedlth.terminal import flower_console, use_colour
+    from fedlth.reporting.terminal import flower_console, use_colour
 
     assert use_colour(Tty(), env={}) and not use_colour(Tty(), env={"NO_COLOR": "1"})
     assert not use_colour(io.StringIO(), env={})
@@ -234,11 +238,11 @@ def test_colour_only_on_a_terminal_and_never_under_no_color():
 def test_partitioning_draws_no_datasets_progress_bars_and_restores_the_setting(monkeypatch):
     from datasets.utils import logging as ds_logging
 
-    import fedlth.partition
-    from fedlth.terminal import no_datasets_progress_bars
+    import fedlth.data.partition
+    from fedlth.reporting.terminal import no_datasets_progress_bars
 
     seen: list[bool] = []
-    real = fedlth.partition._make_partitioner
+    real = fedlth.data.partition._make_partitioner
 
     def spy(*args, **kwargs):
         partitioner = real(*args, **kwargs)
@@ -251,10 +255,10 @@ def test_partitioning_draws_no_datasets_progress_bars_and_restores_the_setting(m
         partitioner.load_partition = load_partition
         return partitioner
 
-    monkeypatch.setattr(fedlth.partition, "_make_partitioner", spy)
-    from fedlth.data import load_dataset
+    monkeypatch.setattr(fedlth.data.partition, "_make_partitioner", spy)
+    from fedlth.data.datasets import load_dataset
 
-    fedlth.partition.partition_train_pool(load_dataset("digits"), "iid", 3, seed=0)
+    fedlth.data.partition.partition_train_pool(load_dataset("digits"), "iid", 3, seed=0)
     assert seen == [False] * 3 and ds_logging.is_progress_bar_enabled()
     with no_datasets_progress_bars():
         assert not ds_logging.is_progress_bar_enabled()
@@ -276,16 +280,23 @@ NOISE = ("DEPRECATED FEATURE", "run_simulation", "FutureWarning", "Tip: In futur
          "Map:", "Filter:", "cli.py:", "DeprecationWarning", "UserWarning")
 
 
-def _fedlth(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_HOME": str(tmp_path / "flwr"), "TERM": "xterm-256color"}
+def piped_env(**extra: str) -> dict[str, str]:
+    """A colour terminal's settings (TERM set, NO_COLOR unset): only the pipe may turn colour off."""
+    env = {**os.environ, "TERM": "xterm-256color", **extra}
     env.pop("NO_COLOR", None)
+    return env
+
+
+def _fedlth(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = piped_env(PYTHONPATH=str(ROOT), FLWR_HOME=str(tmp_path / "flwr"))
     return subprocess.run([sys.executable, "-c", "from fedlth.cli import main; main()", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("backend", ["inprocess", "ray"])
-def test_a_piped_run_is_plain_says_what_it_does_and_carries_no_third_party_noise(tmp_path, backend):
-    (tmp_path / "tiny.toml").write_text(TINY + f'backend = "{backend}"\n')
+# On Ray, a piped run is checked the same way where a Ray run is made anyway (one Ray start less):
+# the resumed run of tests/test_interrupt.py's Ctrl-C test, which uses NOISE and piped_env
+def test_a_piped_run_is_plain_says_what_it_does_and_carries_no_third_party_noise(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY + 'backend = "inprocess"\n')
     res = _fedlth(tmp_path, "run", "tiny.toml")
     assert res.returncode == 0, res.stderr
     both = res.stdout + res.stderr
@@ -329,7 +340,7 @@ def test_the_serverapp_under_flwr_run_logs_its_phases_and_a_line_per_round(tmp_p
 
 
 def test_ticket_progress_counts_every_imp_model_to_the_end():
-    from fedlth.progress import imp_models
+    from fedlth.reporting.progress import imp_models
 
     lines: list[str] = []
     p = Progress(sink=lines.append, interval=0.0)
@@ -344,7 +355,7 @@ def test_ticket_progress_counts_every_imp_model_to_the_end():
 
 
 def test_evaluate_gives_the_trained_only_mean_where_some_clients_never_trained(tmp_path):
-    from fedlth.labels import trained_note
+    from fedlth.reporting.labels import trained_note
 
     rounds = [{"round": 1, "train": {"0": {}, "1": {}}}, {"round": 2, "train": {"1": {}}}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))

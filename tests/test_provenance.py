@@ -15,9 +15,9 @@ import pytest
 
 import fedlth
 from clients.client_app import app as client_app
-from fedlth.compare import compare
-from fedlth.provenance import PACKAGE_ROOT, command_line, git_state, provenance
-from fedlth.scenario import resolve
+from fedlth.config.scenario import resolve
+from fedlth.reporting.compare import compare
+from fedlth.reporting.provenance import PACKAGE_ROOT, command_line, git_state, provenance
 from server.local_grid import LocalGrid
 from server.server_app import PROVENANCE, run_federation
 

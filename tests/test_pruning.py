@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from fedlth.masks import Mask, MaskError, Weights, count_kept, is_subset, ones_mask
-from fedlth.pruning import (
+from fedlth.tickets.masks import Mask, MaskError, Weights, count_kept, is_subset, ones_mask
+from fedlth.tickets.pruning import (
     PRUNERS,
     get_pruner,
     magnitude_global,

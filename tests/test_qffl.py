@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedlth.aggregate import Update, masked_mean
-from fedlth.qffl import QFFLStream, qffl
+from fedlth.federation.aggregate import Update, masked_mean
+from fedlth.federation.qffl import QFFLStream, qffl
 
 
 def _tiny():
@@ -141,7 +141,7 @@ def _federation(tmp_path, tamper=None, **over):
     import json
 
     from clients.client_app import app as client_app
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
     from server.local_grid import LocalGrid
     from server.server_app import run_federation
 
@@ -185,7 +185,7 @@ def test_server_refuses_a_reply_without_a_usable_loss(tmp_path):
 
 
 def test_qffl_is_refused_where_clients_do_not_train_the_received_model():
-    from fedlth.scenario import ScenarioError, resolve
+    from fedlth.config.scenario import ScenarioError, resolve
 
     with pytest.raises(ScenarioError, match="qffl.*fedpm"):
         resolve({"aggregation": "qffl", "algorithm": "fedpm"})

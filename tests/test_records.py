@@ -11,8 +11,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.common.serde import array_record_from_proto, array_record_to_proto
 from flwr.proto.recorddict_pb2 import ArrayRecord as ProtoArrayRecord
 
-from fedlth import records as R
-from fedlth.wire import WireError
+from fedlth.federation import records as R
+from fedlth.federation.wire import WireError
 
 
 def _model_state(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedlth.data import ArrayData
-from fedlth.partition import ClientSplit
-from fedlth.reference import local_majority, majority_rate, reference_scores
-from fedlth.report import pooled_accuracy, report_markdown, summarize
+from fedlth.config.scenario import defaults
+from fedlth.data.datasets import ArrayData
+from fedlth.data.partition import ClientSplit
+from fedlth.evaluation.reference import local_majority, majority_rate, reference_scores
+from fedlth.reporting.report import pooled_accuracy, report_markdown, summarize
 
 
 def _separable(seed: int = 0) -> ArrayData:
@@ -48,8 +49,8 @@ def test_local_majority_is_each_clients_constant_on_its_own_test():
 
 
 def test_summary_and_report_show_the_reference_beside_the_tickets():
-    sc = {"algorithm": "subfedavg", "dataset": "adult", "model": "tabular-mlp", "seed": 0, "num-clients": 2,
-          "clients-per-round": 2, "name": "t", "partition": "iid", "local-epochs": 1}
+    sc = defaults() | {"algorithm": "subfedavg", "dataset": "adult", "model": "tabular-mlp", "seed": 0, "num-clients": 2,
+                       "clients-per-round": 2, "name": "t", "partition": "iid", "local-epochs": 1}
     evaluation = {
         "0": {"num-examples": 30, "accuracy": 0.9, "density": 0.2, "global-accuracy": 0.8},
         "1": {"num-examples": 10, "accuracy": 0.5, "density": 0.2, "global-accuracy": 0.6},
@@ -69,7 +70,7 @@ def test_summary_and_report_show_the_reference_beside_the_tickets():
 def test_study_table_carries_the_reference(tmp_path):
     import json
 
-    from fedlth.study import study
+    from fedlth.reporting.study import study
 
     def runner(sc: dict, out) -> None:
         out.mkdir(parents=True)
@@ -77,7 +78,7 @@ def test_study_table_carries_the_reference(tmp_path):
                    "reference": {"majority_rate": 0.75, "logistic_regression": 0.85, "local_majority": 0.8}}
         (out / "summary.json").write_text(json.dumps(summary))
 
-    study({"algorithm": "subfedavg", "dataset": "adult", "name": "s"}, [1.0, 0.2], tmp_path, runner)
+    study(defaults() | {"algorithm": "subfedavg", "dataset": "adult", "name": "s"}, [1.0, 0.2], tmp_path, runner)
     text = (tmp_path / "study.md").read_text()
     assert "| majority class (constant) |  |  |  |  |  | 75.0 |" in text
     assert "| logistic regression (pooled) |  |  |  |  |  | 85.0 |" in text

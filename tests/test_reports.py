@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fedlth.stats import SPREAD_NOTE, format_stats, seed_stats, t_quantile
-from fedlth.tables import Table, format_cell, human_name
+from fedlth.config.scenario import defaults
+from fedlth.reporting.stats import SPREAD_NOTE, format_stats, seed_stats, t_quantile
+from fedlth.reporting.tables import Table, format_cell, human_name
 
 
 def test_t_interval_over_three_values_equals_the_hand_computation():
@@ -76,7 +77,7 @@ def test_csv_has_the_markdown_rows_at_full_precision():
 
 
 def test_accuracy_band_is_clamped_and_round_ticks_are_integers():
-    from fedlth.plots import (
+    from fedlth.reporting.plots import (
         accuracy_limits,
         clamped_band,
         integer_ticks,
@@ -113,7 +114,7 @@ def _round(rnd: int, accs: list[float] | None, density: float = 0.5) -> dict:
 
 
 def test_federated_figures_skip_what_has_no_curve(tmp_path):
-    from fedlth.plots import density_series, plot_federated
+    from fedlth.reporting.plots import density_series, plot_federated
 
     one_eval = [_round(1, None), _round(2, None), _round(3, [0.5, 0.6, 1.0])]
     done = plot_federated(one_eval, "t", tmp_path)
@@ -148,8 +149,8 @@ def _fake_federated_run(sc: dict, out: Path) -> None:
 
 
 def test_compare_over_seeds_writes_intervals_csv_and_banded_figure(tmp_path):
-    from fedlth.compare import compare
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
+    from fedlth.reporting.compare import compare
 
     sc = resolve({"dataset": "digits", "model": "mlp", "num-clients": 3, "clients-per-round": 3, "rounds": 3})
     res = compare(sc, ["fedavg", "local"], [0, 1, 2], tmp_path, _fake_federated_run)
@@ -169,9 +170,9 @@ def test_compare_over_seeds_writes_intervals_csv_and_banded_figure(tmp_path):
 
 
 def test_study_over_seeds_names_columns_and_carries_baselines(tmp_path):
-    from fedlth.study import study
+    from fedlth.reporting.study import study
 
-    sc = {"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 0}
+    sc = defaults() | {"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 0}
     seen = []
     rows = study(sc, [1.0, 0.2], tmp_path, _fake_federated_run, on_run=lambda d, s: seen.append((d, s)), seeds=[0, 1, 2])
     assert seen == [(1.0, 0), (1.0, 1), (1.0, 2), (0.2, 0), (0.2, 1), (0.2, 2)]
@@ -192,18 +193,18 @@ def test_study_over_seeds_names_columns_and_carries_baselines(tmp_path):
 
 
 def test_single_seed_study_labels_the_spread_over_clients(tmp_path):
-    from fedlth.study import study
+    from fedlth.reporting.study import study
 
-    rows = study({"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 3}, [1.0], tmp_path, _fake_federated_run)
+    rows = study(defaults() | {"algorithm": "subfedavg", "dataset": "adult", "name": "s", "seed": 3}, [1.0], tmp_path, _fake_federated_run)
     assert rows[0]["accuracy_std_over_clients"] == 0.02 and "accuracy_std" not in rows[0]
     md = (tmp_path / "study.md").read_text()
     assert "One seed (3): no spread over seeds" in md and "population std" in md
 
 
 def test_run_report_uses_human_names_and_the_majority_baseline():
-    from fedlth.report import report_markdown
+    from fedlth.reporting.report import report_markdown
 
-    sc = {"name": "x", "partition": "iid", "local-epochs": 1, "attack": "pgd"}
+    sc = defaults() | {"name": "x", "partition": "iid", "local-epochs": 1, "attack": "pgd"}
     ev = {"across_clients": {k: 0.5 for k in ("mean", "variance", "variance_x1e4", "worst10", "best10", "worst", "jain_index")},
           "evaluators_mean": {"robustness.pgd.eps=0.05.robust_accuracy": 0.4321},
           "pooled_fairness": {"race": {"overall": {"accuracy": 0.76, "selection_rate": 0.01}, "demographic_parity_difference": 0.004,
@@ -221,7 +222,7 @@ def test_run_report_uses_human_names_and_the_majority_baseline():
     assert "![density](density_by_round.png)" in md and "accuracy_by_round.png)" not in md
     assert "`accuracy_by_round.png` skipped: 1 evaluation round(s)." in md
     assert "| group | n | accuracy (%) | positive rate (%) | TPR (%) | FPR (%) |\n|---|---|---|---|---|---|\n| a | 5 | 80.0 | 0.0 | n/a | 0.0 |" in md
-    from fedlth.report import report_csvs
+    from fedlth.reporting.report import report_csvs
 
     files = report_csvs(summary)
     assert files["evaluators.csv"] == "metric,mean_over_clients\nrobustness.pgd.eps=0.05.robust_accuracy,0.4321\n"

@@ -12,7 +12,7 @@ from flwr.app import Message
 
 from clients.client_app import app as client_app
 from fedlth.cli import main
-from fedlth.scenario import resolve, to_toml
+from fedlth.config.scenario import resolve, to_toml
 from server.local_grid import LocalGrid, Tamper
 from server.server_app import load_checkpoint, run_federation
 

@@ -10,9 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from fedlth import robustness
-from fedlth.models import build_model
-from fedlth.robustness import (
+from fedlth.evaluation import robustness
+from fedlth.evaluation.robustness import (
     ATTACKS,
     AUTOATTACK_FALLBACK,
     NOTE_AUTOATTACK,
@@ -21,6 +20,7 @@ from fedlth.robustness import (
     pgd_adversarial_examples,
     robust_accuracy,
 )
+from fedlth.learning.models import build_model
 
 torch.set_num_threads(1)
 

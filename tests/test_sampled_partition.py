@@ -9,10 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from fedlth import client_data as cd
-from fedlth.data import ArrayData
-from fedlth.sampled_partition import sampled_split, split_sizes
-from fedlth.scenario import ScenarioError, resolve
+from fedlth.config.scenario import ScenarioError, resolve
+from fedlth.data import client_data as cd
+from fedlth.data.datasets import ArrayData
+from fedlth.data.sampled_partition import sampled_split, split_sizes
 
 
 def _toy(n_train: int = 100, n_test: int = 20, classes: int = 4) -> ArrayData:

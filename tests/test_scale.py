@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from clients.client_app import app as client_app
 from fedlth.cli import main
-from fedlth.scenario import load_scenario, resolve
+from fedlth.config.scenario import load_scenario, resolve
 from server.directory import OffsetIds, known_partitions, sorted_keys
 from server.local_grid import LocalGrid
 from server.server_app import run_federation
@@ -116,7 +116,7 @@ def test_offset_ids_are_a_mapping_that_stores_nothing_per_client():
 
 
 def test_the_report_names_the_trained_clients_mean_when_some_never_trained():
-    from fedlth.report import _over, _trained_row
+    from fedlth.reporting.report import _over, _trained_row
 
     acc = {"scored_clients": 200, "evaluated_clients": 200, "trained_clients": 4, "never_trained_clients": 196, "mean_trained": 0.17}
     assert _trained_row(acc) == ["| personalized accuracy of the 4 scored clients that ever trained (196 never did) | 17.0 % |"]

@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fedlth import scenario as sc_mod
 from fedlth.cli import main
-from fedlth.scenario import KEYS, ScenarioError, load_scenario, parse_override, resolve, to_toml
+from fedlth.config import scenario as sc_mod
+from fedlth.config.scenario import (
+    KEYS,
+    ScenarioError,
+    load_scenario,
+    parse_override,
+    resolve,
+    to_toml,
+)
 
 SCENARIOS = sorted((Path(__file__).parent.parent / "scenarios").glob("*.toml"))
 
@@ -22,12 +29,12 @@ def test_every_shipped_scenario_validates(path):
 
 
 def test_registries_match_the_names_the_validator_allows():
-    from fedlth.data import DATASETS
-    from fedlth.models import MODELS
-    from fedlth.partition import PARTITIONERS
-    from fedlth.partition_file import METHOD
-    from fedlth.pruning import PRUNERS
-    from fedlth.sampled_partition import SAMPLED
+    from fedlth.data.datasets import DATASETS
+    from fedlth.data.partition import PARTITIONERS
+    from fedlth.data.partition_file import METHOD
+    from fedlth.data.sampled_partition import SAMPLED
+    from fedlth.learning.models import MODELS
+    from fedlth.tickets.pruning import PRUNERS
 
     assert set(sc_mod.DATASET_NAMES) == set(DATASETS)
     assert set(sc_mod.MODEL_NAMES) == set(MODELS)
@@ -262,16 +269,92 @@ def test_evaluator_settings_are_refused_before_any_data_is_loaded(tmp_path, monk
     dataset's declared metadata: exit 2, no data loaded, nothing written."""
     from click.testing import CliRunner
 
-    from fedlth import data
     from fedlth.cli import main
+    from fedlth.data import client_data
+    from fedlth.data import datasets as data
 
     def no_loading(*args, **kwargs):
         raise AssertionError("data was loaded before the evaluator check")
 
+    # client_data is imported above, so it keeps the real loader bound once this test ends
     monkeypatch.setattr(data, "load_dataset", no_loading)
+    monkeypatch.setattr(client_data, "load_dataset", no_loading)
     monkeypatch.setitem(data.DATASETS, "mnist1d", no_loading)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["run", "scenarios/quickstart.toml", "--set", f"evaluators={evaluators}", "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert "evaluators:" in result.output and says in result.output
     assert not out.exists()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_pyproject_and_readme_hold_what_the_key_table_generates():
+    """[tool.flwr.app.config] and the README's key tables are `fedlth keys --format toml|markdown`
+    (regenerate them with those commands after changing an options dataclass)."""
+    from fedlth.config.key_docs import (
+        MARKDOWN_BEGIN,
+        MARKDOWN_END,
+        config_toml,
+        markdown_tables,
+        section,
+    )
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert section(pyproject, "[tool.flwr.app.config]", "") == config_toml(sc_mod.BUILTIN_KEYS)
+    assert tomllib.loads(pyproject)["tool"]["flwr"]["app"]["config"] == sc_mod.defaults()
+    readme = (ROOT / "README.md").read_text()
+    assert section(readme, MARKDOWN_BEGIN, MARKDOWN_END) == markdown_tables(sc_mod.BUILTIN_KEYS)
+
+
+def test_fedlth_keys_prints_the_run_config_block_and_the_readme_tables():
+    toml = CliRunner().invoke(main, ["keys", "--format", "toml"])
+    assert toml.exit_code == 0, toml.output
+    assert tomllib.loads(toml.output)["tool"]["flwr"]["app"]["config"] == sc_mod.defaults()
+    md = CliRunner().invoke(main, ["keys", "qffl-*", "--format", "markdown"])
+    assert md.exit_code == 0, md.output
+    assert "| `qffl-q` | float | `1.0` | a number with 0.0 <= x <= 100.0 | aggregation qffl |" in md.output
+    assert "| `rounds` |" not in md.output
+
+
+def test_keys_come_from_typed_options_declared_once():
+    """KEYS is the core's and the components' options; each name key's choices are the registry's."""
+    from fedlth.config import registry
+    from fedlth.config.core_options import CORE
+    from fedlth.config.options import declared_keys
+
+    core = {k for cls in CORE for k in declared_keys(cls)}
+    component = {k for c in registry.BUILTINS if c.options for k in declared_keys(c.options_class())}
+    assert core | component == set(KEYS) and not core & component
+    assert KEYS["algorithm"].choices == registry.builtin_names("algorithm") == sc_mod.ALGORITHM_NAMES
+    assert KEYS["aggregation"].choices == ("mean", "median", "trimmed-mean", "qffl")
+    assert KEYS["target-density"].group == "federation" and KEYS["prune-rate"].group == "lottery tickets"
+
+
+def test_an_option_declares_type_range_and_help():
+    from dataclasses import dataclass
+
+    from fedlth.config.options import declared_keys, opt, options
+
+    @dataclass(frozen=True)
+    class Demo:
+        GROUP = "demo"
+        demo_rate: float = opt(0.5, "A rate.", lo=0.0, hi=1.0, hi_open=True)
+        demo_mode: str = opt("a", "A mode.", choices=("a", "b"), group="other")
+
+    keys = declared_keys(Demo)
+    assert list(keys) == ["demo-rate", "demo-mode"]
+    rate = keys["demo-rate"]
+    assert (rate.type, rate.default, rate.help, rate.group) == (float, 0.5, "A rate.", "demo")
+    assert rate.allowed == "a number with 0.0 <= x < 1.0" and rate.check(0.0) and not rate.check(1.0)
+    assert keys["demo-mode"].choices == ("a", "b") and keys["demo-mode"].group == "other"
+    assert options({"demo-rate": 0.25, "demo-mode": "b", "other": 1}, Demo) == Demo(0.25, "b")
+
+
+def test_the_core_is_typed_too():
+    from fedlth.config.core_options import core
+
+    c = core(resolve({"local-epochs": 3, "lr": 0.1}))
+    assert (c.federation.local_epochs, c.training.lr, c.general.seed, c.outputs.evaluators) == (3, 0.1, 0, "")
+    assert core(resolve({})) is not c and core(resolve({})).federation.local_epochs == 2

@@ -13,10 +13,10 @@ import torch
 from flwr.app import Array, Error, Message
 
 from clients.client_app import app as client_app
-from fedlth.algorithms import initial_weights
-from fedlth.client_data import dataset_info
-from fedlth.records import decode_record, encode_record
-from fedlth.scenario import resolve
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import dataset_info
+from fedlth.federation.algorithms import initial_weights
+from fedlth.federation.records import decode_record, encode_record
 from server.local_grid import LocalGrid, Tamper
 from server.server_app import run_federation
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fedlth.cli import main
-from fedlth.scenario import ALGORITHM_NAMES, defaults
+from fedlth.config.scenario import ALGORITHM_NAMES
 
 ROOT = Path(__file__).parent.parent
 
@@ -63,7 +63,7 @@ def test_two_rounds_three_clients_on_flowers_engine(tmp_path, algorithm):
 def test_two_rounds_three_clients_every_algorithm(tmp_path, algorithm):
     """The same checks for every algorithm, on the in-process grid (seconds, not Ray's 20 s)."""
     from clients.client_app import app as client_app
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
     from server.local_grid import LocalGrid
     from server.server_app import run_federation
 
@@ -136,6 +136,7 @@ def _summary_metrics(out: Path) -> dict:
     return {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k not in {"wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance", "timing"}}
 
 
+@pytest.mark.xdist_group("ray")  # under pytest-xdist, with the other Ray tests on one worker
 def test_ray_and_inprocess_backends_give_bit_identical_results(tmp_path):
     """The one end-to-end run on Ray in this file: Flower's simulation engine and the in-process
     grid run the same apps, so one seed gives the very same metrics, bytes and tickets (client
@@ -163,11 +164,6 @@ def test_same_seed_same_metrics(tmp_path):
     assert a == b
     sampled = [sorted(r["train"]) for r in a]
     assert all(len(s) == 2 for s in sampled)
-
-
-def test_pyproject_run_config_lists_every_scenario_key_at_its_default():
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert config == defaults()
 
 
 FAIR = """
@@ -218,8 +214,8 @@ def test_evaluators_in_a_run_and_reevaluation_of_its_saved_tickets(tmp_path):
     import torch
 
     import fedlth
-    from fedlth.client_data import client_data
-    from fedlth.scenario import load_scenario
+    from fedlth.config.scenario import load_scenario
+    from fedlth.data.client_data import client_data
 
     file = tmp_path / "client-0.fltk"
     exported = CliRunner().invoke(main, ["export", str(out), "--client", "0", "--out", str(file)], catch_exceptions=False)

@@ -39,7 +39,7 @@ def test_an_in_process_run_loads_no_ray_and_plots_only_at_the_end(tmp_path):
     scenario.write_text('dataset = "digits"\nmodel = "mlp"\nnum-clients = 2\nclients-per-round = 2\nrounds = 1\n')
     out = tmp_path / "out"
     _loaded_after(  # the data check fills the cache (FEDLTH_CACHE: the session's, see conftest)
-        f"from fedlth.client_data import check_data_settings\nfrom fedlth.scenario import load_scenario\n"
+        f"from fedlth.data.client_data import check_data_settings\nfrom fedlth.config.scenario import load_scenario\n"
         f"check_data_settings(load_scenario({str(scenario)!r}))"
     )
     code = (
@@ -58,7 +58,7 @@ def test_an_evaluation_rounds_training_line_comes_before_its_evaluation(tmp_path
     """metrics.jsonl gets a round's training line (evaluation_pending) as soon as the round is
     aggregated; the evaluated line replaces it, so the finished file has one line per round."""
     from clients.client_app import app as client_app
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
     from server import server_app
     from server.local_grid import LocalGrid
 
@@ -89,7 +89,7 @@ def test_an_evaluation_rounds_training_line_comes_before_its_evaluation(tmp_path
 
 def test_plots_false_draws_no_figure_and_report_md_says_so(tmp_path):
     from clients.client_app import app as client_app
-    from fedlth.scenario import resolve
+    from fedlth.config.scenario import resolve
     from server.local_grid import LocalGrid
     from server.server_app import run_federation
 

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from clients.client_app import app as client_app
-from fedlth.scenario import ScenarioError, resolve
-from fedlth.study import layer_kept, study_arms, study_row
+from fedlth.config.scenario import ScenarioError, resolve
+from fedlth.reporting.study import layer_kept, study_arms, study_row
 from server.local_grid import LocalGrid
 from server.server_app import run_federation
 
@@ -31,7 +31,7 @@ def test_controls_use_the_tickets_exact_per_layer_counts_for_every_client(tmp_pa
     models: dict[tuple[float, str, int], dict[str, torch.Tensor]] = {}
 
     def personalizer(run_dir, run_sc, on_model):
-        from fedlth.reevaluate import repersonalize
+        from fedlth.evaluation.reevaluate import repersonalize
 
         def keep(pid, w):
             models[(run_sc["target-density"], run_sc["ticket-control"], pid)] = w
@@ -92,7 +92,7 @@ def test_study_row_has_the_pooled_accuracy_gap_between_groups():
 
 
 def test_attack_takes_several_names_each_at_every_eps():
-    from fedlth.evaluators import EvalData, RobustnessEvaluator, build_evaluators
+    from fedlth.evaluation.evaluators import EvalData, RobustnessEvaluator, build_evaluators
 
     ev = RobustnessEvaluator.from_options({"attack": "fgsm, pgd", "attack-eps": "0.1,0.2", "attack-steps": 2, "attack-samples": 8})
     assert ev.attacks == ("fgsm", "pgd")
@@ -148,7 +148,7 @@ def test_cli_study_with_controls_writes_every_arm(tmp_path):
 def test_cli_study_of_personal_ticket_interrupted_exits_130(tmp_path, monkeypatch):
     import server.simulate
     from fedlth.cli import main
-    from fedlth.interrupt import EXIT_INTERRUPTED, RunInterrupted
+    from fedlth.reporting.interrupt import EXIT_INTERRUPTED, RunInterrupted
 
     def interrupted(*_args, **_kwargs):
         raise RunInterrupted("interrupted by the user")

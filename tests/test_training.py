@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from fedlth.masks import apply_mask_, mask_grads_, ones_mask, prunable_names
-from fedlth.pruning import get_pruner
-from fedlth.training import SGD, TrainConfig, evaluate, lr_at, predict, train_
+from fedlth.learning.training import SGD, TrainConfig, evaluate, lr_at, predict, train_
+from fedlth.tickets.masks import apply_mask_, mask_grads_, ones_mask, prunable_names
+from fedlth.tickets.pruning import get_pruner
 
 ROOT = Path(__file__).parent.parent
 
@@ -78,7 +78,7 @@ def test_training_does_not_import_the_compiler():
     """torch.optim's first step imports torch._dynamo (seconds of CPU in every process that
     trains); train_ needs none of it."""
     code = (
-        "import sys, torch; from torch import nn; from fedlth.training import TrainConfig, train_; "
+        "import sys, torch; from torch import nn; from fedlth.learning.training import TrainConfig, train_; "
         "m = nn.Linear(3, 2); x = torch.randn(8, 3); y = torch.zeros(8, dtype=torch.long); "
         "train_(m, x, y, {}, TrainConfig(), epochs=1, generator=torch.Generator().manual_seed(0)); "
         "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'"
@@ -121,7 +121,7 @@ def test_cosine_schedule():
 
 
 def test_adversarial_training_hook_sees_every_batch_and_keeps_the_mask():
-    from fedlth.robustness import pgd_adversarial_examples
+    from fedlth.evaluation.robustness import pgd_adversarial_examples
 
     model, x, y, mask = _setup()
     calls = []

@@ -10,10 +10,12 @@ import torch
 from flwr.app import Message
 from torch import nn
 
-import fedlth.training as training
+import fedlth.learning.training as training
 from clients.client_app import app as client_app
-from fedlth.aggregate import MaskedMeanStream, Update
-from fedlth.algorithms import (
+from fedlth.config.scenario import resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation.aggregate import MaskedMeanStream, Update
+from fedlth.federation.algorithms import (
     ClientState,
     Ctx,
     federation_epochs,
@@ -21,13 +23,11 @@ from fedlth.algorithms import (
     initial_weights,
     personal_finetune,
 )
-from fedlth.client_data import client_data, dataset_info
-from fedlth.finetune import finetune_select
-from fedlth.masks import density, is_subset
-from fedlth.records import decode_record, encode_record
-from fedlth.scenario import resolve
-from fedlth.shared_ticket import density_at, server_prune
-from fedlth.training import TrainConfig
+from fedlth.federation.records import decode_record, encode_record
+from fedlth.federation.shared_ticket import density_at, server_prune
+from fedlth.learning.finetune import finetune_select
+from fedlth.learning.training import TrainConfig
+from fedlth.tickets.masks import density, is_subset
 from server.local_grid import LocalGrid
 from server.server_app import run_federation
 
@@ -169,7 +169,7 @@ def test_personal_ticket_uploads_a_sparse_share_and_ends_at_its_density(tmp_path
         "wire-dtype": "float16", "finetune-epochs": 2, "ticket-warmup-epochs": 1, "save-tickets": True,
     })
     summary = run_federation(LocalGrid(client_app, sc["num-clients"]), sc, tmp_path / "run")
-    from fedlth.tickets import load_ticket_file, ticket_path
+    from fedlth.tickets.saved import load_ticket_file, ticket_path
 
     weights, mask = load_ticket_file(ticket_path(tmp_path / "run" / "tickets", 0))
     assert abs(density(mask) - 0.3) < 0.01 and all(bool((weights[k][~m] == 0).all()) for k, m in mask.items())
@@ -196,7 +196,7 @@ def test_personal_ticket_controls_keep_the_per_layer_counts():
 
 
 def test_repersonalize_reproduces_the_run_then_swaps_in_a_control(tmp_path):
-    from fedlth.reevaluate import repersonalize
+    from fedlth.evaluation.reevaluate import repersonalize
 
     sc = resolve(BASE | {
         "algorithm": "personal-ticket", "rounds": 2, "wire-dtype": "float16", "finetune-epochs": 2, "ticket-warmup-epochs": 1,

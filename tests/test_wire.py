@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedlth.wire import WireError, decode, dense_size_bytes, encode, payload_bytes
+from fedlth.federation.wire import WireError, decode, dense_size_bytes, encode, payload_bytes
 
 SHAPES = [(1,), (7,), (8,), (3, 5), (2, 3, 3), (4, 1, 3, 3), (13, 11)]
 
@@ -109,7 +109,7 @@ def _with(**changes):
     "arrays,match",
     [
         (_with(w__bits=np.zeros(3, np.uint8)), "has 3 bytes"),
-        (_with(w__bits=np.zeros(2, np.int8)), "expected uint8"),
+        (_with(w__bits=np.zeros(2, np.int8)), "must be 1-D uint8 bytes; got int8"),
         (_with(w__bits=np.zeros((1, 2), np.uint8)), "must be 1-D"),
         (_with(w__bits=np.array([0b10110001, 0b01000001], np.uint8)), "padding bits set"),
         (_with(w__values=np.ones(4, np.float32)), "has 4 values; the mask keeps 5"),
@@ -117,7 +117,7 @@ def _with(**changes):
         (_with(w__values=np.array([1, np.nan, 3, 4, 5], np.float32)), "NaN or Inf"),
         (_with(w__values=np.array([1, np.inf, 3, 4, 5], np.float32)), "NaN or Inf"),
         (_with(w__values=np.ones((5, 1), np.float32)), "must be 1-D"),
-        (_with(w__shape=np.array([3, 6], np.int64)), "has 2 bytes; shape \\(3, 6\\)"),
+        (_with(w__shape=np.array([3, 6], np.int64)), "of shape \\(3, 6\\) has 2 bytes; 18 entries need 3"),
         (_with(w__shape=np.array([2.0, 5.0])), "1-D integer"),
         (_with(w__shape=np.array([-2, -5], np.int64)), "negative"),
         (_with(w__values=None), "needs both"),

@@ -1,4 +1,4 @@
-"""The coded wire format (fedlth.wire_delta): bit-exact round trips for every value dtype, codec
+"""The coded wire format (fedlth.federation.wire_delta): bit-exact round trips for every value dtype, codec
 and delta, deltas refused against any other base, and federations that run lossless through it."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import torch
 from flwr.app import Message
 
 from clients.client_app import app as client_app
-from fedlth import wire_delta as wd
-from fedlth.records import decode_record, encode_record
-from fedlth.scenario import resolve
-from fedlth.wire import WireError
+from fedlth.config.scenario import resolve
+from fedlth.federation import wire_delta as wd
+from fedlth.federation.records import decode_record, encode_record
+from fedlth.federation.wire import WireError
 from server.local_grid import LocalGrid, Tamper
 from server.server_app import run_federation
 

@@ -1,0 +1,1 @@
+"""Scenarios and components: the keys, their readers, options and the registry, plug-ins."""

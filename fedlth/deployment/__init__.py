@@ -1,0 +1,1 @@
+"""Deployment: certificates, SuperNode keys, Flower connections and the `fedlth deploy` command."""

@@ -1,0 +1,1 @@
+"""Judging tickets: pluggable evaluators, robustness, fairness, reference scores, re-evaluation."""

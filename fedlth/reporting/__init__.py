@@ -1,0 +1,1 @@
+"""Runs and their outputs: run folders, progress, reports, tables, plots, comparisons, studies, provenance."""

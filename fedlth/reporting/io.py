@@ -1,0 +1,120 @@
+"""Run folders and atomic writes: a crash never leaves a half-written output behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fedlth.config.core_options import core
+
+
+class OutputError(ValueError):
+    """An output folder can't be used without losing what is there."""
+
+
+def default_out_dir(kind: str, name: str, root: str | Path = "runs") -> Path:
+    """runs/<kind>-<name>-<timestamp>: a new folder for every run."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return Path(root) / f"{kind}-{name}-{stamp}"
+
+
+def default_run_dir(sc: dict, kind: str = "run", root: str | Path = "runs") -> Path:
+    """runs/<kind>-<scenario>-<algorithm>-s<seed>-<timestamp>: the folder says what ran."""
+    c = core(sc)
+    parts = [p for p in (c.general.name, c.federation.algorithm if kind == "run" else None) if p]
+    return default_out_dir(kind, "-".join([*parts, f"s{c.general.seed}"]), root)
+
+
+def check_out_dir(path: Path) -> None:
+    """Refuse a folder that holds anything: a run never overwrites another's outputs."""
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise OutputError(f"output folder {str(path)!r} exists and is not empty; choose another --out")
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask (0o644 under the usual 022).
+
+    mkstemp makes 0o600 files, which would hide a run's outputs from the group; the umask is
+    read from /proc (os.umask can only be read by setting it, process-wide, racing threads).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o644
+
+
+def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
+    """Write to a temporary file beside `path`, then rename over it; the file gets `mode`
+    (default: file_mode(), as open() would; private keys pass 0o600) before it appears.
+    `durable`: on the disk (fsync) before the rename; False where the caller syncs later
+    (a killed process loses nothing either way: only an OS crash can lose unsynced data)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, file_mode() if mode is None else mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# One writer thread per process, first in first out: each write (fsync included) is on the disk
+# before the next starts, so a crash leaves a prefix of the writes, as if they had been made
+# in the caller's thread, while the caller computes. In-process simulations use it for the
+# clients' ticket files and the server's checkpoints.
+MAX_PENDING_WRITES = 1024  # then wait: the bytes in the queue stay bounded
+_writer: ThreadPoolExecutor | None = None
+_writes: dict[str, Future] = {}
+_writes_lock = threading.Lock()
+
+
+def write_bytes_later(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
+    """write_bytes_atomic(path, data, ...) in this process's writer thread, after every write
+    queued before it; wait_for_writes() waits for it (and re-raises its error)."""
+    global _writer
+    if len(_writes) >= MAX_PENDING_WRITES:
+        wait_for_writes()
+    with _writes_lock:
+        _writer = _writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedlth-writer")
+        _writes[str(path)] = _writer.submit(write_bytes_atomic, path, data, mode, durable)
+
+
+def wait_for_writes(path: Path | None = None) -> None:
+    """Block until the queued writes (up to the last one of `path`, else all) are done; a write
+    that failed raises here."""
+    with _writes_lock:
+        pending = [_writes.pop(str(path), None)] if path is not None else [_writes.pop(k) for k in list(_writes)]
+    for future in pending:
+        if future is not None:
+            future.result()
+
+
+def sync_disks() -> None:
+    """Flush every file written without fsync to the disk (one call for a round's many files:
+    an fsync each costs milliseconds, most of a small model's message)."""
+    if hasattr(os, "sync"):
+        os.sync()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Atomic text write (UTF-8)."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Atomic, indented JSON write."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
