@@ -13,10 +13,10 @@ from flwr.app import Context, MessageType, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from clients.client_app import _decode_download, _Run
-from fedlth.federation.algorithms import initial_weights, model_names
-from fedlth.data.client_data import client_data, dataset_info
-from fedlth.federation.records import decode_record, encode_record, record_bytes
 from fedlth.config.scenario import resolve
+from fedlth.data.client_data import client_data, dataset_info
+from fedlth.federation.algorithms import initial_weights, model_names
+from fedlth.federation.records import decode_record, encode_record, record_bytes
 from server.strategy import TicketStrategy, rng_state_compact, rng_state_tuple
 
 
