@@ -23,6 +23,8 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedlth.config.component_options import FedPMOptions
+from fedlth.config.core_options import core
 from fedlth.config.scenario import resolve
 from fedlth.data.client_data import ClientData, client_data, data_key
 from fedlth.data.local_data import local_client_data
@@ -185,7 +187,7 @@ def node_data(context: Context, sc: dict[str, Any]) -> ClientData:
         return client_data(sc, pid)
     except ImportError as exc:  # partitioning needs flwr-datasets and Hugging Face datasets
         raise RuntimeError(
-            f"partition-id {pid} asks for a partition of {sc['dataset']!r}, which needs the simulation extra "
+            f"partition-id {pid} asks for a partition of {core(sc).data.dataset!r}, which needs the simulation extra "
             f"({exc.name or exc} is not installed: pip install 'fedlth[sim]'); a device with the base install "
             f'reads its own data: --node-config \'partition-id={pid} data-file="/path/to/data.npz"\''
         ) from exc
@@ -288,7 +290,7 @@ def _received(msg: Message, ctx: Ctx, state: ClientState, sent: dict[str, Any] |
         ) from exc
     if sent is not None:
         sent["mask"] = mask
-    alg = get_algorithm(ctx.sc["algorithm"])
+    alg = get_algorithm(ctx.core.federation.algorithm)
     if alg.server_mask:
         return weights, replace(state, mask=mask or None)  # the server owns the shared mask
     if alg.masked and state.mask is None and mask:  # (fedper's head mask is no ticket)
@@ -341,30 +343,32 @@ def train(msg: Message, context: Context) -> Message:
     sc, ctx, state, made_in = _setup(msg, context, training=True)
     import torch
 
-    if sc["torch-threads"] > 0:
-        torch.set_num_threads(sc["torch-threads"])
+    c = ctx.core  # read once: core(sc) costs about 60 µs
+    alg, wire = get_algorithm(c.federation.algorithm), c.wire
+    if c.general.torch_threads > 0:
+        torch.set_num_threads(c.general.torch_threads)
     sent: dict[str, Any] = {}
     received, state = _received(msg, ctx, state, sent)
     # q-FFL weighs this reply by its loss at the model it received, measured before training
-    loss_in = {"received-loss": received_loss(ctx, received)} if sc["aggregation"] == "qffl" and received is not None else {}
-    reply = get_algorithm(sc["algorithm"]).train(received, state, ctx)
+    loss_in = {"received-loss": received_loss(ctx, received)} if c.reliability.aggregation == "qffl" and received is not None else {}
+    reply = alg.train(received, state, ctx)
     reply = replace(reply, metrics=reply.metrics | loss_in) if loss_in else reply
     # the download as decoded, with the version the server gives it (its round minus one): the base
     # of this reply's delta (wire-upload) and, kept, of the next download's (wire-download)
     base = base_of(received, sent.get("mask"), ctx.server_round - 1) if received is not None else None
     kept = reply.state
-    if sc["wire-download"] == "delta" and base is not None:
+    if wire.wire_download == "delta" and base is not None:
         kept = replace(kept, base=base.weights, base_mask=base.mask, base_version=base.version)
     persist_state_(context, sc, kept, dict(msg.content["config"]), ctx.server_round, (state, made_in))
     content = RecordDict({"metrics": metrics_to_record(reply.metrics)})
     has = reply.weights is not None
-    up_base = base if sc["wire-upload"] == "delta" else None
+    up_base = base if wire.wire_upload == "delta" else None
     content["arrays"] = encode_record(
-        reply.weights, reply.mask, with_shapes=False, wire_dtype=sc["wire-dtype"], codec=sc["wire-codec"], base=up_base,
+        reply.weights, reply.mask, with_shapes=False, wire_dtype=wire.wire_dtype, codec=wire.wire_codec, base=up_base,
     ) if has else ArrayRecord()
-    if get_algorithm(sc["algorithm"]).mask_posterior and reply.mask is not None:  # fedpm: the sampled mask's bits alone
+    if alg.mask_posterior and reply.mask is not None:  # fedpm: the sampled mask's bits alone
         names = fedpm_network(sc, ctx.data.input_shape, ctx.data.num_classes)[1]
-        content["arrays"] = encode_mask_upload(reply.mask, names, sc["fedpm-codec"])
+        content["arrays"] = encode_mask_upload(reply.mask, names, ctx.opts(FedPMOptions).fedpm_codec)
     return Message(content, reply_to=msg)
 
 
@@ -372,7 +376,7 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Score this client's personal model on its own test split."""
     sc, ctx, state, _ = _setup(msg, context, training=False)
-    alg, (received, state) = get_algorithm(sc["algorithm"]), _received(msg, ctx, state)
+    alg, (received, state) = get_algorithm(ctx.core.federation.algorithm), _received(msg, ctx, state)
     personal = alg.personal(received, state, ctx)  # once: it may fine-tune
     content = RecordDict({"metrics": metrics_to_record(evaluate_client(alg, received, state, ctx, personal))})
     if int(msg.content["config"].get("send-ticket", 0)):

@@ -19,6 +19,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from fedlth.config.component_options import TicketControlOptions
+from fedlth.config.core_options import core
+from fedlth.config.options import options
 from fedlth.config.scenario import load_scenario, resolve, to_toml
 from fedlth.data.client_data import dataset_info
 from fedlth.data.partition_file import RECORD_NAME, check_unchanged, partition_file_record
@@ -64,8 +67,9 @@ NEW_NODE_SECONDS = 60.0  # how long a node that joined mid-run gets to say who i
 
 def is_eval_round(sc: dict[str, Any], rnd: int) -> bool:
     """Every `eval-every` rounds, and always after the last one."""
-    k = sc["eval-every"]
-    return rnd == sc["rounds"] or (k > 0 and rnd % k == 0)
+    fed = core(sc).federation
+    k = fed.eval_every
+    return rnd == fed.rounds or (k > 0 and rnd % k == 0)
 
 
 def wait_for_nodes(grid: Grid, n: int, limit: float = NODE_WAIT_SECONDS, strict: bool = True) -> bool:
@@ -167,7 +171,7 @@ def round_line(entry: dict[str, Any], sc: dict[str, Any]) -> str:
     mean training loss, and the evaluation when there was one."""
     train = entry["train"]
     rejected = [r for r in entry.get("rejected", []) if r.get("kind", "train") == "train"]
-    line = (f"fedlth: round {entry['round']}/{sc['rounds']}: {len(train)} updates accepted, {len(rejected)} rejected, "
+    line = (f"fedlth: round {entry['round']}/{core(sc).federation.rounds}: {len(train)} updates accepted, {len(rejected)} rejected, "
             f"{len(entry.get('dropped', []))} missing; upload {entry['bytes']['upload'] / 1e6:.3f} MB")
     losses = [x for m in train.values() if (x := m.get("train-loss", m.get("loss"))) is not None and x == x]
     if losses:
@@ -206,7 +210,7 @@ def _train_round(grid: Grid, sc: dict[str, Any], strategy: TicketStrategy, rnd: 
     """One training round: send, fold replies as they arrive, aggregate; the run-log entry."""
     messages = list(strategy.configure_train(rnd, ArrayRecord(), ConfigRecord(), grid))
     progress.step(f"round {rnd}: clients trained", total=len(messages))
-    for node, reply in stream_replies(grid, messages, sc["round-timeout"]):
+    for node, reply in stream_replies(grid, messages, core(sc).reliability.round_timeout):
         strategy.fold(reply, node)
     result = strategy.finish_round()
     return {
@@ -223,7 +227,7 @@ def _evaluate_round(
     progress.step(f"round {rnd}: clients evaluated", total=len(messages))
     entry["eval_asked"] = len(messages)  # every client, or eval-clients of them (a seeded sample)
     # each reply is filed under the node the instruction went to, never the partition it names
-    strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, sc["round-timeout"])))
+    strategy.aggregate_evaluate(rnd, list(stream_replies(grid, messages, core(sc).reliability.round_timeout)))
     result = strategy.evaluation_result()
     entry["evaluate"] = result.scores
     entry["eval_missing"] = result.missing
@@ -273,13 +277,16 @@ def run_federation(
     """
     t_start = time.perf_counter()
     prov = run_provenance(out, resume, prov)
-    random.seed(sc["seed"])  # anything in Flower that samples with the global `random`
-    torch.manual_seed(sc["seed"])
-    alg = get_algorithm(sc["algorithm"])
+    c = core(sc)
+    seed, n_clients, timeout = c.general.seed, c.data.num_clients, c.reliability.round_timeout
+    random.seed(seed)  # anything in Flower that samples with the global `random`
+    torch.manual_seed(seed)
+    alg = get_algorithm(c.federation.algorithm)
     shape, classes = dataset_info(sc)
     split_file = partition_file_record(sc)  # which exact split the run used (file partitions)
     # the re-init control's fresh init: the same model under another seed
-    fresh = initial_weights(sc | {"seed": sc["seed"] + 1}, shape, classes) if sc["ticket-control"] == "reinit" else None
+    reinit = options(sc, TicketControlOptions).ticket_control == "reinit"
+    fresh = initial_weights(sc | {"seed": seed + 1}, shape, classes) if reinit else None
     strategy = TicketStrategy(sc, initial_weights(sc, shape, classes), model_names(sc, shape, classes), fresh)
     rounds: list[dict[str, Any]] = []
     run_key = uuid.uuid4().hex
@@ -292,24 +299,24 @@ def run_federation(
         random.setstate(rng_state_tuple(ckpt["python_rng"]))
         torch.set_rng_state(ckpt["torch_rng"])
         rounds = ckpt["rounds"]
-        log(INFO, "fedlth: resuming %s after round %d of %d", out, len(rounds), sc["rounds"])
+        log(INFO, "fedlth: resuming %s after round %d of %d", out, len(rounds), c.federation.rounds)
     strategy.run_config["run-key"] = run_key
     if client_state_dir is not None:
         strategy.run_config["state-dir"] = str(client_state_dir.resolve())
         # clients in this process write their files in the background, others on this machine
         # without an fsync each: the writes are waited for, or the disk synced, before each checkpoint
-        if sc["backend"] == "inprocess" or not sc["ray-address"]:
-            strategy.run_config["state-sync"] = "process" if sc["backend"] == "inprocess" else "disk"
+        if c.compute.backend == "inprocess" or not c.compute.ray_address:
+            strategy.run_config["state-sync"] = "process" if c.compute.backend == "inprocess" else "disk"
     progress = progress or Progress()
     grid = CountingGrid(grid, progress)  # every reply moves the progress line on
-    progress.task(f"waiting for {sc['num-clients']:,} clients to connect")
-    wait_for_nodes(grid, sc["num-clients"])
+    progress.task(f"waiting for {n_clients:,} clients to connect")
+    wait_for_nodes(grid, n_clients)
     progress.task("starting the federation")
     if not strategy.adopt_known_partitions(grid):  # in-process simulation: the grid knows, nobody is asked
-        progress.step(f"asking {sc['num-clients']:,} clients for their partition ids", total=sc["num-clients"])
-        strategy.identify(grid, timeout=sc["round-timeout"])
-    if len(strategy.node_of) < sc["num-clients"]:
-        raise RuntimeError(f"{len(strategy.node_of)} of {sc['num-clients']} nodes identified themselves")
+        progress.step(f"asking {n_clients:,} clients for their partition ids", total=n_clients)
+        strategy.identify(grid, timeout=timeout)
+    if len(strategy.node_of) < n_clients:
+        raise RuntimeError(f"{len(strategy.node_of)} of {n_clients} nodes identified themselves")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "scenario.toml", to_toml(sc))
     if split_file is not None and not resume:  # a resume checks the file still has this content
@@ -320,17 +327,18 @@ def run_federation(
     # rewritten from the checkpoint: a line for a round the crash cut short is dropped
     lines = [json.dumps(r) for r in rounds]  # each round's line, encoded once: metrics.jsonl and the checkpoints
     write_text_atomic(metrics_path, "".join(line + "\n" for line in lines))
-    progress.task(f"{sc['algorithm']} rounds", total=sc["rounds"], done=len(rounds))
+    progress.task(f"{c.federation.algorithm} rounds", total=c.federation.rounds, done=len(rounds))
     # this process's timings: start-up (from entering run_federation; the wall clock at its first
     # round, for a caller that timed the whole process) and each evaluation's seconds
     timing: dict[str, Any] = {"seconds_before_first_round": time.perf_counter() - t_start,
                               "first_round_started_unix": time.time(), "evaluation_seconds": {}}
-    for rnd in range(len(rounds) + 1, sc["rounds"] + 1):
+    node_wait = c.reliability.node_wait
+    for rnd in range(len(rounds) + 1, c.federation.rounds + 1):
         t0 = time.perf_counter()
-        if sc["node-wait"] > 0 and not wait_for_nodes(grid, sc["num-clients"], sc["node-wait"], strict=False):
+        if node_wait > 0 and not wait_for_nodes(grid, n_clients, node_wait, strict=False):
             log(WARNING, "round %d: %d of %d nodes online after %.0f s; going on", rnd,
-                len(list(grid.get_node_ids())), sc["num-clients"], sc["node-wait"])
-        strategy.identify(grid, timeout=min(sc["round-timeout"], NEW_NODE_SECONDS))  # nodes that (re)joined
+                len(list(grid.get_node_ids())), n_clients, node_wait)
+        strategy.identify(grid, timeout=min(timeout, NEW_NODE_SECONDS))  # nodes that (re)joined
         entry = _train_round(grid, sc, strategy, rnd, progress)
         line_at = None
         if is_eval_round(sc, rnd):
@@ -380,7 +388,8 @@ def run_federation(
     if failure is not None:
         summary["failure"] = failure
     write_json_atomic(out / "summary.json", summary)
-    figures = (plot_federated(rounds, f"{sc['algorithm']} on {sc['dataset']} (seed {sc['seed']})", out) if sc["plots"]
+    title = f"{c.federation.algorithm} on {c.data.dataset} (seed {seed})"
+    figures = (plot_federated(rounds, title, out) if c.outputs.plots
                else dict.fromkeys(FIGURES, "skipped: plots = false"))
     report = report_markdown(sc, summary, figures)
     if failure is not None:
@@ -407,8 +416,9 @@ def deployed_plan(run_config: dict[str, Any]) -> tuple[dict[str, Any], Path, boo
     run-config keys set to anything but their default must agree with that scenario.
     """
     sc = resolve(run_config, source="run config")
-    if not sc["resume-from"]:
-        folder = Path(sc["out-dir"] or default_run_dir(sc)).expanduser().resolve()
+    fed = core(sc).federation
+    if not fed.resume_from:
+        folder = Path(fed.out_dir or default_run_dir(sc)).expanduser().resolve()
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             what = ("a finished run (summary.json)" if (folder / "summary.json").is_file()
                     else f"a killed run; continue it with: {resume_command(folder)}" if (folder / CHECKPOINT).is_file()
@@ -416,9 +426,9 @@ def deployed_plan(run_config: dict[str, Any]) -> tuple[dict[str, Any], Path, boo
             raise ResumeError(f"out-dir {str(folder)!r} already holds {what}; a new run needs a new or empty out-dir "
                               "(or none: a fresh runs/run-<name>-<time> under the SuperLink's working directory)")
         return sc, folder, False
-    folder = Path(sc["resume-from"]).expanduser().resolve()
-    if sc["out-dir"] and Path(sc["out-dir"]).expanduser().resolve() != folder:
-        raise ResumeError(f"resume-from writes into the run's own folder ({folder}); drop out-dir = {sc['out-dir']!r}")
+    folder = Path(fed.resume_from).expanduser().resolve()
+    if fed.out_dir and Path(fed.out_dir).expanduser().resolve() != folder:
+        raise ResumeError(f"resume-from writes into the run's own folder ({folder}); drop out-dir = {fed.out_dir!r}")
     if not folder.is_dir():
         raise ResumeError(f"resume-from: no run folder {str(folder)!r} (relative paths start at the SuperLink's working directory)")
     if (folder / "summary.json").is_file():
@@ -442,8 +452,9 @@ def _deployed_main(grid: Grid, context: Context) -> None:
     folder: Path | None = None
     try:
         sc, folder, resume = deployed_plan(dict(context.run_config))
-        log(INFO, "fedlth: %s %s on %d nodes; outputs in %s", "resuming" if resume else "starting", sc["algorithm"],
-            sc["num-clients"], folder)
+        c = core(sc)
+        log(INFO, "fedlth: %s %s on %d nodes; outputs in %s", "resuming" if resume else "starting", c.federation.algorithm,
+            c.data.num_clients, folder)
         summary = run_federation(grid, sc, folder, lambda e: log(INFO, "%s", round_line(e, sc)), resume=resume, deployed=True)
     except Exception as exc:
         where = ""

@@ -8,7 +8,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -16,7 +16,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from fedlth.config.component_options import QFFLOptions
+from fedlth.config.component_options import (
+    FedPMOptions,
+    PersonalTicketOptions,
+    QFFLOptions,
+    SharedTicketOptions,
+    TrimmedMeanOptions,
+)
+from fedlth.config.core_options import Core, core
 from fedlth.config.options import options
 from fedlth.federation import fedpm
 from fedlth.federation.aggregate import MaskedMeanStream, Update, get_aggregator, validate_update
@@ -45,6 +52,7 @@ from server.replies import (
     reply_metrics,
 )
 
+Opts = TypeVar("Opts")
 Reply = Message | tuple[int, Message]  # a bare reply, or (the node its instruction went to, the reply)
 
 
@@ -82,7 +90,8 @@ class TicketStrategy(Strategy):
 
     def __init__(self, sc: dict[str, Any], initial: Weights, prunable: list[str] | None = None, fresh: Weights | None = None) -> None:
         self.sc = sc
-        self.alg = get_algorithm(sc["algorithm"])
+        self._typed_for: dict[str, Any] | None = None  # the scenario `core` and `opts` were read from
+        self.alg = get_algorithm(self.core.federation.algorithm)
         self.global_weights = initial
         self.shapes = {k: tuple(v.shape) for k, v in initial.items()}
         self.dtypes = {k: v.dtype for k, v in initial.items()}
@@ -100,8 +109,8 @@ class TicketStrategy(Strategy):
         self.alpha: Weights = {}
         self.beta: Weights = {}
         if self.alg.mask_posterior:
-            self.global_weights, self.fedpm_names = fedpm.network(initial, self.prunable, sc["fedpm-init"], sc["seed"])
-            self.probs = fedpm.initial_probabilities(self.global_weights, self.fedpm_names, torch.Generator().manual_seed(sc["seed"] + 2**40))
+            self.global_weights, self.fedpm_names = fedpm.network(initial, self.prunable, self.opts(FedPMOptions).fedpm_init, self.core.general.seed)
+            self.probs = fedpm.initial_probabilities(self.global_weights, self.fedpm_names, torch.Generator().manual_seed(self.core.general.seed + 2**40))
             self.alpha, self.beta = fedpm.prior({k: self.shapes[k] for k in self.fedpm_names})
         self.masks: dict[int, Mask] = {}  # partition id -> the last mask that client reported
         self._initial_masks: dict[int, Mask] = {}  # partition id -> its initial mask (alg.initial_mask), drawn once
@@ -110,9 +119,11 @@ class TicketStrategy(Strategy):
         self.node_of: dict[int, int] | OffsetIds = {}
         self.pid_of: dict[int, int] | OffsetIds = {}
         self.dense_bytes = record_bytes(encode_record(initial, None))
-        self.max_update_bytes = sc["max-update-bytes"] or 2 * self.dense_bytes
+        rel = self.core.reliability
+        self.max_update_bytes = rel.max_update_bytes or 2 * self.dense_bytes
         # qffl folds replies with their losses (QFFLStream); the other rules are (previous, updates) -> weights
-        self.aggregator = get_aggregator(sc["aggregation"], sc["trim-fraction"], sc) if sc["aggregation"] != "qffl" else None
+        self.aggregator = (get_aggregator(rel.aggregation, self.opts(TrimmedMeanOptions).trim_fraction, sc)
+                           if rel.aggregation != "qffl" else None)
         # sent with every message: "run-key" names this run's lineage (a resumed run keeps it),
         # "state-dir" where simulated clients keep their tickets (fedlth run only)
         self.run_config: dict[str, str] = {}
@@ -120,7 +131,7 @@ class TicketStrategy(Strategy):
         self.declared: dict[int, int] = {}
         self._identify_rejected: list[dict[str, Any]] = []  # query replies refused before a round opens
         self.open_round(0, [])
-        self.rng = random.Random(sc["seed"])
+        self.rng = random.Random(self.core.general.seed)
         self.scenario_record = config_to_record(sc)
         # what the last call of each phase saw, for the run log
         self.train_log: dict[int, dict[str, Any]] = {}
@@ -182,6 +193,25 @@ class TicketStrategy(Strategy):
                 self._reject(None, node, reason, kind=QUERY, nbytes=payload_bytes(reply), into=self._identify_rejected,
                              rnd=self.round + 1)
 
+    def _typed(self) -> None:
+        """Read the scenario typed once, and again only when `sc` is replaced (core(sc) costs about
+        60 µs: the reply path reads it per reply, not per weight)."""
+        if self._typed_for is not self.sc:
+            self._typed_for, self._core, self._opts = self.sc, core(self.sc), {}
+
+    @property
+    def core(self) -> Core:
+        """The scenario's core keys, typed (fedlth.config.core_options)."""
+        self._typed()
+        return self._core
+
+    def opts(self, cls: type[Opts]) -> Opts:
+        """A component's options `cls` (fedlth.config.component_options), read from the scenario."""
+        self._typed()
+        if cls not in self._opts:
+            self._opts[cls] = options(self.sc, cls)
+        return self._opts[cls]
+
     def _bind(self, node: int, reply: Message, online: set[int]) -> str | None:
         """Bind `node` to the partition its query reply names; why not, or None."""
         try:
@@ -191,8 +221,9 @@ class TicketStrategy(Strategy):
         if reply.metadata.src_node_id != node:
             return f"reply sent by node {reply.metadata.src_node_id}, not by node {node}"
         pid = int(metrics["partition-id"])
-        if pid >= self.sc["num-clients"]:
-            return f"claims partition {pid}; allowed: 0 .. {self.sc['num-clients'] - 1}"
+        n = self.core.data.num_clients
+        if pid >= n:
+            return f"claims partition {pid}; allowed: 0 .. {n - 1}"
         assert isinstance(self.node_of, dict) and isinstance(self.pid_of, dict)  # learnt by query
         held = self.node_of.get(pid)
         if held is not None and held != node:
@@ -207,7 +238,7 @@ class TicketStrategy(Strategy):
     def sample(self) -> list[int]:
         """This round's clients: a seeded draw from the sorted partition ids."""
         ids = sorted_keys(self.node_of)
-        k = min(self.sc["clients-per-round"], len(ids))
+        k = min(self.core.federation.clients_per_round, len(ids))
         return sorted(self.rng.sample(ids, k))
 
     # --- messages ------------------------------------------------------------------------------
@@ -225,11 +256,11 @@ class TicketStrategy(Strategy):
     def _encode_download(self, pid: int, weights: Weights, mask: Mask | None, version: int) -> ArrayRecord:
         """The download in the scenario's wire format (both ends know the shapes: none on the wire);
         with wire-download = delta, against the version the client holds when that is smaller."""
-        sc = self.sc
-        opts: dict[str, Any] = {"with_shapes": False, "wire_dtype": sc["wire-dtype"], "codec": sc["wire-codec"]}
+        wire = self.core.wire
+        opts: dict[str, Any] = {"with_shapes": False, "wire_dtype": wire.wire_dtype, "codec": wire.wire_codec}
         if version >= 0:
             self._sent[pid] = (version, mask)
-        delta = version >= 0 and sc["wire-download"] == "delta"
+        delta = version >= 0 and wire.wire_download == "delta"
         full, self.sent_values[pid] = self._full_download(weights, mask, opts, version if delta else -1)
         if not delta:
             return full
@@ -252,15 +283,15 @@ class TicketStrategy(Strategy):
     def _keep_version(self, version: int, weights: Weights) -> None:
         """wire-download = delta: remember this round's download as the clients decode it; keep at
         most wire-history versions (the newest held ones), forgetting which client holds the rest."""
-        self.versions[version] = as_received(weights, self.sc["wire-dtype"])
+        self.versions[version] = as_received(weights, self.core.wire.wire_dtype)
         held = {v for v, _ in self.held.values()} | {version}
-        keep = sorted(held)[-self.sc["wire-history"]:]
+        keep = sorted(held)[-self.core.wire.wire_history:]
         self.versions = {v: w for v, w in self.versions.items() if v in keep}
         self.held = {pid: h for pid, h in self.held.items() if h[0] in self.versions}
 
     def upload_base(self, pid: int) -> Base | None:
         """wire-upload = delta: what client `pid` was sent this round, the base its reply may be a delta against."""
-        if self.sc["wire-upload"] != "delta" or pid not in self._sent:
+        if self.core.wire.wire_upload != "delta" or pid not in self._sent:
             return None
         version, mask = self._sent[pid]
         return base_of(self._received_now, mask, version)
@@ -288,8 +319,9 @@ class TicketStrategy(Strategy):
         if version >= 0:
             self._sent = {}
             sent = self.probs if self.alg.mask_posterior else self.global_weights
-            self._received_now = as_received(sent, self.sc["wire-dtype"])
-            if self.sc["wire-download"] == "delta" and self.alg.uploads:
+            wire = self.core.wire
+            self._received_now = as_received(sent, wire.wire_dtype)
+            if wire.wire_download == "delta" and self.alg.uploads:
                 self._keep_version(version, sent)
         for pid in pids:
             arrays = self._payload(pid, version)
@@ -312,14 +344,14 @@ class TicketStrategy(Strategy):
         as many as are known), else a draw of eval-clients of them seeded by (seed, round) alone,
         so the training sampler's sequence and a resumed run's draws are unchanged. O(eval-clients)."""
         ids = sorted_keys(self.node_of)
-        k = self.sc["eval-clients"]
+        k = self.core.federation.eval_clients
         if k <= 0 or k >= len(ids):
             return ids
-        return sorted(random.Random(f"fedlth-eval/{self.sc['seed']}/{server_round}").sample(ids, k))
+        return sorted(random.Random(f"fedlth-eval/{self.core.general.seed}/{server_round}").sample(ids, k))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> list[Message]:
         """Each evaluated client (eval_sample) scores its personal ticket (and sends it, after the last round)."""
-        self._send_ticket = server_round == self.sc["rounds"] and self.sc["save-tickets"]
+        self._send_ticket = server_round == self.core.federation.rounds and self.core.outputs.save_tickets
         pids = self.eval_sample(server_round)
         self._eval_expected = set(pids)
         self.eval_log, self.eval_missing = {}, []
@@ -337,13 +369,13 @@ class TicketStrategy(Strategy):
         self._seen: set[int] = set()
         self._waiting: dict[int, Update | None] = {}  # replied, not yet folded (None: nothing to fold)
         self._metrics: dict[int, dict[str, Any]] = {}  # checked metrics, logged once the update is accepted
-        rule = self.sc["aggregation"]
+        rule = self.core.reliability.aggregation
         self._stream: MaskedMeanStream | QFFLStream | None = None
         if rule == "mean":
             self._stream = MaskedMeanStream(self.global_weights)
         elif rule == "qffl":  # the paper's Lipschitz constant, 1 / the clients' learning rate, unless set
-            o = options(self.sc, QFFLOptions)
-            lipschitz = o.qffl_lipschitz or 1.0 / self.sc["lr"]
+            o = self.opts(QFFLOptions)
+            lipschitz = o.qffl_lipschitz or 1.0 / self.core.training.lr
             self._stream = QFFLStream(self.global_weights, o.qffl_q, lipschitz)
         self._losses: dict[int, float] = {}  # qffl: each reply's loss at the model it received
         self._kept: list[Update] = []
@@ -396,7 +428,7 @@ class TicketStrategy(Strategy):
             if self.alg.mask_posterior:  # fedpm counts every client once (the code): no example weights
                 self._sampled.append(update.mask)
                 weight = 1
-            elif self._reference is None and self.sc["example-cap"] > 0:
+            elif self._reference is None and self.core.reliability.example_cap > 0:
                 validate_update(self.global_weights, update, client=pid)
                 self._held.append((pid, update))
             else:
@@ -407,7 +439,7 @@ class TicketStrategy(Strategy):
                          download=self.sent_bytes.get(pid, 0), download_values=self.sent_values.get(pid, 0))
             return
         self.accepted.append(pid)
-        if self.sc["wire-download"] == "delta" and pid in self._sent:
+        if self.core.wire.wire_download == "delta" and pid in self._sent:
             self.held[pid] = self._sent[pid]  # it replied to that download: it holds it now
         self.declared.setdefault(pid, update.num_examples)
         self.train_log[pid] = self._metrics.pop(pid)
@@ -424,7 +456,7 @@ class TicketStrategy(Strategy):
             log(WARNING, "round %s: client %s declares %s examples; weighted as %s (example-cap)",
                 self.round, pid, update.num_examples, n)
         update = Update(update.weights, update.mask, n)
-        if self.alg.sparse_upload and self.sc["sparse-fill"] == "global":
+        if self.alg.sparse_upload and self.opts(PersonalTicketOptions).sparse_fill == "global":
             update = fill_unsent(update, self.global_weights)
         if isinstance(self._stream, QFFLStream):
             self._stream.add(update, self._losses[pid], client=pid)
@@ -438,9 +470,9 @@ class TicketStrategy(Strategy):
     def weight_of(self, pid: int, n: int) -> int:
         """A client's weight in the mean: `n`, at most its first accepted count and at most
         example-cap × the median first count (see the scenario key)."""
-        if self.sc["weighting"] == "uniform":
+        if self.core.personal.weighting == "uniform":
             return 1
-        cap = self.sc["example-cap"]
+        cap = self.core.reliability.example_cap
         if cap <= 0:
             return n
         bound = min(n, self.declared.get(pid, n))
@@ -451,7 +483,7 @@ class TicketStrategy(Strategy):
     def _update_of(self, pid: int, node: int, reply: Message) -> Update | None:
         """The reply as an Update, None when the algorithm uploads nothing; ReplyError when it
         fails a check (every metric, the partition it claims, the payload)."""
-        qffl = self.sc["aggregation"] == "qffl" and self.alg.uploads
+        qffl = self.core.reliability.aggregation == "qffl" and self.alg.uploads
         metrics = reply_metrics(reply, TRAIN, ("received-loss",) if qffl else ())
         claimed_partition(metrics, pid, node)
         if qffl:
@@ -467,7 +499,7 @@ class TicketStrategy(Strategy):
         if n <= 0:
             raise ReplyError(f"num-examples must be a whole number > 0; got {n!r}")
         if self.alg.mask_posterior:  # fedpm: a sampled mask and nothing else
-            mask = decode_mask_payload(arrays, self.fedpm_names, self.shapes, self.max_update_bytes, self.sc["fedpm-codec"])
+            mask = decode_mask_payload(arrays, self.fedpm_names, self.shapes, self.max_update_bytes, self.opts(FedPMOptions).fedpm_codec)
             self._metrics[pid] = metrics
             return Update({}, mask, int(n))
         weights, mask = decode_payload(arrays, self.shapes, self.max_update_bytes, self.dtypes, self.upload_base(pid))
@@ -550,14 +582,15 @@ class TicketStrategy(Strategy):
         for pid in self.dropped:
             self.held.pop(pid, None)  # it may or may not hold this round's download
             log(WARNING, "round %s: client %s sent no reply within %.0f s; the round goes on without it",
-                self.round, pid, self.sc["round-timeout"])
+                self.round, pid, self.core.reliability.round_timeout)
             self._waiting[pid] = None
         self._advance()
         if not self.alg.uploads:
             return False
-        if len(self.accepted) < self.sc["min-clients"]:
+        least = self.core.reliability.min_clients
+        if len(self.accepted) < least:
             log(WARNING, "round %s: %d valid updates, fewer than min-clients = %d; the global model is kept",
-                self.round, len(self.accepted), self.sc["min-clients"])
+                self.round, len(self.accepted), least)
             return False
         if self.alg.mask_posterior:
             self._update_posterior()
@@ -574,25 +607,25 @@ class TicketStrategy(Strategy):
     def _update_posterior(self) -> None:
         """fedpm's server rule: reset α, β to the prior on schedule, then α += Σ m_i and
         β += Σ (1 − m_i) over the round's masks (softened by fedpm-epsilon); send the mode or mean."""
-        sc = self.sc
-        if fedpm.resets_before(self.round, sc["fedpm-reset-every"]):
+        o = self.opts(FedPMOptions)
+        if fedpm.resets_before(self.round, o.fedpm_reset_every):
             self.alpha, self.beta = fedpm.prior({k: self.shapes[k] for k in self.fedpm_names})
-        self.alpha, self.beta = fedpm.beta_update(self.alpha, self.beta, self._sampled, sc["fedpm-epsilon"])
-        self.probs = fedpm.posterior_probabilities(self.alpha, self.beta, sc["fedpm-estimate"])
+        self.alpha, self.beta = fedpm.beta_update(self.alpha, self.beta, self._sampled, o.fedpm_epsilon)
+        self.probs = fedpm.posterior_probabilities(self.alpha, self.beta, o.fedpm_estimate)
         self._sampled = []
 
     def _prune_shared(self) -> None:
         """shared-ticket's server rule: the shared mask follows its schedule after each round."""
-        sc = self.sc
-        target = density_at(self.round, sc["prune-start"], sc["prune-end"], sc["target-density"])
+        o = self.opts(SharedTicketOptions)
+        target = density_at(self.round, o.prune_start, o.prune_end, self.core.federation.target_density)
         if target >= 1.0:
             return
         mask = self.shared_mask or ones_mask(self.global_weights, self.prunable)
         # seeded by (seed, round): the random-mask control draws the same mask on a resumed run
-        gen = torch.Generator().manual_seed(sc["seed"] * 1_000_003 + self.round)
-        self.shared_mask = server_prune(self.global_weights, mask, target, sc["server-pruner"], gen)
+        gen = torch.Generator().manual_seed(self.core.general.seed * 1_000_003 + self.round)
+        self.shared_mask = server_prune(self.global_weights, mask, target, o.server_pruner, gen)
         self.global_weights = apply_mask(self.global_weights, self.shared_mask)
-        if sc["ticket-control"] == "reinit" and self.round == sc["prune-end"] and self.fresh is not None:
+        if o.ticket_control == "reinit" and self.round == o.prune_end and self.fresh is not None:
             self.global_weights = reinit_kept(self.shared_mask, self.fresh)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -656,7 +689,7 @@ class TicketStrategy(Strategy):
         """Each score's weight in example-weighted summaries (global accuracy): its test count, at
         most example-cap × the median count of this evaluation (all replies are in by now)."""
         counts = [m["num-examples"] for m in self.eval_log.values() if m["num-examples"] > 0]
-        cap = self.sc["example-cap"]
+        cap = self.core.reliability.example_cap
         bound = math.floor(cap * statistics.median(counts)) if counts and cap > 0 else None
         for m in self.eval_log.values():
             m["weight"] = m["num-examples"] if bound is None else min(m["num-examples"], max(1, bound))
@@ -685,7 +718,8 @@ class TicketStrategy(Strategy):
 
     def summary(self) -> None:
         """Flower's hook to log the configuration."""
-        log(INFO, "fedlth strategy: %s, %s clients, %s per round", self.alg.name, self.sc["num-clients"], self.sc["clients-per-round"])
+        log(INFO, "fedlth strategy: %s, %s clients, %s per round", self.alg.name, self.core.data.num_clients,
+            self.core.federation.clients_per_round)
 
 
 def fill_unsent(update: Update, global_weights: Weights) -> Update:

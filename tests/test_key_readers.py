@@ -54,11 +54,21 @@ def test_every_key_a_builtin_declares_is_read_by_code():
             assert _typed_read_in(COMPONENT_SOURCES, key), (comp.name, key)
 
 
-def test_the_algorithms_read_their_own_keys_typed():
-    """algorithms.py reads no component's key by name: each algorithm reads its options."""
-    source = (ROOT / "fedlth" / "federation" / "algorithms.py").read_text()
-    by_name = set(re.findall(r"""sc\[["']([a-z0-9-]+)["']\]""", source))
+@pytest.mark.parametrize("source", ["fedlth/federation/algorithms.py", "server/strategy.py", "server/server_app.py",
+                                    "clients/client_app.py"])
+def test_the_federated_modules_read_component_keys_typed(source):
+    """These modules read no component's key by name (sc["..."] or sc.get("...")): each reads
+    its options class (options(sc, Cls), ctx.opts, the strategy's opts)."""
+    text = (ROOT / source).read_text()
+    by_name = set(re.findall(r"""sc(?:\[|\.get\()["']([a-z0-9-]+)["']""", text))
     assert not by_name & set(readers()), by_name & set(readers())
+
+
+@pytest.mark.parametrize("source", ["server/strategy.py", "server/server_app.py", "clients/client_app.py"])
+def test_the_server_and_client_apps_read_no_key_by_name(source):
+    """The apps read core keys typed too (core(sc)); the scenario dict only travels whole."""
+    text = (ROOT / source).read_text()
+    assert not re.findall(r"""sc(?:\[|\.get\()["'][a-z0-9-]+["']""", text)
 
 
 def test_central_only_keys_are_really_not_read_by_federated_code():
