@@ -25,7 +25,7 @@ from server.server_app import load_checkpoint, run_federation
 
 ROOT = Path(__file__).parent.parent
 TINY = {
-    "dataset": "digits", "model": "mlp", "partition": "iid", "num-clients": 3, "clients-per-round": 3,
+    "dataset": "digits", "model": "mlp", "partition": "iid", "num-clients": 3, "clients-per-round": 2,
     "rounds": 3, "local-epochs": 1, "algorithm": "subfedavg", "client-cpus": 1.0,
 }
 
@@ -87,9 +87,33 @@ def _wait_for(path: Path, proc: subprocess.Popen, limit: float) -> None:
         time.sleep(0.1)
 
 
+def _summary_metrics(out: Path) -> dict:
+    """summary.json less what differs between two runs of one seed (their clocks and provenance)."""
+    drop = {"wall_seconds", "wall_seconds_segments", "wall_seconds_note", "provenance", "timing"}
+    return {k: v for k, v in json.loads((out / "summary.json").read_text()).items() if k not in drop}
+
+
+def _round_metrics(out: Path) -> list[dict]:
+    drop = {"seconds", "wall_seconds"}
+    return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal, tensors bit for bit, through nested dicts."""
+    import torch
+
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
 # in-process rounds take a fraction of a second: enough of them that the Ctrl-C lands mid-run
 @pytest.mark.parametrize("backend,rounds", [("inprocess", 30), pytest.param("ray", TINY["rounds"], marks=pytest.mark.xdist_group("ray"))])
 def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tmp_path, backend, rounds):
+    """On Ray, also the suite's check that Flower's simulation engine and the in-process grid run the
+    same apps: the interrupted and resumed Ray run gives the very same metrics, bytes and tickets as
+    one uninterrupted in-process run of its seed (client sampling included: 2 of 3 clients a round),
+    floats compared exactly. One test, so that the suite starts Ray once less."""
     scenario = tmp_path / "tiny.toml"
     tiny = TINY | {"backend": backend, "rounds": rounds}
     scenario.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in tiny.items()))
@@ -131,6 +155,23 @@ def test_ctrl_c_mid_run_exits_130_with_the_resume_command_and_resume_finishes(tm
     prov = json.loads((out / "summary.json").read_text())["provenance"]
     assert prov["command"] == f"fedlth run --resume {out}"
     assert prov["resumed_from"]["command"] == f"fedlth run {scenario} --out {out} --quiet"
+    if backend != "ray":  # in-process, resume = an uninterrupted run is tests/test_resume.py's
+        return
+    from click.testing import CliRunner
+
+    from fedlth.cli import main
+
+    here = tmp_path / "inprocess"
+    result = CliRunner().invoke(main, ["run", str(scenario), "--out", str(here), "--quiet", "--set", "backend=inprocess"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert all(len(r["train"]) == 2 for r in _round_metrics(here))
+    assert _round_metrics(out) == _round_metrics(here)
+    assert _summary_metrics(out) == _summary_metrics(here)
+    import torch
+
+    tickets = [{p.name: torch.load(p) for p in sorted((o / "tickets").iterdir())} for o in (out, here)]
+    assert tickets[0] and _same(tickets[0], tickets[1])
 
 
 def test_flowers_deprecation_notice_and_rays_tip_are_hidden_other_warnings_kept(caplog):
