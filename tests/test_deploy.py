@@ -280,18 +280,35 @@ WAIT = float(os.environ.get("FEDLTH_E2E_WAIT", "180"))  # seconds any one step m
 
 # flower-superlink keeps a SuperNode ONLINE for 2 x its heartbeat interval after the last
 # heartbeat and refuses to activate the same (authenticated) node again before that. A
-# SuperNode declares Flower's fixed 30 s; this launcher runs the real flower-supernode with
-# the 10 s minimum the SuperLink accepts for its node heartbeat (sent every 4 s), so a killed
-# node is offline within ~20 s rather than ~60 s. Task heartbeats keep Flower's defaults.
-SUPERNODE = """
+# SuperNode declares Flower's fixed 30 s and the SuperLink accepts no less than 10 s. These
+# launchers run the real flower-supernode and flower-superlink with one constant each changed:
+# here the node declares 5 s (and sends one every (5 - 2) x 0.8 s), the link accepts it, so a
+# killed node is offline within ~10 s rather than ~60 s, and the test waits that long twice
+# (round 2 for the dead node, its restart for the lapse). tests/test_deploy_security.py runs
+# the recipe's unchanged SuperLink with nodes that declare its minimum, 10 s. Task heartbeats
+# keep Flower's defaults.
+def supernode_launcher(interval: int, call_timeout: int) -> str:
+    """A flower-supernode that declares `interval` s and sends every (interval - call_timeout) x 0.8 s."""
+    return f"""
 import sys
 import flwr.supercore.heartbeat as beat
 import flwr.supernode.fleet_http_connection as fleet
-fleet.HEARTBEAT_DEFAULT_INTERVAL = 10  # declared to the SuperLink
-beat.HEARTBEAT_DEFAULT_INTERVAL = 10  # the sender: every (10 - 5) * 0.8 s
+fleet.HEARTBEAT_DEFAULT_INTERVAL = {interval}  # declared to the SuperLink
+beat.HEARTBEAT_DEFAULT_INTERVAL, beat.HEARTBEAT_CALL_TIMEOUT = {interval}, {call_timeout}  # the sender
 from flwr.supernode.cli import flower_supernode
 sys.argv[0] = "flower-supernode"
 sys.exit(flower_supernode())
+"""
+
+
+SUPERNODE = supernode_launcher(5, 2)
+SUPERLINK = """
+import sys
+import flwr.superlink.servicer.fleet.fleet_handlers as fleet
+fleet.HEARTBEAT_MIN_INTERVAL = 5  # accept the nodes' 5 s
+from flwr.superlink.cli import flower_superlink
+sys.argv[0] = "flower-superlink"
+sys.exit(flower_superlink())
 """
 
 
@@ -355,6 +372,7 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
     certs = make_certs(tmp_path / "certs")
     keys = make_node_keys(tmp_path / "certs", [f"node-{i}" for i in range(3)])
     (tmp_path / "supernode.py").write_text(SUPERNODE)
+    (tmp_path / "superlink.py").write_text(SUPERLINK)
     sc_path = tmp_path / "e2e.toml"
     sc_path.write_text(E2E_SCENARIO + f'out-dir = "{out}"\n')
     sc = resolve(tomllib.loads(sc_path.read_text()))
@@ -390,7 +408,7 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
 
     try:
         start("superlink", [
-            "flower-superlink", "--host", "127.0.0.1", "--port", str(link_port), "--ssl-ca-certfile", str(certs.ca_cert),
+            sys.executable, str(tmp_path / "superlink.py"), "--host", "127.0.0.1", "--port", str(link_port), "--ssl-ca-certfile", str(certs.ca_cert),
             "--ssl-certfile", str(certs.server_cert), "--ssl-keyfile", str(certs.server_key), "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
         ])
@@ -426,10 +444,11 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
         (logs / "node-0.log").rename(logs / "node-0-killed.log")
 
         # Restart it on the same key and state folder, as a service manager would: the SuperLink
-        # refuses the node until its last heartbeat has lapsed (16-20 s here), so wait that
-        # long, then try again every few seconds until it stays up.
+        # refuses the node until its last heartbeat has lapsed (7.6-10 s here; a start takes
+        # seconds of imports before it asks), so start it after 6 s, then again every 2 s
+        # until it stays up.
         deadline = time.monotonic() + 4 * WAIT
-        restarts, next_start = 0, time.monotonic() + 15.0
+        restarts, next_start = 0, time.monotonic() + 6.0
         while run.poll() is None:
             assert time.monotonic() < deadline, "flwr run did not finish"
             node0 = procs.get("node-0")
@@ -437,7 +456,7 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
                 restarts += 1
                 assert restarts <= 20, log_of("node-0")[-3000:]
                 supernode(0)
-                next_start = time.monotonic() + 3.0
+                next_start = time.monotonic() + 2.0
             dead = {n: p.returncode for n, p in procs.items() if n not in ("node-0", "flwr-run") and p.poll() is not None}
             assert not dead, f"{dead} exited"
             time.sleep(0.1)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_deploy import ROOT, SUPERNODE, _free_ports, _kill_group, _ours, _wait
+from test_deploy import ROOT, _free_ports, _kill_group, _ours, _wait, supernode_launcher
 
 from fedlth.cli import main
 from fedlth.deployment.deploy import (
@@ -60,7 +60,7 @@ class Deployment:
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
         self.procs: dict[str, subprocess.Popen] = {}
-        (root / "supernode.py").write_text(SUPERNODE)
+        (root / "supernode.py").write_text(supernode_launcher(10, 5))  # the least the recipe's SuperLink accepts
         write_connection("operator", f"127.0.0.1:{self.link_port}", root_certificates=self.certs.ca_cert, home=self.home)
         write_connection("device", f"127.0.0.1:{self.gateway_port}", root_certificates=self.certs.ca_cert, home=self.home)
 
