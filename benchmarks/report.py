@@ -79,6 +79,8 @@ BENCHES: dict[str, Bench] = {
     "first_round": Bench("first_round.py", "Time to first round", (), ("--repeats", "1"), ("first_round",)),
     "first_metrics": Bench("first_metrics.py", "Time to first metrics, per backend, against `import torch, flwr`",
                            (), ("--repeats", "1"), ("first_metrics", "first_metrics_cpu")),
+    "suite_time": Bench("suite_time.py", "Test suite wall time against the serial baseline",
+                        ("--serial",), (), ("suite_time",)),
 }
 
 
