@@ -1,6 +1,6 @@
 """Deployment on Flower's own engine: trial certificates and node keys, connections, device
 data files, a ClientApp that runs without the simulation extras, and a real federation of
-separate processes (TLS SuperLink with SuperNode authentication, three SuperNodes, flwr run)
+separate processes (TLS SuperLink with SuperNode authentication, two SuperNodes, flwr run)
 in which a SuperNode is killed and restarted and keeps its ticket."""
 
 from __future__ import annotations
@@ -257,15 +257,16 @@ def test_client_app_imports_and_runs_without_the_simulation_extras(tmp_path):
     assert "pip install 'fedlth[sim]'" in out["partition_error"] and "data-file=" in out["partition_error"]
 
 
-# --- a real federation: TLS SuperLink, node authentication, three SuperNodes, flwr run ---
+# --- a real federation: TLS SuperLink, node authentication, two SuperNodes, flwr run ---
 
-E2E_SCENARIO = """
+NODES = 2  # node 0 is killed and restarted, node 1 trains on meanwhile
+E2E_SCENARIO = f"""
 dataset = "digits"
 model = "mlp"
 partition = "pathological"
 classes-per-client = 4
-num-clients = 3
-clients-per-round = 3
+num-clients = {NODES}
+clients-per-round = {NODES}
 rounds = 3
 node-wait = 120.0  # round 3 waits for the restarted node 0
 local-epochs = 1
@@ -370,7 +371,7 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
     home.mkdir()
     logs.mkdir()
     certs = make_certs(tmp_path / "certs")
-    keys = make_node_keys(tmp_path / "certs", [f"node-{i}" for i in range(3)])
+    keys = make_node_keys(tmp_path / "certs", [f"node-{i}" for i in range(NODES)])
     (tmp_path / "supernode.py").write_text(SUPERNODE)
     (tmp_path / "superlink.py").write_text(SUPERLINK)
     sc_path = tmp_path / "e2e.toml"
@@ -379,8 +380,8 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
     # every node reads its own data file, the device way (partition-id nodes take the simulation's
     # code path, which tests/test_simulation.py covers; each would also import Hugging Face
     # datasets, ~4 s of CPU per message)
-    data = {i: save_local_data(tmp_path / "data" / f"client-{i}.npz", client_data(sc, i)) for i in range(3)}
-    link_port, *runtime_ports = _free_ports(4)
+    data = {i: save_local_data(tmp_path / "data" / f"client-{i}.npz", client_data(sc, i)) for i in range(NODES)}
+    link_port, *runtime_ports = _free_ports(1 + NODES)
     address = f"127.0.0.1:{link_port}"
     env = {
         **os.environ, marker: "1", "FLWR_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -426,7 +427,7 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
             text = reg.communicate(timeout=WAIT)[0]
             assert reg.returncode == 0, text
             node_ids.append(re.search(r"SuperNode (\d+) registered", text).group(1))
-        for i in range(3):
+        for i in range(NODES):
             supernode(i)
         run = start("flwr-run", ["flwr", "run", ".", "e2e", "--run-config", str(sc_path), "--stream"], cwd=ROOT)
 
@@ -464,13 +465,13 @@ def test_tls_federation_of_processes_runs_lotteryfl_and_a_killed_supernode_keeps
 
         # the run's outputs
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["algorithm"] == "lotteryfl" and summary["rounds"] == 3 and summary["num_clients"] == 3
+        assert summary["algorithm"] == "lotteryfl" and summary["rounds"] == 3 and summary["num_clients"] == NODES
         rounds = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in rounds] == [1, 2, 3]
-        assert sorted(rounds[0]["train"]) == ["0", "1", "2"], rounds[0]["train"]
-        assert {"1", "2"} <= set(rounds[1]["train"])  # node 0 was down for round 2
-        assert sorted(rounds[2]["train"]) == ["0", "1", "2"], rounds[2]["train"]
-        assert sorted(p.name for p in (out / "tickets").iterdir()) == [f"client-{i}.pt" for i in range(3)]
+        assert sorted(rounds[0]["train"]) == ["0", "1"], rounds[0]["train"]
+        assert "1" in rounds[1]["train"]  # node 0 was down for round 2
+        assert sorted(rounds[2]["train"]) == ["0", "1"], rounds[2]["train"]
+        assert sorted(p.name for p in (out / "tickets").iterdir()) == [f"client-{i}.pt" for i in range(NODES)]
         assert 0.0 <= summary["personalized_accuracy"]["mean"] <= 1.0
         assert summary["density"]["mean"] < 0.5
 
