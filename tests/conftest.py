@@ -19,19 +19,59 @@ def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _copy_shared_mnist1d(folder: Path, run_root: Path) -> None:
-    """Under pytest-xdist: MNIST-1D generated once for all workers (CPU seconds each), in the
-    run's temp root under a lock, then copied into this worker's own cache folder (which stays
-    the worker's: tests compare its contents before and after)."""
+def _generate_shared_mnist1d(run_root: Path) -> Path:
+    """MNIST-1D in the run's temp root, generated once under a lock (~10 s of CPU): whoever
+    takes the lock first generates, the others wait and find it there."""
     import fcntl
-    import shutil
 
     shared = run_root / "fedlth-shared-cache"
     with (run_root / "fedlth-shared-cache.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the first worker generates, the others wait and read
+        fcntl.flock(lock, fcntl.LOCK_EX)
         load_dataset("mnist1d", cache_dir=shared)
-    for file in shared.glob("mnist1d*.npz"):
+    return shared
+
+
+def _copy_shared_mnist1d(folder: Path, run_root: Path) -> None:
+    """Under pytest-xdist: MNIST-1D generated once for all workers, then copied into this
+    worker's own cache folder (which stays the worker's: tests compare its contents before
+    and after)."""
+    import shutil
+
+    for file in _generate_shared_mnist1d(run_root).glob("mnist1d*.npz"):
         shutil.copyfile(file, folder / file.name)
+
+
+_GENERATE = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from conftest import _generate_shared_mnist1d
+_generate_shared_mnist1d(Path(sys.argv[2]))
+"""
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist, the controller starts generating MNIST-1D for the run at once, in a
+    process of its own, while the workers start and collect (seconds each); before, the first
+    worker generated it at its first test while the other waited on the lock, a core idle."""
+    import subprocess
+    import sys
+
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        return
+    run_root = config._tmp_path_factory.getbasetemp()  # the workers' temp folders go under it (as xdist's own)
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, (str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH"))))}
+    config._fedlth_mnist1d = subprocess.Popen([sys.executable, "-c", _GENERATE, str(Path(__file__).parent), str(run_root)],
+                                              env=env, stdout=subprocess.DEVNULL)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The generating process is done long before; never leave it behind."""
+    proc = getattr(session.config, "_fedlth_mnist1d", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
