@@ -23,7 +23,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_deploy import ROOT, _free_ports, _kill_group, _ours, _wait, supernode_launcher
+from test_deploy import (
+    ROOT,
+    _free_ports,
+    _kill_group,
+    _ours,
+    _wait,
+    flwr_cli,
+    scripts_first,
+    supernode_launcher,
+)
 
 from fedlth.cli import main
 from fedlth.deployment.deploy import (
@@ -57,7 +66,7 @@ class Deployment:
         self.env = {
             **os.environ, marker: "1", "FLWR_HOME": str(self.home), "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "PATH": scripts_first(),
         }
         self.procs: dict[str, subprocess.Popen] = {}
         (root / "supernode.py").write_text(supernode_launcher(10, 5))  # the least the recipe's SuperLink accepts
@@ -105,14 +114,13 @@ class Deployment:
             "--node-config", node_config(i, self.root / "state" / f"node-{i}"),
         ])
 
-    def flwr(self, *args: str) -> subprocess.Popen:
-        """A flwr CLI call, started (read it with finish)."""
-        return subprocess.Popen(["flwr", *args], cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True)
+    def flwr(self, *args: str) -> tuple[int, str]:
+        """Exit code and output of a flwr CLI call with this deployment's FLWR_HOME."""
+        return flwr_cli(*args, home=self.home)
 
     def nodes(self) -> dict[str, str]:
         """Node id -> status, as the operator's `flwr supernode list` tells."""
-        out = finish(self.flwr("supernode", "list", "operator", "--format", "json"))
+        out = self.flwr("supernode", "list", "operator", "--format", "json")
         assert out[0] == 0, out[1]
         listing = json.loads(out[1][out[1].index("{"):])
         return {str(n["node-id"]): n["status"] for n in listing["nodes"]}
@@ -127,16 +135,6 @@ class Deployment:
     def stop(self, name: str) -> None:
         """Kill a process group hard (a crash, not a clean stop)."""
         _kill_group(self.procs.pop(name))
-
-
-def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    """Exit code and output of a started flwr call, within STEP seconds."""
-    try:
-        out = proc.communicate(timeout=STEP)[0]
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return proc.returncode, out
 
 
 @pytest.fixture
@@ -214,17 +212,18 @@ def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(d
     dep.gateway()
     # everything a ca.crt holder could try through the device-facing address, at once
     tries = {
-        "ls": dep.flwr("ls", "device"),
-        "supernode list": dep.flwr("supernode", "list", "device"),
-        "supernode register": dep.flwr("supernode", "register", str(intruder.public), "device"),
-        "run": dep.flwr("run", ".", "device"),
+        "ls": ("ls", "device"),
+        "supernode list": ("supernode", "list", "device"),
+        "supernode register": ("supernode", "register", str(intruder.public), "device"),
+        "run": ("run", str(ROOT), "device"),
     }
-    for what, proc in tries.items():
-        code, out = finish(proc)
+    for what, args in tries.items():
+        code, out = dep.flwr(*args)
         assert code != 0 and "403" in out, f"flwr {what} through the gateway: exit {code}\n{out[-2000:]}"
-    access = (dep.root / "gateway" / "access.log").read_text()
-    for call in ("list-runs", "list-nodes", "register-node", "start-run"):
-        assert f'"POST /v1/control/{call} HTTP/1.1" 403' in access, access
+    # nginx logs a request just after answering it: wait for the last one's line
+    access = dep.root / "gateway" / "access.log"
+    refused = [f'"POST /v1/control/{call} HTTP/1.1" 403' for call in ("list-runs", "list-nodes", "register-node", "start-run")]
+    _wait("the gateway's log of the four refusals", lambda: all(line in access.read_text() for line in refused), dep.procs, STEP)
     # the Runtime API (what a ServerApp uses), health, and paths that normalise onto the Control API
     for path in ("/v1/runtime/acquire-task", "/v1/runtime/get-nodes", "/health", "/v1/fleet/../control/list-nodes",
                  "/v1/fleet/%2e%2e/control/list-nodes", "//v1/control/list-nodes", "/v1/fleet/..%2fcontrol/list-nodes"):
@@ -239,7 +238,7 @@ def test_a_party_holding_only_the_ca_certificate_is_refused_every_control_call(d
     assert "Failed to activate SuperNode" in dep.log("node-1") and dep.nodes() == {}, dep.log("node-1")[-2000:]
     assert '"POST /v1/fleet/activate-node HTTP/1.1" 412' in (dep.root / "gateway" / "access.log").read_text()
     # the operator, on loopback, registers the real node, which joins through the gateway
-    code, out = finish(dep.flwr("supernode", "register", str(node.public), "operator"))
+    code, out = dep.flwr("supernode", "register", str(node.public), "operator")
     assert code == 0, out
     node_id = re.search(r"SuperNode (\d+) registered", out).group(1)
     dep.supernode(node.private)
@@ -254,7 +253,7 @@ def test_a_restarted_superlink_keeps_its_nodes_and_they_reconnect_by_themselves(
     (node,) = make_node_keys(dep.root / "keys", ["node-0"])
     dep.superlink()
     dep.gateway()
-    code, out = finish(dep.flwr("supernode", "register", str(node.public), "operator"))
+    code, out = dep.flwr("supernode", "register", str(node.public), "operator")
     assert code == 0, out
     node_id = re.search(r"SuperNode (\d+) registered", out).group(1)
     dep.supernode(node.private)
