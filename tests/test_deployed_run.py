@@ -31,6 +31,7 @@ SCENARIO = {
     "num-clients": 3, "clients-per-round": 3, "rounds": 3, "local-epochs": 1, "algorithm": "subfedavg",
     "prune-rate": 0.5, "target-density": 0.2, "acc-threshold": 0.0, "prune-tolerance": 1.0, "eval-every": 2,
     "round-timeout": 5.0,
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

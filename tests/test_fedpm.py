@@ -39,6 +39,7 @@ from server.strategy import TicketStrategy
 BASE = {
     "dataset": "digits", "model": "mlp", "partition": "pathological", "classes-per-client": 4, "num-clients": 3,
     "clients-per-round": 3, "rounds": 2, "local-epochs": 1, "eval-every": 0, "algorithm": "fedpm",
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

@@ -32,6 +32,7 @@ BASE = {
     "rounds": 1, "local-epochs": 1, "algorithm": "subfedavg", "prune-rate": 0.5, "target-density": 0.2,
     "acc-threshold": 0.0, "prune-tolerance": 1.0, "mask-epsilon": 0.0, "eval-every": 0, "save-tickets": True,
     "round-timeout": 5.0,
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

@@ -32,6 +32,7 @@ eval-every = 1
 acc-threshold = 0.0
 prune-tolerance = 1.0
 prune-rate = 0.5
+plots = false  # no figures: none looked at here
 """
 
 # digits: 1,437 train / 360 test. Indices unsorted on purpose; clients 0 and 1 share train

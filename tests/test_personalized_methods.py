@@ -34,6 +34,7 @@ BASE = {
     "dataset": "digits", "model": "mlp", "partition": "pathological", "classes-per-client": 4, "num-clients": 3,
     "clients-per-round": 3, "rounds": 2, "local-epochs": 1, "eval-every": 0, "save-tickets": False, "lr": 0.05,
     "example-cap": 0.0, "fedrep-head-epochs": 2,
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

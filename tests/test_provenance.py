@@ -25,6 +25,7 @@ FIELDS = {"fedlth", "flwr", "torch", "python", "git_commit", "git_dirty", "comma
 TINY = {
     "dataset": "digits", "model": "mlp", "partition": "iid", "num-clients": 3, "clients-per-round": 2,
     "rounds": 2, "local-epochs": 1, "algorithm": "subfedavg",
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

@@ -148,7 +148,7 @@ def _federation(tmp_path, tamper=None, **over):
     sc = resolve({
         "dataset": "digits", "model": "mlp", "partition": "iid", "num-clients": 3, "clients-per-round": 3, "rounds": 1,
         "local-epochs": 1, "algorithm": "subfedavg", "prune-rate": 0.5, "target-density": 0.2, "acc-threshold": 0.0,
-        "prune-tolerance": 1.0, "mask-epsilon": 0.0, "eval-every": 0, "save-tickets": False, **over,
+        "prune-tolerance": 1.0, "mask-epsilon": 0.0, "eval-every": 0, "save-tickets": False, "plots": False, **over,
     })
     run_federation(LocalGrid(client_app, 3, tamper=tamper), sc, tmp_path)
     rounds = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

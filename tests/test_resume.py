@@ -20,6 +20,7 @@ SCENARIO = {
     "dataset": "digits", "model": "mlp", "partition": "pathological", "classes-per-client": 4,
     "num-clients": 4, "clients-per-round": 3, "rounds": 4, "local-epochs": 1, "algorithm": "subfedavg",
     "prune-rate": 0.5, "target-density": 0.2, "acc-threshold": 0.0, "prune-tolerance": 1.0, "eval-every": 2,
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

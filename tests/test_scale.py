@@ -21,7 +21,7 @@ from server.strategy import TicketStrategy
 
 ROOT = Path(__file__).parent.parent
 SCENARIO = ROOT / "scenarios" / "scale-100k.toml"
-TINY = ("rounds=2", "clients-per-round=3", "client-examples=6", "eval-clients=4", "batch-size=4")
+TINY = ("rounds=2", "clients-per-round=3", "client-examples=6", "eval-clients=4", "batch-size=4", "plots=false")  # no figures: none looked at
 
 
 class CountingLocalGrid(LocalGrid):

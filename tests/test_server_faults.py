@@ -24,6 +24,7 @@ BASE = {
     "dataset": "digits", "model": "mlp", "partition": "iid", "num-clients": 10, "clients-per-round": 10,
     "rounds": 2, "local-epochs": 1, "algorithm": "subfedavg", "prune-rate": 0.5, "target-density": 0.2,
     "acc-threshold": 0.0, "prune-tolerance": 1.0, "mask-epsilon": 0.0, "eval-every": 0, "save-tickets": False,
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

@@ -34,6 +34,7 @@ from server.server_app import run_federation
 BASE = {
     "dataset": "digits", "model": "mlp", "partition": "pathological", "classes-per-client": 2, "num-clients": 4,
     "clients-per-round": 2, "rounds": 6, "local-epochs": 1, "eval-every": 0, "save-tickets": False, "lr": 0.05,
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 
 

@@ -167,6 +167,7 @@ BASE = {
     "clients-per-round": 2, "rounds": 5, "local-epochs": 1, "eval-every": 0, "save-tickets": False, "lr": 0.05,
     "wire-dtype": "float16", "finetune-epochs": 1, "ticket-warmup-epochs": 1, "upload-density": 0.5,
     "prune-rate": 0.5, "target-density": 0.2, "acc-threshold": 0.0, "prune-tolerance": 1.0,
+    "plots": False,  # no figures: nothing here looks at them (tests/test_simulation.py, test_reports.py do)
 }
 CODED = {"wire-codec": "lzma", "wire-upload": "delta", "wire-download": "delta"}
 
