@@ -255,6 +255,23 @@ def test_lzma_codes_a_skewed_mask_under_one_bit_per_parameter():
     assert bits["bpp-coded"] < 0.6  # lzma: above the entropy, far under a bit
 
 
+@pytest.mark.parametrize("preset", [None, 6])
+def test_lzma_with_a_dictionary_cut_to_the_data_writes_the_full_presets_stream(preset):
+    """The oracle: the standard library's raw LZMA2 at the whole preset (9e: a 64 MiB dictionary).
+    Short, skewed, random and float16 payloads code to the very same bytes, and a stream written
+    with the whole preset's dictionary (as before) decodes."""
+    import lzma
+
+    level = 9 | lzma.PRESET_EXTREME if preset is None else preset
+    rng = np.random.default_rng(0)
+    payloads = [b"", b"\x01", bytes(5000), np.packbits(rng.random(80_000) < 0.05).tobytes(),
+                rng.integers(0, 256, 3000, dtype=np.uint8).tobytes(), rng.normal(0, 0.05, 30_000).astype(np.float16).tobytes()]
+    for data in payloads:
+        full = lzma.compress(data, format=lzma.FORMAT_RAW, filters=[{"id": lzma.FILTER_LZMA2, "preset": level}])
+        assert fedpm.compress(data, "lzma", preset) == full, len(data)
+        assert fedpm.decompress(full, "lzma", len(data), preset) == data
+
+
 def test_a_reply_with_values_in_it_is_rejected_and_the_round_goes_on(tmp_path):
     sc = resolve(BASE | {"rounds": 1, "wire-dtype": "float16"})
     frozen, names, shapes = _net(sc)
