@@ -116,6 +116,7 @@ def _round(rnd: int, accs: list[float] | None, density: float = 0.5) -> dict:
 def test_federated_figures_skip_what_has_no_curve(tmp_path):
     from fedlth.reporting.plots import density_series, plot_federated
 
+    done_none = "skipped: 0 evaluation round(s); a curve needs 2 (set eval-every to evaluate during the run)"
     one_eval = [_round(1, None), _round(2, None), _round(3, [0.5, 0.6, 1.0])]
     done = plot_federated(one_eval, "t", tmp_path)
     assert done["density_by_round.png"] == "written" and (tmp_path / "density_by_round.png").is_file()
@@ -126,6 +127,12 @@ def test_federated_figures_skip_what_has_no_curve(tmp_path):
     # clients keep their last density when not sampled: what the figure's title says
     rounds = [{"round": 1, "train": {"0": {"density": 1.0}}}, {"round": 2, "train": {"1": {"density": 0.5}}}]
     assert density_series(rounds) == ([1, 2], [1.0, 0.75])
+    # a run whose every update was rejected: no density to draw either, and nothing drawn
+    nobody = [{"round": r, "train": {}, "bytes": {"upload": 0}} for r in (1, 2)]
+    empty = tmp_path / "nobody"
+    assert plot_federated(nobody, "t", empty) == {"accuracy_by_round.png": done_none, "accuracy_vs_upload.png": done_none,
+                                                  "density_by_round.png": "skipped: no client trained"}
+    assert not empty.exists()
 
 
 def _fake_federated_run(sc: dict, out: Path) -> None:

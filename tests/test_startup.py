@@ -38,10 +38,10 @@ def test_an_in_process_run_loads_no_ray_and_plots_only_at_the_end(tmp_path):
     scenario = tmp_path / "s.toml"
     scenario.write_text('dataset = "digits"\nmodel = "mlp"\nnum-clients = 2\nclients-per-round = 2\nrounds = 1\n')
     out = tmp_path / "out"
-    _loaded_after(  # the data check fills the cache (FEDLTH_CACHE: the session's, see conftest)
-        f"from fedlth.data.client_data import check_data_settings\nfrom fedlth.config.scenario import load_scenario\n"
-        f"check_data_settings(load_scenario({str(scenario)!r}))"
-    )
+    from fedlth.config.scenario import load_scenario
+    from fedlth.data.client_data import check_data_settings
+
+    check_data_settings(load_scenario(scenario))  # fills the cache the run reads (FEDLTH_CACHE: the session's, see conftest)
     code = (
         "import sys\nfrom click.testing import CliRunner\nfrom fedlth.cli import main\nimport server.server_app as sa\n"
         "seen = []\nplot = sa.plot_federated\n"
