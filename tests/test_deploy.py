@@ -318,7 +318,8 @@ def flwr_cli(*args: str, home: Path) -> tuple[int, str]:
     app that the `flwr` console script runs: the same code and the same requests, without a
     Python start that imports Flower (~1.5 s of CPU a call). flwr writes `--format json` output
     to sys.__stdout__ (past any capture) and points its log handler back there: both are
-    redirected for the call and restored after it."""
+    redirected for the call and restored after it. Bounded as the command is: flwr's Control
+    API client (httpx) gives up on a request after 30 s and does not retry."""
     import io
 
     from flwr.cli.app import app
