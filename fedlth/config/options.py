@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -83,9 +83,15 @@ def _build(cls: type, values: tuple[tuple[str, Any], ...]) -> Any:
     return cls(**dict(values))
 
 
+@cache
+def _field_keys(cls: type) -> tuple[tuple[str, str], ...]:
+    # (field, scenario key) of an options class, worked out once: a message reads several views
+    return tuple((f.name, key_name(f.name)) for f in dataclasses.fields(cls))
+
+
 def options(sc: Mapping[str, Any], cls: type[T]) -> T:
     """The typed view `cls` of a (validated) scenario, built once per distinct set of values."""
-    return _build(cls, tuple((f.name, sc[key_name(f.name)]) for f in dataclasses.fields(cls)))
+    return _build(cls, tuple([(name, sc[key]) for name, key in _field_keys(cls)]))
 
 
 def with_defaults(values: Mapping[str, Any], cls: type) -> dict[str, Any]:

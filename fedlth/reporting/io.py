@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
@@ -52,20 +52,43 @@ def file_mode() -> int:
     return 0o644
 
 
+_temp_names = itertools.count()  # with the pid: a temporary name no other writer uses (next() is atomic)
+
+
+def _open_temp(path: Path, mode: int) -> tuple[int, str]:
+    """A new file beside `path` for writing, created with `mode` less the umask (what open()
+    gives for 0o666); a name left by a killed process with this pid is skipped."""
+    while True:
+        tmp = f"{path.parent}/.{path.name}.{os.getpid()}.{next(_temp_names)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode), tmp
+        except FileExistsError:
+            continue
+
+
 def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
     """Write to a temporary file beside `path`, then rename over it; the file gets `mode`
-    (default: file_mode(), as open() would; private keys pass 0o600) before it appears.
+    (default: what open() would give; private keys pass 0o600) before it appears.
     `durable`: on the disk (fsync) before the rename; False where the caller syncs later
     (a killed process loses nothing either way: only an OS crash can lose unsynced data)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # Few system calls, no Python file object: simulated clients write a ticket file per
+    # message, and each call here costs the caller (and a thread waiting for the GIL) time.
     try:
-        os.fchmod(fd, file_mode() if mode is None else mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        fd, tmp = _open_temp(path, 0o666 if mode is None else mode)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _open_temp(path, 0o666 if mode is None else mode)
+    try:
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)  # exactly `mode`, whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
             if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
