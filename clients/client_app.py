@@ -52,6 +52,7 @@ from fedlth.federation.records import (
 )
 from fedlth.federation.state_store import mask_digest, read_state_file, state_tag, write_state_file
 from fedlth.federation.wire_delta import Base, base_of
+from fedlth.reporting.io import start_writes
 from fedlth.tickets.masks import density
 
 app = ClientApp()
@@ -351,6 +352,7 @@ def train(msg: Message, context: Context) -> Message:
     received, state = _received(msg, ctx, state, sent)
     # q-FFL weighs this reply by its loss at the model it received, measured before training
     loss_in = {"received-loss": received_loss(ctx, received)} if c.reliability.aggregation == "qffl" and received is not None else {}
+    start_writes()  # the ticket files held by earlier messages are written while this one trains
     reply = alg.train(received, state, ctx)
     reply = replace(reply, metrics=reply.metrics | loss_in) if loss_in else reply
     # the download as decoded, with the version the server gives it (its round minus one): the base

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import os
@@ -99,31 +100,59 @@ def write_bytes_atomic(path: Path, data: bytes, mode: int | None = None, durable
 # before the next starts, so a crash leaves a prefix of the writes, as if they had been made
 # in the caller's thread, while the caller computes. In-process simulations use it for the
 # clients' ticket files and the server's checkpoints.
+#
+# A write is held until the caller says it starts a long computation (start_writes: a client
+# about to train): the thread takes the GIL back after each of its system calls, and while
+# the caller runs Python each hand-over costs the caller; during torch's kernels it costs nothing.
 MAX_PENDING_WRITES = 1024  # then wait: the bytes in the queue stay bounded
 _writer: ThreadPoolExecutor | None = None
 _writes: dict[str, Future] = {}
+_held: list[tuple[Path, bytes, int | None, bool]] = []  # queued, not yet handed to the thread
 _writes_lock = threading.Lock()
 
 
 def write_bytes_later(path: Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
     """write_bytes_atomic(path, data, ...) in this process's writer thread, after every write
-    queued before it; wait_for_writes() waits for it (and re-raises its error)."""
-    global _writer
-    if len(_writes) >= MAX_PENDING_WRITES:
+    queued before it, once start_writes() or wait_for_writes() is called (or the process ends);
+    wait_for_writes() waits for it (and re-raises its error)."""
+    if len(_writes) + len(_held) >= MAX_PENDING_WRITES:
         wait_for_writes()
     with _writes_lock:
+        _held.append((path, data, mode, durable))
+
+
+def start_writes() -> None:
+    """Hand the held writes, in order, to the writer thread (see write_bytes_later)."""
+    global _writer
+    with _writes_lock:
+        if not _held:
+            return
         _writer = _writer or ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedlth-writer")
-        _writes[str(path)] = _writer.submit(write_bytes_atomic, path, data, mode, durable)
+        for path, data, mode, durable in _held:
+            _writes[str(path)] = _writer.submit(write_bytes_atomic, path, data, mode, durable)
+        _held.clear()
 
 
 def wait_for_writes(path: Path | None = None) -> None:
     """Block until the queued writes (up to the last one of `path`, else all) are done; a write
     that failed raises here."""
+    if path is None or any(str(held[0]) == str(path) for held in _held):
+        start_writes()  # (another file's held writes stay held: see write_bytes_later)
     with _writes_lock:
         pending = [_writes.pop(str(path), None)] if path is not None else [_writes.pop(k) for k in list(_writes)]
     for future in pending:
         if future is not None:
             future.result()
+
+
+@atexit.register
+def _write_held() -> None:
+    # a process that ends (Ctrl-C included) writes what it held: its thread has finished the
+    # writes handed to it by now (Python joins it first), so the order stays
+    with _writes_lock:
+        held, _held[:] = list(_held), []
+    for path, data, mode, durable in held:
+        write_bytes_atomic(path, data, mode, durable)
 
 
 def sync_disks() -> None:
