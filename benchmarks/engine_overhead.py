@@ -1,7 +1,7 @@
 """Benchmark: wall time of `fedlth run` for FedAvg on W1, per backend, against a plain PyTorch
 loop doing the same local training with no Flower, in one process run.
 
-    python benchmarks/engine_overhead.py [--rounds 100] [--backends inprocess,ray] [--repeats 1] [--side-by-side]
+    python benchmarks/engine_overhead.py [--rounds 100] [--backends inprocess,ray] [--repeats 1] [--side-by-side [--null-pairs N]]
 
 The plain loop runs in a fresh interpreter too (this script with --plain-only), so both sides
 pay Python's start and their imports; its loop is also timed alone, from inside.
@@ -99,23 +99,40 @@ def plain_process(rounds: int) -> dict[str, float]:
     return {"wall_s": time.perf_counter() - t0, "cpu_s": _children_cpu() - c0, **inner}
 
 
-def side_by_side(scenario: Path, overrides: list[str], rounds: int) -> dict[str, float]:
+def _pinned(core: int | None):
+    """A preexec_fn that keeps the child on one core (None, or no affinity call here: anywhere)."""
+    import os
+
+    if core is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def side_by_side(scenario: Path, overrides: list[str], rounds: int, cores: tuple[int, int] | None = None,
+                 null: bool = False) -> dict[str, float]:
     """The plain process and `fedlth run` (in-process) started together: both meet the same load
     from other jobs, so their CPU seconds compare where one after the other they may not; on 2
-    cores each has one. Wall and CPU seconds of each (os.wait4: each child's own rusage)."""
+    cores each has one. `cores`: (the plain process's, the other's), each pinned there (a
+    virtual machine's cores can differ in speed: main() swaps them from pair to pair). `null`:
+    the other is a second plain process, so the ratio shows the measurement's own noise. Wall
+    and CPU seconds of each (os.wait4: each child's own rusage)."""
     import json
     import os
 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
     out = ROOT / "runs" / "bench-engine-side-by-side"
     shutil.rmtree(out, ignore_errors=True)
+    plain = [sys.executable, __file__, "--plain-only", "--rounds", str(rounds)]
     cmds = {
-        "plain": [sys.executable, __file__, "--plain-only", "--rounds", str(rounds)],
-        "fedlth": [sys.executable, "-c", "from fedlth.cli import main; main()", "run", str(scenario), "--out", str(out), "--quiet",
-                   *sum((["--set", o] for o in [*overrides, "backend=inprocess", *SAME_WORK]), [])],
+        "plain": plain,
+        "fedlth": plain if null else [
+            sys.executable, "-c", "from fedlth.cli import main; main()", "run", str(scenario), "--out", str(out), "--quiet",
+            *sum((["--set", o] for o in [*overrides, "backend=inprocess", *SAME_WORK]), [])],
     }
     t0 = time.perf_counter()
-    procs = {k: subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True) for k, c in cmds.items()}
+    procs = {k: subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True,
+                                 preexec_fn=_pinned(None if cores is None else cores[i]))
+             for i, (k, c) in enumerate(cmds.items())}
     names = {p.pid: k for k, p in procs.items()}
     res: dict[str, float] = {}
     while names:  # whichever ends first (both write little to their pipes: no deadlock)
@@ -128,6 +145,8 @@ def side_by_side(scenario: Path, overrides: list[str], rounds: int) -> dict[str,
             raise RuntimeError(f"{k} failed (exit {code})")
         res[f"{k}_wall_s"], res[f"{k}_cpu_s"] = time.perf_counter() - t0, usage.ru_utime + usage.ru_stime
     res["plain_loop_s"] = json.loads(procs["plain"].stdout.read().strip().splitlines()[-1])["loop_s"]
+    if cores is not None:
+        res["plain_core"] = cores[0]
     return res
 
 
@@ -151,6 +170,8 @@ def main() -> None:
     ap.add_argument("--with-outputs", action="store_true", help="also time each backend with the default outputs (figures, tickets)")
     ap.add_argument("--side-by-side", action="store_true",
                     help="also run the plain process and `fedlth run` (inprocess) together, --repeats times: same load for both")
+    ap.add_argument("--null-pairs", type=int, default=0,
+                    help="with --side-by-side: also this many pairs of two plain processes, the measurement's noise floor")
     ap.add_argument("--plain-only", action="store_true", help="(internal) run the plain loop here, print its numbers")
     a = ap.parse_args()
     scenario, overrides, sc = _scenario(a.rounds)
@@ -176,19 +197,34 @@ def main() -> None:
             loads[r].append(os.getloadavg()[0])
             runs[r].append(fedlth_run(scenario, overrides, b, extra))
             print(r, json.dumps({"wall_s": runs[r][-1][0], "cpu_s": runs[r][-1][1]}), flush=True)
-    together = [side_by_side(scenario, overrides, a.rounds) for _ in range(a.repeats if a.side_by_side else 0)]
-    for t in together:
-        print("side by side", json.dumps(t), flush=True)
+    # each pair pinned to the two cores, swapped from one pair to the next: a core that runs
+    # slower than the other (this virtual machine's do, by up to ~7 %) favours neither side
+    pin = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
+    cpus = sorted(os.sched_getaffinity(0))[:2] if pin else []
+
+    def cores(i: int) -> tuple[int, int] | None:
+        return (cpus[i % 2], cpus[1 - i % 2]) if pin else None
+
+    together, nulls = [], []
+    for i in range(a.repeats if a.side_by_side else 0):
+        together.append(side_by_side(scenario, overrides, a.rounds, cores(i)))
+        print("side by side", json.dumps(together[-1]), flush=True)
+    for i in range(a.null_pairs if a.side_by_side else 0):
+        nulls.append(side_by_side(scenario, overrides, a.rounds, cores(i), null=True))
+        print("null pair", json.dumps(nulls[-1]), flush=True)
     med = {k: statistics.median(p[k] for p in plains) for k in plains[0]}
     fed = {b: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs),
                statistics.median(r[2]["wall_seconds"] for r in rs), rs[0][2]["personalized_accuracy"]["mean"])
            for b, rs in runs.items()}
     command = (f"python benchmarks/engine_overhead.py --rounds {a.rounds} --backends {','.join(backends)} --repeats {a.repeats}"
-               + (" --with-outputs" if a.with_outputs else "") + (" --side-by-side" if a.side_by_side else ""))
+               + (" --with-outputs" if a.with_outputs else "") + (" --side-by-side" if a.side_by_side else "") + (f" --null-pairs {a.null_pairs}" if a.null_pairs else ""))
     pw, pc, lw, lc = med["wall_s"], med["cpu_s"], med["loop_s"], med["loop_cpu_s"]
 
     def pairs(b: str, i: int, key: str) -> str:
         return ", ".join(f"{r[i] / p[key]:.2f}" for r, p in zip(runs[b], plains, strict=True))
+
+    def null_ratios(kind: str) -> str:
+        return ", ".join(f"{t[f'fedlth_{kind}_s'] / t[f'plain_{kind}_s']:.2f}" for t in nulls)
 
     def verdict(x: float) -> str:
         return "met" if x <= 1.1 else "MISSED"
@@ -238,9 +274,17 @@ def main() -> None:
             "",
             f"Median × plain, side by side: CPU **{statistics.median(t['fedlth_cpu_s'] / t['plain_cpu_s'] for t in together):.2f}** "
             f"({verdict(statistics.median(t['fedlth_cpu_s'] / t['plain_cpu_s'] for t in together))} against ≤ 1.1×), wall "
-            f"{statistics.median(t['fedlth_wall_s'] / t['plain_wall_s'] for t in together):.2f}.",
+            f"{statistics.median(t['fedlth_wall_s'] / t['plain_wall_s'] for t in together):.2f}"
+            + (f"; each process pinned to one of cores {cpus[0]} and {cpus[1]}, swapped from pair to pair (the plain process "
+               f"on core {cpus[0]} in pairs 1, 3, ...)." if pin else "."),
             "",
         ] if together else []),
+        *([
+            f"Null pairs (`--null-pairs {a.null_pairs}`): two plain processes side by side, pinned and swapped the same way; "
+            "× is the second's over the first's, so its spread is what the measurement alone moves a ratio by: "
+            f"CPU {null_ratios('cpu')}; wall {null_ratios('wall')}.",
+            "",
+        ] if nulls else []),
     ]
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "engine_overhead.md").write_text("\n".join(md))
@@ -251,7 +295,7 @@ def main() -> None:
                          "ratio_loop": w / lw, "runs": [{"wall_s": r[0], "cpu_s": r[1], "load_1min_at_start": x}
                                                          for r, x in zip(runs[b], loads[b], strict=True)]}
                      for b, (w, c, srv, acc) in fed.items()},
-        "side_by_side": together,
+        "side_by_side": together, "null_pairs": nulls,
     }, indent=1) + "\n")
     print("\n".join(md))
 
