@@ -333,41 +333,45 @@ def run_federation(
     timing: dict[str, Any] = {"seconds_before_first_round": time.perf_counter() - t_start,
                               "first_round_started_unix": time.time(), "evaluation_seconds": {}}
     node_wait = c.reliability.node_wait
-    for rnd in range(len(rounds) + 1, c.federation.rounds + 1):
-        t0 = time.perf_counter()
-        if node_wait > 0 and not wait_for_nodes(grid, n_clients, node_wait, strict=False):
-            log(WARNING, "round %d: %d of %d nodes online after %.0f s; going on", rnd,
-                len(list(grid.get_node_ids())), n_clients, node_wait)
-        strategy.identify(grid, timeout=min(timeout, NEW_NODE_SECONDS))  # nodes that (re)joined
-        entry = _train_round(grid, sc, strategy, rnd, progress)
-        line_at = None
-        if is_eval_round(sc, rnd):
-            # the training numbers now, not after an evaluation that may take far longer
-            line_at = _write_pending(metrics_path, entry, time.perf_counter() - t0)
-            progress.update(info=f"round {rnd} trained: {round_info(entry)}; evaluating")
-            t_eval = time.perf_counter()
-            _evaluate_round(grid, sc, strategy, rnd, entry, progress)
-            timing["evaluation_seconds"][str(rnd)] = time.perf_counter() - t_eval
-        entry["seconds"] = time.perf_counter() - t0
-        entry = _jsonable(entry)
-        rounds.append(entry)
-        lines.append(json.dumps(entry))
-        with metrics_path.open("r+" if line_at is not None else "a") as fh:
-            if line_at is not None:  # the evaluated line replaces the pending one
-                fh.seek(line_at)
-                fh.truncate()
-            fh.write(lines[-1] + "\n")
-        # the clients' tickets of this round are on the disk before the checkpoint that counts on
-        # them: in this process, the writer thread writes them first; elsewhere on this machine, a sync
-        in_process = strategy.run_config.get("state-sync") == "process"
-        if strategy.run_config.get("state-sync") == "disk":
-            sync_disks()
-        save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start], later=in_process,
-                        round_lines=lines)
-        progress.update(done=rnd, info=round_info(entry))
-        if on_round is not None:
-            on_round(entry)
-    wait_for_writes()  # the last checkpoint and tickets on the disk before the outputs that follow them
+    try:
+        for rnd in range(len(rounds) + 1, c.federation.rounds + 1):
+            t0 = time.perf_counter()
+            if node_wait > 0 and not wait_for_nodes(grid, n_clients, node_wait, strict=False):
+                log(WARNING, "round %d: %d of %d nodes online after %.0f s; going on", rnd,
+                    len(list(grid.get_node_ids())), n_clients, node_wait)
+            strategy.identify(grid, timeout=min(timeout, NEW_NODE_SECONDS))  # nodes that (re)joined
+            entry = _train_round(grid, sc, strategy, rnd, progress)
+            line_at = None
+            if is_eval_round(sc, rnd):
+                # the training numbers now, not after an evaluation that may take far longer
+                line_at = _write_pending(metrics_path, entry, time.perf_counter() - t0)
+                progress.update(info=f"round {rnd} trained: {round_info(entry)}; evaluating")
+                t_eval = time.perf_counter()
+                _evaluate_round(grid, sc, strategy, rnd, entry, progress)
+                timing["evaluation_seconds"][str(rnd)] = time.perf_counter() - t_eval
+            entry["seconds"] = time.perf_counter() - t0
+            entry = _jsonable(entry)
+            rounds.append(entry)
+            lines.append(json.dumps(entry))
+            with metrics_path.open("r+" if line_at is not None else "a") as fh:
+                if line_at is not None:  # the evaluated line replaces the pending one
+                    fh.seek(line_at)
+                    fh.truncate()
+                fh.write(lines[-1] + "\n")
+            # the clients' tickets of this round are on the disk before the checkpoint that counts on
+            # them: in this process, the writer thread writes them first; elsewhere on this machine, a sync
+            in_process = strategy.run_config.get("state-sync") == "process"
+            if strategy.run_config.get("state-sync") == "disk":
+                sync_disks()
+            save_checkpoint(out, strategy, rounds, run_key, deployed, [*(earlier or []), time.perf_counter() - t_start], later=in_process,
+                            round_lines=lines)
+            progress.update(done=rnd, info=round_info(entry))
+            if on_round is not None:
+                on_round(entry)
+    finally:
+        # however the rounds end (the last one, an error, a kill): the checkpoint and the tickets
+        # this process still holds go to the disk before anything reads or follows them
+        wait_for_writes()
     progress.task("writing the summary, report, tickets and plots")
     segments = [*(earlier or []), time.perf_counter() - t_start]
     summary = summarize(

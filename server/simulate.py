@@ -157,17 +157,13 @@ def simulate(
     num_clients = core(sc).data.num_clients
     if core(sc).compute.backend == "inprocess":
         from clients.client_app import app as client_app
-        from fedlth.reporting.io import wait_for_writes
         from server.exchange import StoppableGrid
         from server.local_grid import LocalGrid
         from server.server_app import run_federation
 
         grid = LocalGrid(client_app, num_clients, known_partitions=True)  # no identification messages
-        try:
-            run_federation(StoppableGrid(grid, stop) if stop is not None else grid, sc, out, on_round, resume=resume,
-                           client_state_dir=out / "client-state", prov=prov, progress=progress or Progress())
-        finally:
-            wait_for_writes()  # an interrupted run's last checkpoint and tickets are on the disk now
+        run_federation(StoppableGrid(grid, stop) if stop is not None else grid, sc, out, on_round, resume=resume,
+                       client_state_dir=out / "client-state", prov=prov, progress=progress or Progress())
         return
     config = backend_config(sc)  # bad compute settings fail here, before Ray starts
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
