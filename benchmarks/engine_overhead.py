@@ -242,7 +242,8 @@ def main() -> None:
         "inside it, the loop alone. CPU: the process and those it reaped (Ray's workers may be missing); it moves "
         "less with other jobs' load than wall time. `fedlth run` does the plain loop's work: "
         f"`{' '.join('--set ' + x for x in SAME_WORK)}` (no figures, no ticket files; metrics.jsonl, summary.json, "
-        "report.md, checkpoints and the client-state files are written as always)"
+        "report.md and checkpoints are written as always; FedAvg's clients keep nothing between rounds, so they write no "
+        "ticket file)"
         + ("; `default outputs`: as a user runs it, figures and tickets included." if a.with_outputs else "."),
         "",
         "| runner | wall s | CPU s | time inside the ServerApp s | mean client accuracy |",

@@ -50,7 +50,13 @@ from fedlth.federation.records import (
     weights_from_record,
     weights_to_record,
 )
-from fedlth.federation.state_store import mask_digest, read_state_file, state_tag, write_state_file
+from fedlth.federation.state_store import (
+    holds_tensors,
+    mask_digest,
+    read_state_file,
+    state_tag,
+    write_state_file,
+)
 from fedlth.federation.wire_delta import Base, base_of
 from fedlth.reporting.io import start_writes
 from fedlth.tickets.masks import density
@@ -160,6 +166,10 @@ def persist_state_(
     if not _disk_only(context, config):
         set_context_state_(context, state, round_)
     path = state_file(context, config)
+    if path is not None and not holds_tensors(state) and not holds_tensors((previous or (None, 0))[0]) and not path.exists():
+        # nothing to restore (FedAvg's clients keep no tensors between rounds): no file, and no
+        # write per message. (An existing file is still replaced: it must not outlive its state.)
+        return
     if path is not None:
         # a server in this process ("process") waits before each checkpoint for the writes (each
         # with its fsync) made in the background, while the next client trains; one on this

@@ -248,3 +248,17 @@ def test_the_cache_keeps_every_field_of_the_ticket_including_the_wire_base(tmp_p
     assert all(torch.equal(back.base[k], st.base[k]) for k in st.base)
     assert all(torch.equal(back.base_mask[k], st.base_mask[k]) for k in st.base_mask)
     assert back.base is not st.base and back.base["0.weight"].data_ptr() != st.base["0.weight"].data_ptr()
+
+
+def test_a_client_with_nothing_to_restore_writes_no_ticket_file(tmp_path):
+    """FedAvg's clients keep no tensors between rounds: no file, no write per message; a file
+    already there (a ticket from before) is still replaced, so it never outlives its state."""
+    sc = resolve({"algorithm": "fedavg"})
+    node = _context({"partition-id": 3, "state-dir": str(tmp_path)})
+    persist_state_(node, sc, ClientState(rounds=1), round_=1, previous=(ClientState(), 0))
+    assert not (tmp_path / "ticket-3.pt").exists()
+    assert restore_state(_context({"partition-id": 3, "state-dir": str(tmp_path)}), sc)[0] == ClientState()
+    persist_state_(node, sc, _state(), round_=2)  # a ticket: written
+    assert (tmp_path / "ticket-3.pt").is_file()
+    persist_state_(node, sc, ClientState(rounds=3), round_=3, previous=(ClientState(), 2))
+    assert torch.load(tmp_path / "ticket-3.pt", weights_only=True)["round"] == 3  # replaced, not left stale

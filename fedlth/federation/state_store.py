@@ -90,6 +90,11 @@ def _copy(state: ClientState) -> ClientState:
 _TENSOR_FIELDS = ("mask", "personal", "candidate", "base", "base_mask")
 
 
+def holds_tensors(state: ClientState | None) -> bool:
+    """True when `state` keeps a ticket, a model or a base: something a restarted client restores."""
+    return state is not None and any(getattr(state, f) is not None for f in _TENSOR_FIELDS)
+
+
 def _remember(path: Path, data: bytes, tag: str, entries: list[tuple[ClientState, int]]) -> None:
     key = str(path)
     _cache.pop(key, None)
