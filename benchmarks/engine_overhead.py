@@ -190,13 +190,21 @@ def main() -> None:
     plains: list[dict[str, float]] = []
     runs: dict[str, list[tuple[float, float, dict]]] = {r: [] for r in runners}
     loads: dict[str, list[float]] = {r: [] for r in runners}  # the 1-min load as each run starts
-    for _ in range(a.repeats):  # in turn, so that other jobs' load hits every runner alike
+    def plain_turn() -> None:
         plains.append(plain_process(a.rounds))
         print("plain", json.dumps(plains[-1]), flush=True)
+
+    def fedlth_turns() -> None:
         for r, (b, extra) in runners.items():
             loads[r].append(os.getloadavg()[0])
             runs[r].append(fedlth_run(scenario, overrides, b, extra))
             print(r, json.dumps({"wall_s": runs[r][-1][0], "cpu_s": runs[r][-1][1]}), flush=True)
+
+    for i in range(a.repeats):  # in turn, so that other jobs' load hits every runner alike;
+        # the order flips from pair to pair (plain first, then last): a machine that speeds up or
+        # slows down over minutes favours neither side
+        for turn in ((plain_turn, fedlth_turns) if i % 2 == 0 else (fedlth_turns, plain_turn)):
+            turn()
     # each pair pinned to the two cores, swapped from one pair to the next: a core that runs
     # slower than the other (this virtual machine's do, by up to ~7 %) favours neither side
     pin = len(os.sched_getaffinity(0)) >= 2 if hasattr(os, "sched_getaffinity") else False
@@ -220,8 +228,11 @@ def main() -> None:
                + (" --with-outputs" if a.with_outputs else "") + (" --side-by-side" if a.side_by_side else "") + (f" --null-pairs {a.null_pairs}" if a.null_pairs else ""))
     pw, pc, lw, lc = med["wall_s"], med["cpu_s"], med["loop_s"], med["loop_cpu_s"]
 
+    def ratios(b: str, i: int, key: str) -> list[float]:
+        return [r[i] / p[key] for r, p in zip(runs[b], plains, strict=True)]
+
     def pairs(b: str, i: int, key: str) -> str:
-        return ", ".join(f"{r[i] / p[key]:.2f}" for r, p in zip(runs[b], plains, strict=True))
+        return ", ".join(f"{x:.2f}" for x in ratios(b, i, key))
 
     def null_ratios(kind: str) -> str:
         return ", ".join(f"{t[f'fedlth_{kind}_s'] / t[f'plain_{kind}_s']:.2f}" for t in nulls)
@@ -257,7 +268,9 @@ def main() -> None:
         "|---|---|---|---|---|",
         *(f"| {b} | **{w / pw:.2f}** | {c / pc:.2f} | {w / lw:.2f} | {c / lc:.2f} |" for b, (w, c, _, _) in fed.items()),
         "",
-        *(f"Each pair, in turn (backend = {b}): × plain process, wall {pairs(b, 0, 'wall_s')}; CPU {pairs(b, 1, 'cpu_s')} "
+        *(f"Each pair, in turn (backend = {b}; the plain process first in pairs 1, 3, ..., last in 2, 4, ...): × plain "
+          f"process, wall {pairs(b, 0, 'wall_s')} (median {statistics.median(ratios(b, 0, 'wall_s')):.2f}, "
+          f"{verdict(statistics.median(ratios(b, 0, 'wall_s')))}); CPU {pairs(b, 1, 'cpu_s')} "
           f"(1-min load as each `fedlth run` started: {', '.join(f'{x:.1f}' for x in loads[b])})." for b in fed),
         "",
         *(f"Target ≤ 1.1×, backend = {b}: the whole command against the plain loop's whole process {w / pw:.2f}× "
@@ -293,7 +306,7 @@ def main() -> None:
         "command": command, "machine": machine(), "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "plain": {"median": med, "runs": plains},
         "backends": {b: {"wall_s": w, "cpu_s": c, "server_app_s": srv, "accuracy": acc, "ratio_process": w / pw,
-                         "ratio_loop": w / lw, "runs": [{"wall_s": r[0], "cpu_s": r[1], "load_1min_at_start": x}
+                         "ratio_loop": w / lw, "pair_ratios_wall": ratios(b, 0, "wall_s"), "runs": [{"wall_s": r[0], "cpu_s": r[1], "load_1min_at_start": x}
                                                          for r, x in zip(runs[b], loads[b], strict=True)]}
                      for b, (w, c, srv, acc) in fed.items()},
         "side_by_side": together, "null_pairs": nulls,
