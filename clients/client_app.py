@@ -356,7 +356,9 @@ def train(msg: Message, context: Context) -> Message:
 
     c = ctx.core  # read once: core(sc) costs about 60 µs
     alg, wire = get_algorithm(c.federation.algorithm), c.wire
-    if c.general.torch_threads > 0:
+    if c.general.torch_threads > 0 and torch.get_num_threads() != c.general.torch_threads:
+        # only when it changes: setting it, even to the same count, slows the ops that follow
+        # (about 1 % of a small net's training call, measured; most of it in the model build)
         torch.set_num_threads(c.general.torch_threads)
     sent: dict[str, Any] = {}
     received, state = _received(msg, ctx, state, sent)
