@@ -53,6 +53,8 @@ BENCHES: dict[str, Bench] = {
                                 (), ("--rounds", "10"), ("lotteryfl_ablation",)),
     "engine_overhead": Bench("engine_overhead.py", "Engine overhead: `fedlth run` against a plain PyTorch loop",
                              (), ("--rounds", "10"), ("engine_overhead",)),
+    "engine_breakdown": Bench("engine_breakdown.py", "Engine breakdown: `fedlth run` beside the plain loop, part by part",
+                              (), ("--pairs", "2", "--rounds", "3"), ("engine_breakdown",)),
     "round_time": Bench("round_time.py", "Seconds per round against clients per round, per backend",
                         (), ("--clients", "1,10", "--rounds", "2"), ("round_time",)),
     "robust_fair": Bench("robust_fair.py", "Robust and fair tickets", (), ("--seeds", "0"),
