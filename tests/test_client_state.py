@@ -262,3 +262,21 @@ def test_a_client_with_nothing_to_restore_writes_no_ticket_file(tmp_path):
     assert (tmp_path / "ticket-3.pt").is_file()
     persist_state_(node, sc, ClientState(rounds=3), round_=3, previous=(ClientState(), 2))
     assert torch.load(tmp_path / "ticket-3.pt", weights_only=True)["round"] == 3  # replaced, not left stale
+
+
+def test_a_client_sets_torchs_thread_count_only_when_it_differs(tmp_path, monkeypatch, task_identity):
+    """torch-threads is applied before training; setting it again to the same count is skipped
+    (it slows the ops that follow), so a node sets it once, not once a message."""
+    calls: list[int] = []
+    real = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
+    before = torch.get_num_threads()
+    try:
+        real(2 if before == 1 else 1)  # anything but torch-threads = 1 (the default)
+        server = Server(resolve({"dataset": "digits", "model": "mlp", "num-clients": 3, "clients-per-round": 3, "algorithm": "fedavg"}))
+        for rnd in (1, 2, 3):
+            server.train(_node(tmp_path), rnd)
+            assert torch.get_num_threads() == 1
+        assert calls == [1]
+    finally:
+        real(before)
